@@ -1,0 +1,87 @@
+//! The one error type of ucgate: each variant knows its status and renders the JSON body
+//! `{"error": "<Code>", "message": "<text>"}`. Messages never carry a secret.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{Either, Full};
+
+use crate::body::Body;
+use crate::routes::PathError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("{0}")]
+    InvalidPath(#[from] PathError),
+    #[error("the request target must be a path")]
+    InvalidTarget,
+    #[error("no route for this path")]
+    NoRoute,
+    #[error("an X-Auth-Token header or a token parameter is required")]
+    TokenMissing,
+    #[error("the token is invalid or expired")]
+    TokenInvalid,
+    #[error("the request carries several different tokens")]
+    AmbiguousToken,
+    #[error("this credential does not open this route")]
+    Forbidden,
+    #[error("the upstream cannot be reached")]
+    UpstreamUnavailable,
+    #[error("the upstream did not answer in time")]
+    UpstreamTimeout,
+    #[error("the service is not ready")]
+    NotReady,
+}
+
+impl GateError {
+    pub fn status(&self) -> StatusCode {
+        use GateError::*;
+        match self {
+            InvalidPath(_) | InvalidTarget | AmbiguousToken => StatusCode::BAD_REQUEST,
+            TokenMissing | TokenInvalid => StatusCode::UNAUTHORIZED,
+            Forbidden => StatusCode::FORBIDDEN,
+            NoRoute => StatusCode::NOT_FOUND,
+            UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The CamelCase code of the JSON body.
+    pub fn code(&self) -> &'static str {
+        use GateError::*;
+        match self {
+            InvalidPath(_) => "InvalidPath",
+            InvalidTarget => "InvalidTarget",
+            NoRoute => "NoRoute",
+            TokenMissing => "TokenMissing",
+            TokenInvalid => "TokenInvalid",
+            AmbiguousToken => "AmbiguousToken",
+            Forbidden => "Forbidden",
+            UpstreamUnavailable => "UpstreamUnavailable",
+            UpstreamTimeout => "UpstreamTimeout",
+            NotReady => "NotReady",
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        let mut response = json_response(self.status(), &body);
+        if self.status() == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("X-Auth-Token realm=\"ucgate\""),
+            );
+        }
+        response
+    }
+}
+
+/// A JSON response made by ucgate itself.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

@@ -1,0 +1,14 @@
+//! ucgate: a reverse-proxy authentication sidecar for XiVO's HTTP APIs.
+//!
+//! The binary (`src/main.rs`) is a thin CLI over this library; tests and benches use the
+//! library directly.
+
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod telemetry;

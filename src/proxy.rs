@@ -1,0 +1,292 @@
+//! Forwarding: request rewrite, the pooled upstream client, streaming both ways, upgrades.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Extensions, Request, Response, StatusCode, Uri, Version, request};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tower::ServiceExt;
+use tower::timeout::Timeout;
+use tower::timeout::error::Elapsed;
+
+use crate::body::Body;
+use crate::config::UpstreamUrl;
+use crate::error::GateError;
+
+pub type HttpClient = Client<HttpConnector, Incoming>;
+
+/// Identity headers ucgate sets upstream: whatever the client sent under these names (or their
+/// `_`/`.` aliases, which some frameworks read as the same header) never reaches an upstream.
+pub const IDENTITY_HEADERS: [&str; 3] = ["x-auth-token", "x-auth-user", "x-auth-method"];
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the legacy ones.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const UPGRADE_VALUE: HeaderValue = HeaderValue::from_static("upgrade");
+
+/// One client for every route: connections are pooled per upstream origin.
+pub fn http_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    // A dead upstream must fail fast with 502, not eat the route's whole timeout.
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector)
+}
+
+/// The upstream of one route: its origin and the client wrapped in the route's timeout.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    scheme: Scheme,
+    authority: Authority,
+    host: HeaderValue,
+    service: Timeout<HttpClient>,
+}
+
+impl Upstream {
+    pub fn new(url: &UpstreamUrl, timeout: Duration, client: HttpClient) -> Self {
+        Self {
+            scheme: url.scheme.clone(),
+            authority: url.authority.clone(),
+            host: HeaderValue::from_str(url.authority.as_str()).expect("an authority is a valid header"),
+            service: Timeout::new(client, timeout),
+        }
+    }
+}
+
+/// What the forwarder needs to know besides the request.
+pub struct Forward<'a> {
+    pub upstream: &'a Upstream,
+    pub websocket: bool,
+    /// The normalised path and the query without the `token` parameter.
+    pub path_and_query: PathAndQuery,
+    pub client_addr: SocketAddr,
+    pub tls: bool,
+    pub trust_forwarded: bool,
+    /// Headers ucgate adds upstream (upstream authentication, identity), set after every
+    /// client-sent copy has been removed.
+    pub add_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Forward<'_> {
+    /// Sends the request upstream and returns its response, bodies streamed both ways.
+    pub async fn send(self, mut parts: request::Parts, body: Incoming) -> Result<Response<Body>, GateError> {
+        let upgrade = (self.websocket && is_upgrade_request(&parts))
+            .then(|| parts.extensions.remove::<OnUpgrade>())
+            .flatten();
+        self.rewrite(&mut parts, upgrade.is_some())?;
+        let request = Request::from_parts(parts, body);
+        let mut response = match self.upstream.service.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(e) if e.is::<Elapsed>() => return Err(GateError::UpstreamTimeout),
+            Err(e) => {
+                tracing::debug!(error = %e, upstream = %self.upstream.authority, "upstream request failed");
+                return Err(GateError::UpstreamUnavailable);
+            }
+        };
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        match (switching, upgrade) {
+            (true, Some(client_side)) => {
+                let upstream_side = hyper::upgrade::on(&mut response);
+                tokio::spawn(tunnel(client_side, upstream_side));
+            }
+            // An upstream may not switch protocols unasked.
+            (true, None) => return Err(GateError::UpstreamUnavailable),
+            (false, _) => {}
+        }
+        strip_hop_by_hop(response.headers_mut(), switching);
+        Ok(response.map(Either::Left))
+    }
+
+    fn rewrite(&self, parts: &mut request::Parts, upgrade: bool) -> Result<(), GateError> {
+        let original_host = parts
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let upgrade_protocol = parts.headers.get(header::UPGRADE).cloned();
+        let headers = &mut parts.headers;
+        strip_hop_by_hop(headers, false);
+        strip_identity_headers(headers);
+        self.set_forwarded(headers, original_host);
+        headers.insert(header::HOST, self.upstream.host.clone());
+        if let (true, Some(protocol)) = (upgrade, upgrade_protocol) {
+            headers.insert(header::CONNECTION, UPGRADE_VALUE);
+            headers.insert(header::UPGRADE, protocol);
+        }
+        for (name, value) in &self.add_headers {
+            headers.insert(name, value.clone());
+        }
+        parts.uri = Uri::from_parts({
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(self.upstream.scheme.clone());
+            uri.authority = Some(self.upstream.authority.clone());
+            uri.path_and_query = Some(self.path_and_query.clone());
+            uri
+        })
+        .map_err(|_| GateError::InvalidTarget)?;
+        parts.version = Version::HTTP_11;
+        parts.extensions = Extensions::new();
+        Ok(())
+    }
+
+    fn set_forwarded(&self, headers: &mut HeaderMap, original_host: Option<HeaderValue>) {
+        let ip = self.client_addr.ip().to_string();
+        if self.trust_forwarded {
+            let chain = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip,
+            };
+            if let Ok(v) = HeaderValue::from_str(&chain) {
+                headers.insert(X_FORWARDED_FOR, v);
+            }
+            if !headers.contains_key(&X_FORWARDED_PROTO) {
+                headers.insert(X_FORWARDED_PROTO, proto_value(self.tls));
+            }
+            if let (false, Some(host)) = (headers.contains_key(&X_FORWARDED_HOST), original_host) {
+                headers.insert(X_FORWARDED_HOST, host);
+            }
+            return;
+        }
+        // Facing clients directly: anything they claim about the path before ucgate is a lie.
+        headers.remove(header::FORWARDED);
+        headers.remove("x-real-ip");
+        headers.insert(
+            X_FORWARDED_FOR,
+            HeaderValue::from_str(&ip).expect("an IP address is a valid header"),
+        );
+        headers.insert(X_FORWARDED_PROTO, proto_value(self.tls));
+        match original_host {
+            Some(host) => headers.insert(X_FORWARDED_HOST, host),
+            None => headers.remove(X_FORWARDED_HOST),
+        };
+    }
+}
+
+fn proto_value(tls: bool) -> HeaderValue {
+    HeaderValue::from_static(if tls { "https" } else { "http" })
+}
+
+/// An HTTP/1.1 request asking to switch protocols (WebSocket).
+fn is_upgrade_request(parts: &request::Parts) -> bool {
+    parts.version == Version::HTTP_11
+        && parts.headers.contains_key(header::UPGRADE)
+        && connection_tokens(&parts.headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes the hop-by-hop headers and those the `Connection` header names. `Upgrade` stays only
+/// on a protocol switch. Framing headers stay whatever `Connection` says: hyper owns framing.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|n| *n != header::CONTENT_LENGTH && *n != header::HOST)
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, UPGRADE_VALUE);
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Removes client-sent identity headers, including aliases such as `X_Auth_User`.
+pub fn strip_identity_headers(headers: &mut HeaderMap) {
+    for name in IDENTITY_HEADERS {
+        headers.remove(name);
+    }
+    let aliases: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().contains(['_', '.']))
+        .filter(|k| {
+            let canonical = k.as_str().replace(['_', '.'], "-");
+            IDENTITY_HEADERS.contains(&canonical.as_str())
+        })
+        .cloned()
+        .collect();
+    for name in aliases {
+        headers.remove(name);
+    }
+}
+
+/// Copies bytes both ways between the client and the upstream once both have switched.
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, X-Secret, x-auth-user, Content-Length".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert(header::CONTENT_LENGTH, "3".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-length", "x-kept"]);
+    }
+
+    #[test]
+    fn strips_identity_headers_and_aliases() {
+        let mut h = HeaderMap::new();
+        for name in ["x-auth-token", "X_Auth_User", "x.auth.method", "x-auth-tokens", "x_other"] {
+            h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), "v".parse().unwrap());
+        }
+        strip_identity_headers(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-auth-tokens", "x_other"]);
+    }
+}

@@ -1,0 +1,125 @@
+//! Listeners, HTTP/1.1 and h2 connections, graceful shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tower::ServiceBuilder;
+
+use crate::config::ServerConfig;
+use crate::gateway::{ConnInfo, Gateway};
+use crate::telemetry::AccessLogLayer;
+
+/// Binds every configured address before anything is served, so that a port in use fails the
+/// start instead of leaving a half-listening process.
+pub async fn bind(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish
+/// for up to `shutdown_grace`.
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    gateway: Gateway,
+    config: &ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let builder = connection_builder(config);
+    let graceful = GracefulShutdown::new();
+    let (accepted_tx, mut accepted) = mpsc::channel::<(TcpStream, SocketAddr)>(64);
+    let mut acceptors = tokio::task::JoinSet::new();
+    for listener in listeners {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "listening");
+        }
+        acceptors.spawn(accept_loop(listener, accepted_tx.clone()));
+    }
+    drop(accepted_tx);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            Some((stream, remote)) = accepted.recv() => {
+                let service = ServiceBuilder::new()
+                    .layer(AccessLogLayer)
+                    .service(gateway.service(ConnInfo { remote, tls: false }));
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(%remote, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    // Closing the listeners first: new connections are refused while the old ones drain.
+    acceptors.shutdown().await;
+    drop(accepted);
+    let open = graceful.count();
+    tracing::info!(open_connections = open, grace = ?config.shutdown_grace, "shutting down");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(config.shutdown_grace) => {
+            tracing::warn!("grace period over, closing the remaining connections");
+        }
+    }
+}
+
+fn connection_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.request_header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30));
+    builder
+}
+
+async fn accept_loop(listener: TcpListener, accepted: mpsc::Sender<(TcpStream, SocketAddr)>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, remote)) => {
+                let _ = stream.set_nodelay(true);
+                if accepted.send((stream, remote)).await.is_err() {
+                    return;
+                }
+            }
+            // Out of file descriptors or a connection reset before accept: keep serving the
+            // others, without spinning.
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("cannot install the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("cannot install the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

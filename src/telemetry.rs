@@ -1,0 +1,97 @@
+//! Logging: the tracing subscriber and the access-log layer (one line per request).
+
+use std::io::IsTerminal;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{Request, Response};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. `UCGATE_LOG` (or `RUST_LOG`) overrides the `info` default.
+pub fn init(format: LogFormat) {
+    let filter = std::env::var("UCGATE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// What the gateway learnt about a request, attached to its response for the access log.
+#[derive(Debug, Clone, Default)]
+pub struct RequestLog {
+    pub path: Option<Box<str>>,
+    pub route: Option<Arc<str>>,
+    pub credential: Option<&'static str>,
+    pub error: Option<&'static str>,
+}
+
+/// A tower layer that logs one line per request once its response head is ready.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AccessLogLayer;
+
+impl<S> tower::Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+    fn layer(&self, inner: S) -> AccessLog<S> {
+        AccessLog { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessLog<S> {
+    inner: S,
+}
+
+impl<S, B, RB> tower::Service<Request<B>> for AccessLog<S>
+where
+    S: tower::Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    RB: 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let version = req.version();
+        let future = self.inner.call(req);
+        Box::pin(async move {
+            let response = future.await?;
+            if tracing::enabled!(target: "ucgate::access", tracing::Level::INFO) {
+                let log = response.extensions().get::<RequestLog>();
+                let field = |f: fn(&RequestLog) -> Option<&str>| log.and_then(f).unwrap_or("-");
+                tracing::info!(
+                    target: "ucgate::access",
+                    method = %method,
+                    path = field(|l| l.path.as_deref()),
+                    route = field(|l| l.route.as_deref()),
+                    status = response.status().as_u16(),
+                    credential = field(|l| l.credential),
+                    error = field(|l| l.error),
+                    version = ?version,
+                    latency_us = started.elapsed().as_micros() as u64,
+                    "request"
+                );
+            }
+            Ok(response)
+        })
+    }
+}
