@@ -9,4 +9,3 @@ pub type Body = Either<Incoming, Full<Bytes>>;
 pub fn empty() -> Body {
     Either::Right(Full::new(Bytes::new()))
 }
-

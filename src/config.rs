@@ -34,6 +34,11 @@ pub struct Config {
     pub file: PathBuf,
     pub server: ServerConfig,
     pub shared_token: SharedTokenConfig,
+    /// UC tokens; absent = only the shared token opens routes.
+    pub tokens: Option<TokensConfig>,
+    /// The user directory; present whenever `tokens` is.
+    pub users: Option<UsersConfig>,
+    pub login: LoginConfig,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -91,6 +96,89 @@ impl Default for SharedTokenConfig {
     }
 }
 
+/// How UC tokens are signed and verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenAlgorithm {
+    /// A secret shared by every instance, read from an environment variable.
+    Hs256 { signing_key_env: String },
+    /// Key pairs from PEM files, so that other components can verify with the public key alone.
+    EdDsa {
+        private_key: PathBuf,
+        public_key: PathBuf,
+    },
+    Rs256 {
+        private_key: PathBuf,
+        public_key: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct TokensConfig {
+    pub algorithm: TokenAlgorithm,
+    pub issuer: String,
+    pub ttl: Duration,
+    pub leeway: Duration,
+    pub cache_capacity: u64,
+}
+
+impl TokensConfig {
+    pub fn algorithm_name(&self) -> &'static str {
+        match self.algorithm {
+            TokenAlgorithm::Hs256 { .. } => "HS256",
+            TokenAlgorithm::EdDsa { .. } => "EdDSA",
+            TokenAlgorithm::Rs256 { .. } => "RS256",
+        }
+    }
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: TokenAlgorithm::Hs256 {
+                signing_key_env: "UCGATE_SIGNING_KEY".into(),
+            },
+            issuer: "ucgate".into(),
+            ttl: Duration::from_secs(8 * 3600),
+            leeway: Duration::from_secs(5),
+            cache_capacity: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsersConfig {
+    pub file: PathBuf,
+}
+
+/// Brute-force protection of the exchange endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginConfig {
+    /// Failures allowed per login and per client address within `window`.
+    pub max_failures: u32,
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub lockout: Duration,
+    /// Logins and addresses tracked at most: memory stays bounded under a flood.
+    pub max_tracked: u64,
+    /// Largest accepted login request body, in bytes.
+    pub max_body: usize,
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        Self {
+            max_failures: 5,
+            window: Duration::from_secs(300),
+            lockout: Duration::from_secs(300),
+            max_tracked: 100_000,
+            max_body: 16 * 1024,
+        }
+    }
+}
+
 /// A kind of credential a route may accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -120,6 +208,8 @@ pub struct RouteConfig {
     pub upstream_auth: UpstreamAuth,
     pub timeout: Duration,
     pub websocket: bool,
+    /// UC tokens must carry one of these profiles; empty = any.
+    pub profiles: Vec<String>,
 }
 
 /// The set of credentials that open a route; empty means public.
@@ -173,7 +263,9 @@ impl UpstreamUrl {
             return Err("must not contain credentials".into());
         }
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err("must not have a path or query: ucgate forwards the request path as is".into());
+            return Err(
+                "must not have a path or query: ucgate forwards the request path as is".into(),
+            );
         }
         Ok(Self { scheme, authority })
     }
@@ -186,8 +278,34 @@ struct RawConfig {
     server: ServerConfig,
     #[serde(default)]
     shared_token: SharedTokenConfig,
+    #[serde(default)]
+    tokens: Option<RawTokens>,
+    #[serde(default)]
+    users: Option<UsersConfig>,
+    #[serde(default)]
+    login: LoginConfig,
     #[serde(default, rename = "route")]
     routes: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokens {
+    #[serde(default = "default_algorithm")]
+    algorithm: String,
+    signing_key_env: Option<String>,
+    private_key: Option<PathBuf>,
+    public_key: Option<PathBuf>,
+    issuer: Option<String>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    ttl: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    leeway: Option<Duration>,
+    cache_capacity: Option<u64>,
+}
+
+fn default_algorithm() -> String {
+    "HS256".into()
 }
 
 #[derive(Deserialize)]
@@ -202,6 +320,8 @@ struct RawRoute {
     timeout: Duration,
     #[serde(default)]
     websocket: bool,
+    #[serde(default)]
+    profiles: Vec<String>,
 }
 
 fn default_route_timeout() -> Duration {
@@ -212,6 +332,10 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s)
         .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 impl Config {
@@ -232,10 +356,27 @@ impl Config {
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| err(e.to_string()))?;
         let base = file.parent().unwrap_or(Path::new("."));
+        let tokens = raw
+            .tokens
+            .map(|t| validate_tokens(t, base))
+            .transpose()
+            .map_err(err)?;
+        let users = raw.users.map(|u| UsersConfig {
+            file: base.join(u.file),
+        });
+        if tokens.is_some() && users.is_none() {
+            return Err(err(
+                "users: a [users] directory is needed to issue UC tokens".into(),
+            ));
+        }
+        validate_login(&raw.login).map_err(err)?;
         let mut config = Config {
             file: file.to_owned(),
             server: raw.server,
             shared_token: raw.shared_token,
+            tokens,
+            users,
+            login: raw.login,
             routes: Vec::with_capacity(raw.routes.len()),
         };
         config.validate_server().map_err(err)?;
@@ -246,15 +387,20 @@ impl Config {
             .map(|p| base.join(p))
             .collect();
         if config.shared_token.env.is_empty() {
-            return Err(err("shared_token.env: must name an environment variable".into()));
+            return Err(err(
+                "shared_token.env: must name an environment variable".into()
+            ));
         }
         let mut names = HashSet::new();
         let mut prefixes = HashSet::new();
         for (i, raw) in raw.routes.into_iter().enumerate() {
-            let route = validate_route(raw)
+            let route = validate_route(raw, config.tokens.is_some())
                 .map_err(|(key, reason)| err(format!("route[{i}].{key}: {reason}")))?;
             if !names.insert(route.name.clone()) {
-                return Err(err(format!("route[{i}].name: duplicate route name {:?}", route.name)));
+                return Err(err(format!(
+                    "route[{i}].name: duplicate route name {:?}",
+                    route.name
+                )));
             }
             if !prefixes.insert(route.prefix.clone()) {
                 return Err(err(format!(
@@ -278,9 +424,94 @@ impl Config {
     }
 }
 
-fn validate_route(raw: RawRoute) -> Result<RouteConfig, (&'static str, String)> {
-    if raw.name.is_empty() || !raw.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(("name", "must be non-empty ASCII letters, digits, '-', '_' or '.'".into()));
+fn validate_tokens(raw: RawTokens, base: &Path) -> Result<TokensConfig, String> {
+    let defaults = TokensConfig::default();
+    let pair = |alg: &str| -> Result<(PathBuf, PathBuf), String> {
+        match (&raw.private_key, &raw.public_key) {
+            (Some(private), Some(public)) => Ok((base.join(private), base.join(public))),
+            _ => Err(format!(
+                "tokens: algorithm {alg} needs private_key and public_key (PEM files)"
+            )),
+        }
+    };
+    let algorithm = match raw.algorithm.as_str() {
+        "HS256" => {
+            if raw.private_key.is_some() || raw.public_key.is_some() {
+                return Err("tokens: private_key and public_key are for EdDSA and RS256; HS256 uses signing_key_env".into());
+            }
+            TokenAlgorithm::Hs256 {
+                signing_key_env: raw
+                    .signing_key_env
+                    .clone()
+                    .unwrap_or_else(|| "UCGATE_SIGNING_KEY".into()),
+            }
+        }
+        "EdDSA" => {
+            let (private_key, public_key) = pair("EdDSA")?;
+            TokenAlgorithm::EdDsa {
+                private_key,
+                public_key,
+            }
+        }
+        "RS256" => {
+            let (private_key, public_key) = pair("RS256")?;
+            TokenAlgorithm::Rs256 {
+                private_key,
+                public_key,
+            }
+        }
+        other => {
+            return Err(format!(
+                "tokens.algorithm: {other:?} is not one of \"HS256\", \"EdDSA\", \"RS256\""
+            ));
+        }
+    };
+    if !matches!(algorithm, TokenAlgorithm::Hs256 { .. }) && raw.signing_key_env.is_some() {
+        return Err("tokens.signing_key_env: only for HS256".into());
+    }
+    let config = TokensConfig {
+        algorithm,
+        issuer: raw.issuer.unwrap_or(defaults.issuer),
+        ttl: raw.ttl.unwrap_or(defaults.ttl),
+        leeway: raw.leeway.unwrap_or(defaults.leeway),
+        cache_capacity: raw.cache_capacity.unwrap_or(defaults.cache_capacity),
+    };
+    if config.ttl < Duration::from_secs(1) {
+        return Err("tokens.ttl: must be at least one second".into());
+    }
+    if config.leeway > Duration::from_secs(300) {
+        return Err("tokens.leeway: more than 5 minutes would keep expired tokens alive".into());
+    }
+    if config.issuer.is_empty() {
+        return Err("tokens.issuer: must not be empty".into());
+    }
+    Ok(config)
+}
+
+fn validate_login(login: &LoginConfig) -> Result<(), String> {
+    if login.max_failures == 0 {
+        return Err("login.max_failures: must be at least 1".into());
+    }
+    if login.window.is_zero() || login.lockout.is_zero() {
+        return Err("login.window, login.lockout: must be more than zero".into());
+    }
+    if login.max_tracked == 0 || login.max_body == 0 {
+        return Err("login.max_tracked, login.max_body: must be more than zero".into());
+    }
+    Ok(())
+}
+
+fn validate_route(raw: RawRoute, tokens: bool) -> Result<RouteConfig, (&'static str, String)> {
+    if raw.name.is_empty()
+        || !raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err((
+            "name",
+            "must be non-empty ASCII letters, digits, '-', '_' or '.'".into(),
+        ));
     }
     if !raw.prefix.starts_with('/') {
         return Err(("prefix", "must start with '/'".into()));
@@ -312,6 +543,15 @@ fn validate_route(raw: RawRoute) -> Result<RouteConfig, (&'static str, String)> 
                 .into(),
         ));
     }
+    if accept.uc && !tokens {
+        return Err(("accept", "\"uc\" needs a [tokens] section".into()));
+    }
+    if !raw.profiles.is_empty() && !accept.uc {
+        return Err((
+            "profiles",
+            "restricts UC tokens, but the route does not accept \"uc\"".into(),
+        ));
+    }
     if raw.timeout.is_zero() {
         return Err(("timeout", "must be more than zero".into()));
     }
@@ -323,6 +563,7 @@ fn validate_route(raw: RawRoute) -> Result<RouteConfig, (&'static str, String)> 
         upstream_auth: raw.upstream_auth,
         timeout: raw.timeout,
         websocket: raw.websocket,
+        profiles: raw.profiles,
     })
 }
 
@@ -335,6 +576,9 @@ mod tests {
     }
 
     const ROUTE: &str = r#"
+[tokens]
+[users]
+file = "users.toml"
 [[route]]
 name = "configmgt"
 prefix = "/configmgt"
@@ -360,7 +604,10 @@ upstream_auth = "shared"
         let c = parse("[shared_token]\nenv_files = [\"custom.env\", \"/abs.env\"]").unwrap();
         assert_eq!(
             c.shared_token.env_files,
-            vec![PathBuf::from("/etc/ucgate/custom.env"), PathBuf::from("/abs.env")]
+            vec![
+                PathBuf::from("/etc/ucgate/custom.env"),
+                PathBuf::from("/abs.env")
+            ]
         );
     }
 
@@ -386,10 +633,28 @@ upstream_auth = "shared"
         assert!(error(&traversal).contains("route[0].prefix"));
         let public_shared = ROUTE.replace("[\"shared\", \"uc\"]", "[]");
         assert!(error(&public_shared).contains("route[0].upstream_auth"));
-        assert!(error(&format!("{ROUTE}{ROUTE}")).contains("route[1].name: duplicate"));
+        let second = ROUTE.split_once("[[route]]").unwrap().1;
+        assert!(error(&format!("{ROUTE}[[route]]{second}")).contains("route[1].name: duplicate"));
         let bad_kind = ROUTE.replace("\"uc\"]", "\"kerberos\"]");
         assert!(error(&bad_kind).contains("kerberos"));
         let no_auth = ROUTE.replace("upstream_auth = \"shared\"", "");
         assert!(error(&no_auth).contains("upstream_auth"));
+        let no_tokens = ROUTE.replace("[tokens]\n", "");
+        assert!(error(&no_tokens).contains("route[0].accept: \"uc\" needs a [tokens] section"));
+        let no_users = ROUTE.replace("[users]\nfile = \"users.toml\"\n", "");
+        assert!(error(&no_users).contains("users:"));
+        let foreign_profiles = ROUTE.replace(
+            "[\"shared\", \"uc\"]",
+            "[\"shared\"]\nprofiles = [\"admin\"]",
+        );
+        assert!(error(&foreign_profiles).contains("route[0].profiles"));
+        assert!(
+            error("[tokens]\nalgorithm = \"none\"\n[users]\nfile = \"u\"")
+                .contains("tokens.algorithm")
+        );
+        assert!(
+            error("[tokens]\nalgorithm = \"EdDSA\"\n[users]\nfile = \"u\"").contains("private_key")
+        );
+        assert!(error("[login]\nmax_failures = 0").contains("login.max_failures"));
     }
 }

@@ -30,14 +30,36 @@ pub enum GateError {
     UpstreamTimeout,
     #[error("the service is not ready")]
     NotReady,
+    #[error("the token has expired")]
+    TokenExpired,
+    #[error("invalid login or password")]
+    InvalidCredentials,
+    #[error("the body is not the expected JSON")]
+    InvalidJson,
+    #[error("the request body is too large")]
+    BodyTooLarge,
+    #[error("too many failed attempts, retry later")]
+    TooManyAttempts(u64),
+    #[error("this method is not allowed here")]
+    MethodNotAllowed(&'static str),
+    #[error("an internal error occurred")]
+    Unhandled,
 }
 
 impl GateError {
     pub fn status(&self) -> StatusCode {
         use GateError::*;
         match self {
-            InvalidPath(_) | InvalidTarget | AmbiguousToken => StatusCode::BAD_REQUEST,
-            TokenMissing | TokenInvalid => StatusCode::UNAUTHORIZED,
+            InvalidPath(_) | InvalidTarget | AmbiguousToken | InvalidJson => {
+                StatusCode::BAD_REQUEST
+            }
+            TokenMissing | TokenInvalid | TokenExpired | InvalidCredentials => {
+                StatusCode::UNAUTHORIZED
+            }
+            MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
+            Unhandled => StatusCode::INTERNAL_SERVER_ERROR,
             Forbidden => StatusCode::FORBIDDEN,
             NoRoute => StatusCode::NOT_FOUND,
             UpstreamUnavailable => StatusCode::BAD_GATEWAY,
@@ -60,17 +82,34 @@ impl GateError {
             UpstreamUnavailable => "UpstreamUnavailable",
             UpstreamTimeout => "UpstreamTimeout",
             NotReady => "NotReady",
+            TokenExpired => "TokenExpired",
+            InvalidCredentials => "InvalidCredentials",
+            InvalidJson => "InvalidJson",
+            BodyTooLarge => "RequestTooLarge",
+            TooManyAttempts(_) => "TooManyAttempts",
+            MethodNotAllowed(_) => "MethodNotAllowed",
+            Unhandled => "UnhandledError",
         }
     }
 
     pub fn into_response(self) -> Response<Body> {
         let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
         let mut response = json_response(self.status(), &body);
-        if self.status() == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("X-Auth-Token realm=\"ucgate\""),
-            );
+        let headers = response.headers_mut();
+        match self {
+            GateError::TooManyAttempts(seconds) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
+            GateError::MethodNotAllowed(allow) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            _ if self.status() == StatusCode::UNAUTHORIZED => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("X-Auth-Token realm=\"ucgate\""),
+                );
+            }
+            _ => {}
         }
         response
     }
@@ -81,7 +120,10 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<B
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

@@ -8,16 +8,23 @@ use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use http::uri::PathAndQuery;
-use http::{HeaderName, Method, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 
+use crate::auth::throttle::Throttle;
+use crate::auth::token::TokenService;
 use crate::auth::{self, Credential, SharedToken};
 use crate::body::Body;
 use crate::config::{Config, UpstreamAuth};
-use crate::error::{GateError, json_response};
-use crate::proxy::{Forward, HttpClient, Upstream, http_client};
+use crate::endpoints::Endpoint;
+use crate::error::GateError;
+use crate::proxy::{Forward, HttpClient, Upstream};
 use crate::routes::{Route, RouteTable, normalise_path};
 use crate::telemetry::RequestLog;
+use crate::users::Directory;
+
+const X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
+const X_AUTH_METHOD: HeaderName = HeaderName::from_static("x-auth-method");
 
 /// Everything a request needs, swapped as one piece on reload so that a request sees one
 /// consistent configuration from start to end.
@@ -26,10 +33,38 @@ pub struct State {
     pub config: Config,
     pub routes: RouteTable,
     pub shared: SharedToken,
+    pub tokens: Option<TokenService>,
+    pub users: Option<Directory>,
 }
 
 impl State {
-    pub fn new(config: Config, shared: SharedToken, client: &HttpClient) -> Self {
+    /// Loads everything the configuration points at: shared token, token keys, users. Errors
+    /// name the file and key, never a secret.
+    pub fn load(config: Config, client: &HttpClient) -> Result<Self, String> {
+        let file = config.file.display().to_string();
+        let shared = SharedToken::load(&config.shared_token)
+            .map_err(|e| format!("{file}: shared_token: {e}"))?;
+        let tokens = config
+            .tokens
+            .as_ref()
+            .map(TokenService::load)
+            .transpose()
+            .map_err(|e| format!("{file}: {e}"))?;
+        let users = config
+            .users
+            .as_ref()
+            .map(|u| Directory::load(&u.file).map_err(|e| format!("{}: {e}", u.file.display())))
+            .transpose()?;
+        Ok(Self::new(config, shared, tokens, users, client))
+    }
+
+    pub fn new(
+        config: Config,
+        shared: SharedToken,
+        tokens: Option<TokenService>,
+        users: Option<Directory>,
+        client: &HttpClient,
+    ) -> Self {
         let routes = config
             .routes
             .iter()
@@ -42,15 +77,20 @@ impl State {
             routes: RouteTable::new(routes),
             config,
             shared,
+            tokens,
+            users,
         }
     }
 
-    /// Checks a presented token.
+    /// Checks a presented token: the shared token first (one digest), then a UC token.
     pub fn authenticate(&self, token: &str) -> Result<Credential, GateError> {
-        self.shared
-            .matches(token.as_bytes())
-            .map(Credential::Shared)
-            .ok_or(GateError::TokenInvalid)
+        if let Some(m) = self.shared.matches(token.as_bytes()) {
+            return Ok(Credential::Shared(m));
+        }
+        match &self.tokens {
+            Some(tokens) => Ok(Credential::Uc(tokens.validate(token)?)),
+            None => Err(GateError::TokenInvalid),
+        }
     }
 }
 
@@ -69,17 +109,23 @@ pub struct Gateway {
 
 struct Inner {
     state: ArcSwap<State>,
+    /// Outlives reloads: a new configuration must not forgive past failures.
+    throttle: Throttle,
 }
 
 impl Gateway {
-    pub fn new(config: Config, shared: SharedToken) -> Self {
-        let client = http_client();
-        let state = State::new(config, shared, &client);
+    pub fn new(state: State) -> Self {
+        let throttle = Throttle::new(&state.config.login);
         Self {
             inner: Arc::new(Inner {
                 state: ArcSwap::from_pointee(state),
+                throttle,
             }),
         }
+    }
+
+    pub fn throttle(&self) -> &Throttle {
+        &self.inner.throttle
     }
 
     pub fn state(&self) -> Arc<State> {
@@ -120,8 +166,8 @@ impl Gateway {
         let (parts, body) = req.into_parts();
         let path = normalise_path(parts.uri.path())?;
         log.path = Some(path.as_ref().into());
-        if let Some(response) = local_endpoint(&path, &parts.method) {
-            return Ok(response);
+        if let Some(endpoint) = Endpoint::find(&path) {
+            return endpoint.serve(self, state, parts, body, conn, log).await;
         }
         let route = state.routes.find(&path).ok_or(GateError::NoRoute)?;
         log.route = Some(route.config.name.clone());
@@ -131,16 +177,27 @@ impl Gateway {
             (Some(token), false) => state.authenticate(token)?,
         };
         log.credential = Some(credential.kind());
-        credential.allowed_by(route.config.accept)?;
+        credential.allowed_by(&route.config)?;
 
         let path_and_query = match presented.query {
             Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
             None => PathAndQuery::try_from(path.as_ref()),
         }
         .map_err(|_| GateError::InvalidTarget)?;
-        let mut add_headers: Vec<(HeaderName, _)> = Vec::with_capacity(1);
+        let mut add_headers: Vec<(HeaderName, _)> = Vec::with_capacity(3);
         if route.config.upstream_auth == UpstreamAuth::Shared {
-            add_headers.push((HeaderName::from_static(auth::X_AUTH_TOKEN), state.shared.header().clone()));
+            add_headers.push((
+                HeaderName::from_static(auth::X_AUTH_TOKEN),
+                state.shared.header().clone(),
+            ));
+        }
+        if let Credential::Uc(claims) = &credential {
+            let user = HeaderValue::from_str(&claims.sub).map_err(|_| GateError::TokenInvalid)?;
+            add_headers.push((X_AUTH_USER, user));
+            add_headers.push((
+                X_AUTH_METHOD,
+                HeaderValue::from_static(claims.method.as_str()),
+            ));
         }
         Forward {
             upstream: &route.upstream,
@@ -154,24 +211,6 @@ impl Gateway {
         .send(parts, body)
         .await
     }
-}
-
-/// Endpoints served by ucgate itself, matched on the exact normalised path.
-fn local_endpoint(path: &str, method: &Method) -> Option<Response<Body>> {
-    let body = match path {
-        "/healthz" => serde_json::json!({ "status": "ok" }),
-        "/readyz" => serde_json::json!({ "status": "ready" }),
-        _ => return None,
-    };
-    if method != Method::GET && method != Method::HEAD {
-        let mut response = json_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &serde_json::json!({ "error": "MethodNotAllowed", "message": "use GET" }),
-        );
-        response.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
-        return Some(response);
-    }
-    Some(json_response(StatusCode::OK, &body))
 }
 
 /// The tower service for one connection.

@@ -6,9 +6,11 @@
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod endpoints;
 pub mod error;
 pub mod gateway;
 pub mod proxy;
 pub mod routes;
 pub mod server;
 pub mod telemetry;
+pub mod users;

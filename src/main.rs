@@ -3,20 +3,32 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use ucgate::auth::SharedToken;
+use std::io::BufRead;
+
 use ucgate::config::Config;
-use ucgate::gateway::Gateway;
-use ucgate::{server, telemetry};
+use ucgate::gateway::{Gateway, State};
+use ucgate::proxy::http_client;
+use ucgate::{server, telemetry, users};
 
 /// Exit code for a configuration that cannot be used (as sysexits' EX_USAGE family, and what
 /// init systems treat as "do not restart in a loop").
 const EXIT_CONFIG: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "ucgate", version, about = "Authentication sidecar for XiVO's HTTP APIs")]
+#[command(
+    name = "ucgate",
+    version,
+    about = "Authentication sidecar for XiVO's HTTP APIs"
+)]
 struct Cli {
     /// The TOML configuration file.
-    #[arg(long, short, env = "UCGATE_CONFIG", default_value = "/etc/ucgate/ucgate.toml", global = true)]
+    #[arg(
+        long,
+        short,
+        env = "UCGATE_CONFIG",
+        default_value = "/etc/ucgate/ucgate.toml",
+        global = true
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
@@ -28,42 +40,84 @@ enum Command {
     Run,
     /// Validate the configuration, find the shared token, print the resolved routes.
     CheckConfig,
+    /// Read a password on stdin, print its argon2id hash for the users file.
+    HashPassword,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (config, shared) = match load(&cli.config) {
-        Ok(loaded) => loaded,
+    let command = cli.command.unwrap_or(Command::Run);
+    if let Command::HashPassword = command {
+        return hash_password();
+    }
+    let loaded = Config::load(&cli.config)
+        .map_err(|e| e.to_string())
+        .and_then(|config| State::load(config, &http_client()));
+    let state = match loaded {
+        Ok(state) => state,
         Err(message) => {
             eprintln!("ucgate: {message}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match cli.command.unwrap_or(Command::Run) {
+    match command {
         Command::CheckConfig => {
-            print_config(&config, &shared);
+            print_config(&state);
             ExitCode::SUCCESS
         }
-        Command::Run => run(config, shared),
+        Command::Run => run(state),
+        Command::HashPassword => unreachable!("handled above"),
     }
 }
 
-fn load(path: &std::path::Path) -> Result<(Config, SharedToken), String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
-    let shared = SharedToken::load(&config.shared_token)
-        .map_err(|e| format!("{}: shared_token: {e}", config.file.display()))?;
-    Ok((config, shared))
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+        eprintln!("ucgate: cannot read the password from stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        eprintln!("ucgate: empty password");
+        return ExitCode::FAILURE;
+    }
+    match users::hash_password(password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ucgate: cannot hash: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-fn print_config(config: &Config, shared: &SharedToken) {
+fn print_config(state: &State) {
+    let config = &state.config;
+    let shared = &state.shared;
     println!("configuration {} is valid", config.file.display());
-    let listen: Vec<String> = config.server.listen.iter().map(ToString::to_string).collect();
+    let listen: Vec<String> = config
+        .server
+        .listen
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     println!("listen: {}", listen.join(", "));
     println!("shared token: from {}", shared.source());
+    if let (Some(tokens), Some(users)) = (&config.tokens, &state.users) {
+        println!(
+            "uc tokens: {:?}, ttl {}, {} users",
+            tokens.algorithm_name(),
+            humantime::format_duration(tokens.ttl),
+            users.len()
+        );
+    }
     println!("routes:");
     for r in &config.routes {
         println!(
-            "  {:<16} {:<24} -> {:<28} accept={:<9} upstream_auth={:<6} timeout={}{}",
+            "  {:<16} {:<24} -> {:<28} accept={:<9} upstream_auth={:<6} timeout={}{}{}",
             r.name,
             r.prefix,
             r.upstream.to_string(),
@@ -71,14 +125,20 @@ fn print_config(config: &Config, shared: &SharedToken) {
             format!("{:?}", r.upstream_auth).to_lowercase(),
             humantime::format_duration(r.timeout),
             if r.websocket { " websocket" } else { "" },
+            if r.profiles.is_empty() {
+                String::new()
+            } else {
+                format!(" profiles={}", r.profiles.join(","))
+            },
         );
     }
 }
 
-fn run(config: Config, shared: SharedToken) -> ExitCode {
+fn run(state: State) -> ExitCode {
+    let server_config = state.config.server.clone();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if config.server.workers > 0 {
-        runtime.worker_threads(config.server.workers);
+    if server_config.workers > 0 {
+        runtime.worker_threads(server_config.workers);
     }
     let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
@@ -88,8 +148,8 @@ fn run(config: Config, shared: SharedToken) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        telemetry::init(config.server.log_format);
-        let listeners = match server::bind(&config.server.listen).await {
+        telemetry::init(server_config.log_format);
+        let listeners = match server::bind(&server_config.listen).await {
             Ok(listeners) => listeners,
             Err(e) => {
                 tracing::error!("{e}");
@@ -97,14 +157,21 @@ fn run(config: Config, shared: SharedToken) -> ExitCode {
             }
         };
         tracing::info!(
-            config = %config.file.display(),
-            routes = config.routes.len(),
-            shared_token = shared.source(),
+            config = %state.config.file.display(),
+            routes = state.config.routes.len(),
+            shared_token = state.shared.source(),
+            uc_tokens = state.config.tokens.is_some(),
+            users = state.users.as_ref().map_or(0, |u| u.len()),
             "ucgate starting"
         );
-        let server_config = config.server.clone();
-        let gateway = Gateway::new(config, shared);
-        server::serve(listeners, gateway, &server_config, server::shutdown_signal()).await;
+        let gateway = Gateway::new(state);
+        server::serve(
+            listeners,
+            gateway,
+            &server_config,
+            server::shutdown_signal(),
+        )
+        .await;
         ExitCode::SUCCESS
     })
 }

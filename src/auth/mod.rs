@@ -1,14 +1,19 @@
 //! Credentials: how a request presents one, and what it proved.
 
+pub mod login;
 pub mod shared;
+pub mod throttle;
+pub mod token;
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use http::HeaderMap;
 
-use crate::config::Accept;
+use crate::config::RouteConfig;
 use crate::error::GateError;
 pub use shared::{SharedMatch, SharedToken};
+use token::{Claims, TokenError};
 
 pub const X_AUTH_TOKEN: &str = "x-auth-token";
 pub const TOKEN_PARAM: &str = "token";
@@ -19,6 +24,8 @@ pub enum Credential {
     /// No credential was presented (public routes only).
     Anonymous,
     Shared(SharedMatch),
+    /// A valid UC token.
+    Uc(Arc<Claims>),
 }
 
 impl Credential {
@@ -28,16 +35,33 @@ impl Credential {
             Credential::Anonymous => "none",
             Credential::Shared(SharedMatch::Current) => "shared",
             Credential::Shared(SharedMatch::Previous) => "shared-previous",
+            Credential::Uc(_) => "uc",
         }
     }
 
-    /// Whether a route accepting `accept` opens to this credential.
-    pub fn allowed_by(&self, accept: Accept) -> Result<(), GateError> {
+    /// Whether `route` opens to this credential.
+    pub fn allowed_by(&self, route: &RouteConfig) -> Result<(), GateError> {
+        let accept = route.accept;
         match self {
             _ if accept.is_public() => Ok(()),
             Credential::Anonymous => Err(GateError::TokenMissing),
             Credential::Shared(_) if accept.shared => Ok(()),
-            Credential::Shared(_) => Err(GateError::Forbidden),
+            Credential::Uc(claims)
+                if accept.uc
+                    && (route.profiles.is_empty() || route.profiles.contains(&claims.profile)) =>
+            {
+                Ok(())
+            }
+            Credential::Shared(_) | Credential::Uc(_) => Err(GateError::Forbidden),
+        }
+    }
+}
+
+impl From<TokenError> for GateError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Expired => GateError::TokenExpired,
+            TokenError::Revoked | TokenError::Invalid => GateError::TokenInvalid,
         }
     }
 }
@@ -53,7 +77,10 @@ pub struct Presented<'a> {
 /// Finds the token in the `X-Auth-Token` header or the `token` query parameter. Several headers,
 /// several differing parameters, or a header and a differing parameter are ambiguous (400): an
 /// upstream could otherwise read a different one than ucgate checked.
-pub fn presented<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Result<Presented<'a>, GateError> {
+pub fn presented<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+) -> Result<Presented<'a>, GateError> {
     let mut values = headers.get_all(X_AUTH_TOKEN).iter();
     let header = values.next();
     if values.next().is_some() {
@@ -76,7 +103,9 @@ pub fn presented<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Result<P
 
 /// Splits `query` into the value of its `token` parameter and the other parameters, kept byte for
 /// byte. Keys and values are form-decoded for the comparison, as the Play framework would.
-fn split_token_param(query: &str) -> Result<(Option<Cow<'_, str>>, Option<Cow<'_, str>>), GateError> {
+fn split_token_param(
+    query: &str,
+) -> Result<(Option<Cow<'_, str>>, Option<Cow<'_, str>>), GateError> {
     // Fast path: no parameter can be named "token", even encoded.
     if !query.contains(TOKEN_PARAM) && !query.contains('%') {
         return Ok((None, (!query.is_empty()).then_some(Cow::Borrowed(query))));
@@ -136,31 +165,96 @@ mod tests {
     fn strips_the_token_parameter_only() {
         assert_eq!(split("a=1&b=2"), (None, Some("a=1&b=2".into())));
         assert_eq!(split("token=abc"), (Some("abc".into()), None));
-        assert_eq!(split("a=1&token=abc&b=%20"), (Some("abc".into()), Some("a=1&b=%20".into())));
-        assert_eq!(split("%74oken=abc&tokens=1"), (Some("abc".into()), Some("tokens=1".into())));
+        assert_eq!(
+            split("a=1&token=abc&b=%20"),
+            (Some("abc".into()), Some("a=1&b=%20".into()))
+        );
+        assert_eq!(
+            split("%74oken=abc&tokens=1"),
+            (Some("abc".into()), Some("tokens=1".into()))
+        );
         assert_eq!(split("token=a%2Bb+c"), (Some("a+b c".into()), None));
         assert_eq!(split("token=x&token=x"), (Some("x".into()), None));
-        assert!(matches!(split_token_param("token=x&token=y"), Err(GateError::AmbiguousToken)));
+        assert!(matches!(
+            split_token_param("token=x&token=y"),
+            Err(GateError::AmbiguousToken)
+        ));
     }
 
     #[test]
     fn header_and_parameter_must_agree() {
         let mut h = HeaderMap::new();
         h.insert(X_AUTH_TOKEN, "abc".parse().unwrap());
-        assert_eq!(presented(&h, Some("token=abc")).unwrap().token.as_deref(), Some("abc"));
-        assert!(matches!(presented(&h, Some("token=abd")), Err(GateError::AmbiguousToken)));
+        assert_eq!(
+            presented(&h, Some("token=abc")).unwrap().token.as_deref(),
+            Some("abc")
+        );
+        assert!(matches!(
+            presented(&h, Some("token=abd")),
+            Err(GateError::AmbiguousToken)
+        ));
         h.append(X_AUTH_TOKEN, "abc".parse().unwrap());
-        assert!(matches!(presented(&h, None), Err(GateError::AmbiguousToken)));
+        assert!(matches!(
+            presented(&h, None),
+            Err(GateError::AmbiguousToken)
+        ));
     }
 
     #[test]
     fn policy() {
-        let shared_only = Accept { shared: true, uc: false };
-        let uc_only = Accept { shared: false, uc: true };
-        let c = Credential::Shared(SharedMatch::Current);
-        assert!(c.allowed_by(shared_only).is_ok());
-        assert!(matches!(c.allowed_by(uc_only), Err(GateError::Forbidden)));
-        assert!(matches!(Credential::Anonymous.allowed_by(uc_only), Err(GateError::TokenMissing)));
-        assert!(Credential::Anonymous.allowed_by(Accept::default()).is_ok());
+        use crate::config::{Accept, Config};
+        let config = Config::parse(
+            std::path::Path::new("t.toml"),
+            r#"
+            [tokens]
+            [users]
+            file = "users.toml"
+            [[route]]
+            name = "r"
+            prefix = "/r/"
+            upstream = "http://127.0.0.1:1"
+            accept = ["uc"]
+            upstream_auth = "none"
+            profiles = ["admin"]
+            "#,
+        )
+        .unwrap();
+        let mut route = config.routes[0].clone();
+        let claims = |profile: &str| {
+            Credential::Uc(Arc::new(Claims {
+                iss: "ucgate".into(),
+                sub: "alice".into(),
+                profile: profile.into(),
+                method: token::Method::Password,
+                iat: 0,
+                exp: 0,
+                jti: String::new(),
+            }))
+        };
+        let shared = Credential::Shared(SharedMatch::Current);
+        assert!(claims("admin").allowed_by(&route).is_ok());
+        assert!(matches!(
+            claims("agent").allowed_by(&route),
+            Err(GateError::Forbidden)
+        ));
+        assert!(matches!(
+            shared.allowed_by(&route),
+            Err(GateError::Forbidden)
+        ));
+        assert!(matches!(
+            Credential::Anonymous.allowed_by(&route),
+            Err(GateError::TokenMissing)
+        ));
+        route.accept = Accept {
+            shared: true,
+            uc: false,
+        };
+        assert!(shared.allowed_by(&route).is_ok());
+        assert!(matches!(
+            claims("admin").allowed_by(&route),
+            Err(GateError::Forbidden)
+        ));
+        route.accept = Accept::default();
+        assert!(Credential::Anonymous.allowed_by(&route).is_ok());
     }
 }

@@ -61,8 +61,11 @@ impl SharedToken {
                     files: if config.env_files.is_empty() {
                         String::new()
                     } else {
-                        let list: Vec<_> =
-                            config.env_files.iter().map(|f| f.display().to_string()).collect();
+                        let list: Vec<_> = config
+                            .env_files
+                            .iter()
+                            .map(|f| f.display().to_string())
+                            .collect();
                         format!(" and not defined in {}", list.join(", "))
                     },
                 }
@@ -77,7 +80,11 @@ impl SharedToken {
         Self::new(&value, previous, source)
     }
 
-    fn new(value: &str, previous: Option<[u8; 32]>, source: String) -> Result<Self, SharedTokenError> {
+    fn new(
+        value: &str,
+        previous: Option<[u8; 32]>,
+        source: String,
+    ) -> Result<Self, SharedTokenError> {
         let mut header = HeaderValue::from_str(value).map_err(|_| SharedTokenError::Invalid {
             origin: source.clone(),
         })?;
@@ -197,18 +204,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            read_env_file(f.path(), "PLAY_AUTH_TOKEN").unwrap().as_deref(),
+            read_env_file(f.path(), "PLAY_AUTH_TOKEN")
+                .unwrap()
+                .as_deref(),
             Some("quoted value")
         );
         assert_eq!(read_env_file(f.path(), "NOPE").unwrap(), None);
-        assert_eq!(read_env_file(Path::new("/nonexistent/custom.env"), "X").unwrap(), None);
+        assert_eq!(
+            read_env_file(Path::new("/nonexistent/custom.env"), "X").unwrap(),
+            None
+        );
     }
 
     #[test]
     fn syntax_errors_do_not_echo_the_line() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         writeln!(f, "PLAY_AUTH_TOKEN=\"topsecret").unwrap();
-        let e = read_env_file(f.path(), "PLAY_AUTH_TOKEN").unwrap_err().to_string();
+        let e = read_env_file(f.path(), "PLAY_AUTH_TOKEN")
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("topsecret"), "{e}");
     }
 }

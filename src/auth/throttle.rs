@@ -1,0 +1,177 @@
+//! Brute-force protection for the exchange endpoints: failures are counted per login and per
+//! client address; past `max_failures` within `window`, both are locked out for `lockout`.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::LoginConfig;
+
+/// Longest login kept as a key: longer ones cannot be in the directory anyway.
+const MAX_LOGIN_KEY: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Login(Box<str>),
+    Addr(IpAddr),
+}
+
+#[derive(Debug)]
+struct Entry {
+    failures: u32,
+    window_start: Instant,
+    locked_until: Option<Instant>,
+}
+
+/// Failure counters, bounded in number: under a flood of distinct logins and addresses the
+/// least useful entries are evicted, and memory stays flat.
+pub struct Throttle {
+    entries: moka::sync::Cache<Key, Arc<Mutex<Entry>>>,
+}
+
+impl std::fmt::Debug for Throttle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Throttle")
+            .field("tracked", &self.entries.entry_count())
+            .finish()
+    }
+}
+
+impl Throttle {
+    pub fn new(config: &LoginConfig) -> Self {
+        Self {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(config.max_tracked)
+                .time_to_idle(config.window.max(config.lockout))
+                .build(),
+        }
+    }
+
+    /// `Err(retry_after)` while the login or the address is locked out.
+    pub fn check(&self, login: &str, addr: IpAddr) -> Result<(), Duration> {
+        let now = Instant::now();
+        let locked = |key: &Key| {
+            let entry = self.entries.get(key)?;
+            let entry = entry.lock().expect("throttle entry");
+            entry
+                .locked_until
+                .filter(|until| *until > now)
+                .map(|until| until - now)
+        };
+        match locked(&login_key(login)).max(locked(&addr_key(addr))) {
+            Some(remaining) => Err(remaining),
+            None => Ok(()),
+        }
+    }
+
+    pub fn record_failure(&self, login: &str, addr: IpAddr, config: &LoginConfig) {
+        let now = Instant::now();
+        for key in [login_key(login), addr_key(addr)] {
+            let entry = self.entries.get_with(key, || {
+                Arc::new(Mutex::new(Entry {
+                    failures: 0,
+                    window_start: now,
+                    locked_until: None,
+                }))
+            });
+            let mut entry = entry.lock().expect("throttle entry");
+            if now.duration_since(entry.window_start) > config.window {
+                entry.failures = 0;
+                entry.window_start = now;
+            }
+            entry.failures += 1;
+            if entry.failures >= config.max_failures {
+                entry.locked_until = Some(now + config.lockout);
+                entry.failures = 0;
+                entry.window_start = now;
+            }
+        }
+    }
+
+    /// A success clears the login's failures (not the address's: one good password must not
+    /// unlock guessing for others from the same place).
+    pub fn record_success(&self, login: &str) {
+        self.entries.invalidate(&login_key(login));
+    }
+
+    /// Entries tracked (approximate), for tests and metrics.
+    pub fn tracked(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+}
+
+fn login_key(login: &str) -> Key {
+    let end = login.floor_char_boundary(MAX_LOGIN_KEY);
+    Key::Login(login[..end].into())
+}
+
+/// IPv6 clients usually own a whole /64: count them as one.
+fn addr_key(addr: IpAddr) -> Key {
+    match addr {
+        IpAddr::V4(_) => Key::Addr(addr),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => Key::Addr(IpAddr::V4(v4)),
+            None => {
+                let masked = u128::from(v6) & !((1u128 << 64) - 1);
+                Key::Addr(IpAddr::V6(masked.into()))
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> LoginConfig {
+        LoginConfig {
+            max_failures: 3,
+            ..LoginConfig::default()
+        }
+    }
+
+    #[test]
+    fn locks_a_login_after_max_failures_and_success_resets() {
+        let (t, c) = (Throttle::new(&config()), config());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        t.record_failure("alice", a, &c);
+        t.record_failure("alice", b, &c);
+        t.record_success("alice");
+        t.record_failure("alice", b, &c);
+        assert!(t.check("alice", "10.0.0.9".parse().unwrap()).is_ok());
+        t.record_failure("alice", a, &c);
+        t.record_failure("alice", "10.0.0.3".parse().unwrap(), &c);
+        let retry = t.check("alice", "10.0.0.9".parse().unwrap()).unwrap_err();
+        assert!(retry > Duration::from_secs(290));
+        assert!(t.check("bob", "10.0.0.9".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn locks_an_address_whatever_the_logins() {
+        let (t, c) = (Throttle::new(&config()), config());
+        let ip: IpAddr = "2001:db8::1".parse().unwrap();
+        for login in ["a", "b", "c"] {
+            t.record_failure(login, ip, &c);
+        }
+        assert!(
+            t.check("d", "2001:db8::ffff".parse().unwrap()).is_err(),
+            "same /64"
+        );
+        assert!(t.check("d", "2001:db9::1".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn memory_stays_bounded() {
+        let c = LoginConfig {
+            max_tracked: 1000,
+            ..config()
+        };
+        let t = Throttle::new(&c);
+        for i in 0..20_000u32 {
+            t.record_failure(&format!("user{i}"), IpAddr::V4(i.into()), &c);
+        }
+        assert!(t.tracked() <= 1000, "{}", t.tracked());
+    }
+}

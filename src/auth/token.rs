@@ -1,0 +1,389 @@
+//! UC tokens: JWTs issued by ucgate, validated through a moka cache, revocable.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use moka::Expiry;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{TokenAlgorithm, TokensConfig};
+
+/// How a person proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Password,
+    Kerberos,
+    Cas,
+    Oidc,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Password => "password",
+            Method::Kerberos => "kerberos",
+            Method::Cas => "cas",
+            Method::Oidc => "oidc",
+        }
+    }
+}
+
+/// The claims of a UC token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    /// The login.
+    pub sub: String,
+    pub profile: String,
+    pub method: Method,
+    pub iat: u64,
+    pub exp: u64,
+    pub jti: String,
+}
+
+impl Claims {
+    /// Seconds left before expiry.
+    pub fn ttl(&self) -> u64 {
+        self.exp.saturating_sub(unix_now())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token has been revoked")]
+    Revoked,
+    #[error("the token is invalid")]
+    Invalid,
+}
+
+/// A freshly issued token.
+#[derive(Debug, Serialize)]
+pub struct Issued {
+    pub login: String,
+    pub token: String,
+    #[serde(rename = "TTL")]
+    pub ttl: u64,
+}
+
+/// Signs, validates and revokes UC tokens.
+pub struct TokenService {
+    header: Header,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    issuer: String,
+    max_ttl: Duration,
+    /// Valid tokens by the hash of their text (never the text itself), living until their `exp`.
+    cache: moka::sync::Cache<u128, Arc<Claims>>,
+    /// Revoked tokens by the same hash, kept until they would have expired anyway. Unbounded on
+    /// purpose: evicting a revocation would bring a token back to life. Each entry costs a
+    /// successful login.
+    revoked: moka::sync::Cache<u128, Arc<Claims>>,
+}
+
+impl fmt::Debug for TokenService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenService")
+            .field("alg", &self.header.alg)
+            .field("issuer", &self.issuer)
+            .field("cached", &self.cache.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Entries of both caches live until the token's `exp`.
+struct UntilExpiry;
+
+impl Expiry<u128, Arc<Claims>> for UntilExpiry {
+    fn expire_after_create(&self, _: &u128, claims: &Arc<Claims>, _: Instant) -> Option<Duration> {
+        Some(Duration::from_secs(claims.ttl()))
+    }
+}
+
+impl TokenService {
+    /// Loads the keys named by `config`. Errors name the key and never echo its value.
+    pub fn load(config: &TokensConfig) -> Result<Self, String> {
+        let (encoding, decoding) = match &config.algorithm {
+            TokenAlgorithm::Hs256 { signing_key_env } => {
+                let secret = std::env::var(signing_key_env).unwrap_or_default();
+                if secret.len() < 32 {
+                    return Err(format!(
+                        "tokens.signing_key_env: environment variable {signing_key_env} must hold a \
+                         secret of at least 32 bytes (it is {})",
+                        if secret.is_empty() {
+                            "unset"
+                        } else {
+                            "too short"
+                        }
+                    ));
+                }
+                (
+                    EncodingKey::from_secret(secret.as_bytes()),
+                    DecodingKey::from_secret(secret.as_bytes()),
+                )
+            }
+            TokenAlgorithm::EdDsa {
+                private_key,
+                public_key,
+            }
+            | TokenAlgorithm::Rs256 {
+                private_key,
+                public_key,
+            } => {
+                let read = |key: &str, path: &std::path::Path| {
+                    std::fs::read(path)
+                        .map_err(|e| format!("tokens.{key}: cannot read {}: {e}", path.display()))
+                };
+                let private = read("private_key", private_key)?;
+                let public = read("public_key", public_key)?;
+                let bad = |key: &'static str| {
+                    move |e: jsonwebtoken::errors::Error| format!("tokens.{key}: {e}")
+                };
+                if matches!(config.algorithm, TokenAlgorithm::EdDsa { .. }) {
+                    (
+                        EncodingKey::from_ed_pem(&private).map_err(bad("private_key"))?,
+                        DecodingKey::from_ed_pem(&public).map_err(bad("public_key"))?,
+                    )
+                } else {
+                    (
+                        EncodingKey::from_rsa_pem(&private).map_err(bad("private_key"))?,
+                        DecodingKey::from_rsa_pem(&public).map_err(bad("public_key"))?,
+                    )
+                }
+            }
+        };
+        let service = Self::new(config, encoding, decoding);
+        // A key pair that does not match would issue tokens nobody accepts: check it now.
+        let probe = service
+            .sign(
+                "ucgate-key-check",
+                "probe",
+                Method::Password,
+                Duration::from_secs(60),
+            )
+            .map_err(|e| format!("tokens: cannot sign with the configured key: {e}"))?;
+        service
+            .decode(&probe.token)
+            .map_err(|_| "tokens: public_key does not verify what private_key signs".to_string())?;
+        Ok(service)
+    }
+
+    fn new(config: &TokensConfig, encoding: EncodingKey, decoding: DecodingKey) -> Self {
+        let alg = config.algorithm.jwt_algorithm();
+        // Pinned to the one configured algorithm: `none` and algorithm confusion are refused
+        // before any signature check.
+        let mut validation = Validation::new(alg);
+        validation.leeway = config.leeway.as_secs();
+        validation.set_issuer(&[&config.issuer]);
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "sub"]);
+        Self {
+            header: Header::new(alg),
+            encoding,
+            decoding,
+            validation,
+            issuer: config.issuer.clone(),
+            max_ttl: config.ttl,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(config.cache_capacity)
+                .expire_after(UntilExpiry)
+                .build(),
+            revoked: moka::sync::Cache::builder()
+                .expire_after(UntilExpiry)
+                .build(),
+        }
+    }
+
+    /// The longest lifetime a token may get.
+    pub fn max_ttl(&self) -> Duration {
+        self.max_ttl
+    }
+
+    /// Issues a token for `login`, living `requested` seconds at most (capped by `tokens.ttl`).
+    pub fn issue(
+        &self,
+        login: &str,
+        profile: &str,
+        method: Method,
+        requested: Option<u64>,
+    ) -> Result<Issued, TokenError> {
+        let ttl = requested.map_or(self.max_ttl, |s| Duration::from_secs(s).min(self.max_ttl));
+        self.sign(login, profile, method, ttl)
+            .map_err(|_| TokenError::Invalid)
+    }
+
+    fn sign(
+        &self,
+        login: &str,
+        profile: &str,
+        method: Method,
+        ttl: Duration,
+    ) -> Result<Issued, jsonwebtoken::errors::Error> {
+        let iat = unix_now();
+        let mut jti = [0u8; 16];
+        getrandom::fill(&mut jti).expect("the OS random generator works");
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            sub: login.to_owned(),
+            profile: profile.to_owned(),
+            method,
+            iat,
+            exp: iat + ttl.as_secs(),
+            jti: hex(&jti),
+        };
+        let token = jsonwebtoken::encode(&self.header, &claims, &self.encoding)?;
+        Ok(Issued {
+            login: login.to_owned(),
+            token,
+            ttl: ttl.as_secs(),
+        })
+    }
+
+    /// Validates a token: a cache hit costs one hash and one look-up.
+    pub fn validate(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
+        let key = cache_key(token);
+        if let Some(claims) = self.cache.get(&key) {
+            return Ok(claims);
+        }
+        if self.revoked.contains_key(&key) {
+            return Err(TokenError::Revoked);
+        }
+        let claims = Arc::new(self.decode(token)?);
+        self.cache.insert(key, claims.clone());
+        // A logout may have run between the check above and the insert.
+        if self.revoked.contains_key(&key) {
+            self.cache.invalidate(&key);
+            return Err(TokenError::Revoked);
+        }
+        Ok(claims)
+    }
+
+    fn decode(&self, token: &str) -> Result<Claims, TokenError> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })
+    }
+
+    /// Revokes a token: refused everywhere from now on, cached or not.
+    pub fn revoke(&self, token: &str, claims: Arc<Claims>) {
+        let key = cache_key(token);
+        self.revoked.insert(key, claims);
+        self.cache.invalidate(&key);
+    }
+
+    /// Number of cached validations (approximate), for metrics and tests.
+    pub fn cached(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+}
+
+/// 128 bits of SHA-256: collisions are out of reach, and the token text is never stored.
+fn cache_key(token: &str) -> u128 {
+    let digest = Sha256::digest(token.as_bytes());
+    u128::from_le_bytes(digest[..16].try_into().expect("16 bytes"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl TokenAlgorithm {
+    fn jwt_algorithm(&self) -> Algorithm {
+        match self {
+            TokenAlgorithm::Hs256 { .. } => Algorithm::HS256,
+            TokenAlgorithm::EdDsa { .. } => Algorithm::EdDSA,
+            TokenAlgorithm::Rs256 { .. } => Algorithm::RS256,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(ttl: u64) -> TokenService {
+        let config = TokensConfig {
+            ttl: Duration::from_secs(ttl),
+            ..TokensConfig::default()
+        };
+        let key = b"0123456789abcdef0123456789abcdef";
+        TokenService::new(
+            &config,
+            EncodingKey::from_secret(key),
+            DecodingKey::from_secret(key),
+        )
+    }
+
+    #[test]
+    fn issues_validates_and_revokes() {
+        let s = service(3600);
+        let issued = s
+            .issue("alice", "agent", Method::Password, Some(60))
+            .unwrap();
+        assert_eq!(issued.ttl, 60);
+        let claims = s.validate(&issued.token).unwrap();
+        assert_eq!(
+            (claims.sub.as_str(), claims.method),
+            ("alice", Method::Password)
+        );
+        assert!(claims.ttl() <= 60 && claims.ttl() >= 59);
+        assert!(
+            Arc::ptr_eq(&claims, &s.validate(&issued.token).unwrap()),
+            "second validation is a cache hit"
+        );
+        s.revoke(&issued.token, claims);
+        assert_eq!(s.validate(&issued.token), Err(TokenError::Revoked));
+    }
+
+    #[test]
+    fn expiration_is_capped_by_ttl() {
+        let s = service(100);
+        assert_eq!(s.issue("a", "p", Method::Cas, Some(1000)).unwrap().ttl, 100);
+        assert_eq!(s.issue("a", "p", Method::Cas, None).unwrap().ttl, 100);
+    }
+
+    #[test]
+    fn refuses_tampered_and_foreign_tokens() {
+        let s = service(3600);
+        let token = s
+            .issue("alice", "agent", Method::Password, None)
+            .unwrap()
+            .token;
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        let replacement = if parts[2].starts_with("AA") {
+            "BB"
+        } else {
+            "AA"
+        };
+        parts[2].replace_range(0..2, replacement);
+        assert_eq!(s.validate(&parts.join(".")), Err(TokenError::Invalid));
+        let other = TokenService::new(
+            &TokensConfig::default(),
+            EncodingKey::from_secret(b"another-key-another-key-another-key"),
+            DecodingKey::from_secret(b"another-key-another-key-another-key"),
+        );
+        let foreign = other
+            .issue("alice", "agent", Method::Password, None)
+            .unwrap()
+            .token;
+        assert_eq!(s.validate(&foreign), Err(TokenError::Invalid));
+        assert_eq!(s.validate("not.a.jwt"), Err(TokenError::Invalid));
+        assert_eq!(s.validate(""), Err(TokenError::Invalid));
+    }
+}
