@@ -11,6 +11,9 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use serde::{Deserialize, Deserializer};
 
+use crate::auth::cas::CasConfig;
+use crate::auth::kerberos::KerberosConfig;
+use crate::auth::oidc::OidcConfig;
 use crate::routes::normalise_path;
 
 /// A configuration that could not be loaded. Its `Display` names the file, the key and the reason.
@@ -39,6 +42,9 @@ pub struct Config {
     /// The user directory; present whenever `tokens` is.
     pub users: Option<UsersConfig>,
     pub login: LoginConfig,
+    pub kerberos: Option<KerberosConfig>,
+    pub cas: Option<CasConfig>,
+    pub oidc: Option<OidcConfig>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -284,6 +290,12 @@ struct RawConfig {
     users: Option<UsersConfig>,
     #[serde(default)]
     login: LoginConfig,
+    #[serde(default)]
+    kerberos: Option<KerberosConfig>,
+    #[serde(default)]
+    cas: Option<CasConfig>,
+    #[serde(default)]
+    oidc: Option<OidcConfig>,
     #[serde(default, rename = "route")]
     routes: Vec<RawRoute>,
 }
@@ -370,6 +382,23 @@ impl Config {
             ));
         }
         validate_login(&raw.login).map_err(err)?;
+        let (mut kerberos, mut cas, mut oidc) = (raw.kerberos, raw.cas, raw.oidc);
+        let exchanges = [
+            ("kerberos", kerberos.as_mut().map(|c| c.validate(base))),
+            ("cas", cas.as_mut().map(|c| c.validate(base))),
+            ("oidc", oidc.as_mut().map(|c| c.validate(base))),
+        ];
+        for (section, outcome) in exchanges {
+            match outcome {
+                Some(Err(reason)) => return Err(err(format!("{section}.{reason}"))),
+                Some(Ok(())) if tokens.is_none() => {
+                    return Err(err(format!(
+                        "{section}: needs a [tokens] section to issue UC tokens"
+                    )));
+                }
+                _ => {}
+            }
+        }
         let mut config = Config {
             file: file.to_owned(),
             server: raw.server,
@@ -377,6 +406,9 @@ impl Config {
             tokens,
             users,
             login: raw.login,
+            kerberos,
+            cas,
+            oidc,
             routes: Vec::with_capacity(raw.routes.len()),
         };
         config.validate_server().map_err(err)?;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use http::{Method, Response, StatusCode, request};
 use hyper::body::Incoming;
 
-use crate::auth::{self, login};
+use crate::auth::{self, cas, kerberos, login, oidc};
 use crate::body::{self, Body};
 use crate::error::{GateError, json_response};
 use crate::gateway::{ConnInfo, Gateway, State};
@@ -19,6 +19,9 @@ pub enum Endpoint {
     Login,
     Check,
     Logout,
+    Sso,
+    Cas,
+    Oidc,
 }
 
 impl Endpoint {
@@ -29,6 +32,9 @@ impl Endpoint {
             "/xuc/api/2.0/auth/login" => Endpoint::Login,
             "/xuc/api/2.0/auth/check" => Endpoint::Check,
             "/xuc/api/2.0/auth/logout" => Endpoint::Logout,
+            "/xuc/api/2.0/auth/sso" => Endpoint::Sso,
+            "/xuc/api/2.0/auth/cas" => Endpoint::Cas,
+            "/xuc/api/2.0/auth/oidc" => Endpoint::Oidc,
             _ => return None,
         })
     }
@@ -38,6 +44,7 @@ impl Endpoint {
         const POST: &[Method] = &[Method::POST];
         match self {
             Endpoint::Health | Endpoint::Ready | Endpoint::Check => (GET, "GET, HEAD"),
+            Endpoint::Sso | Endpoint::Cas | Endpoint::Oidc => (&[Method::GET], "GET"),
             Endpoint::Login | Endpoint::Logout => (POST, "POST"),
         }
     }
@@ -49,6 +56,9 @@ impl Endpoint {
             Endpoint::Login => "auth-login",
             Endpoint::Check => "auth-check",
             Endpoint::Logout => "auth-logout",
+            Endpoint::Sso => "auth-sso",
+            Endpoint::Cas => "auth-cas",
+            Endpoint::Oidc => "auth-oidc",
         }
     }
 
@@ -76,6 +86,9 @@ impl Endpoint {
                 &serde_json::json!({ "status": "ready" }),
             )),
             Endpoint::Login => login::handle(state, gateway.throttle(), body, conn).await,
+            Endpoint::Sso => kerberos::handle(state, gateway.throttle(), &parts, conn).await,
+            Endpoint::Cas => cas::handle(state, gateway.throttle(), &parts, conn).await,
+            Endpoint::Oidc => oidc::handle(state, gateway.throttle(), &parts, conn).await,
             Endpoint::Check => {
                 let (claims, _) = uc_token(&state, &parts)?;
                 log.credential = Some("uc");

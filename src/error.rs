@@ -44,6 +44,17 @@ pub enum GateError {
     MethodNotAllowed(&'static str),
     #[error("an internal error occurred")]
     Unhandled,
+    #[error("the user is not allowed to log in")]
+    UserNotFound,
+    /// An exchange endpoint's own failure (SSO, CAS, OIDC): its status, XiVO-style code, a
+    /// message that must never carry a secret, and the `WWW-Authenticate` challenge if any.
+    #[error("{message}")]
+    Refused {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+        challenge: Option<HeaderValue>,
+    },
 }
 
 impl GateError {
@@ -60,6 +71,8 @@ impl GateError {
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             Unhandled => StatusCode::INTERNAL_SERVER_ERROR,
+            UserNotFound => StatusCode::UNAUTHORIZED,
+            Refused { status, .. } => *status,
             Forbidden => StatusCode::FORBIDDEN,
             NoRoute => StatusCode::NOT_FOUND,
             UpstreamUnavailable => StatusCode::BAD_GATEWAY,
@@ -89,6 +102,8 @@ impl GateError {
             TooManyAttempts(_) => "TooManyAttempts",
             MethodNotAllowed(_) => "MethodNotAllowed",
             Unhandled => "UnhandledError",
+            UserNotFound => "UserNotFound",
+            Refused { code, .. } => code,
         }
     }
 
@@ -103,6 +118,13 @@ impl GateError {
             GateError::MethodNotAllowed(allow) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
+            GateError::Refused {
+                challenge: Some(challenge),
+                ..
+            } => {
+                headers.insert(header::WWW_AUTHENTICATE, challenge);
+            }
+            GateError::Refused { .. } => {}
             _ if self.status() == StatusCode::UNAUTHORIZED => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,

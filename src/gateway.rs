@@ -11,6 +11,9 @@ use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 
+use crate::auth::cas::Cas;
+use crate::auth::kerberos::Kerberos;
+use crate::auth::oidc::Oidc;
 use crate::auth::throttle::Throttle;
 use crate::auth::token::TokenService;
 use crate::auth::{self, Credential, SharedToken};
@@ -35,6 +38,9 @@ pub struct State {
     pub shared: SharedToken,
     pub tokens: Option<TokenService>,
     pub users: Option<Directory>,
+    pub kerberos: Option<Kerberos>,
+    pub cas: Option<Cas>,
+    pub oidc: Option<Oidc>,
 }
 
 impl State {
@@ -55,16 +61,37 @@ impl State {
             .as_ref()
             .map(|u| Directory::load(&u.file).map_err(|e| format!("{}: {e}", u.file.display())))
             .transpose()?;
-        Ok(Self::new(config, shared, tokens, users, client))
+        let file = file.as_str();
+        let section = |name: &'static str| move |e: String| format!("{file}: {name}: {e}");
+        let kerberos = config
+            .kerberos
+            .as_ref()
+            .map(Kerberos::load)
+            .transpose()
+            .map_err(section("kerberos"))?;
+        let cas = config
+            .cas
+            .as_ref()
+            .map(Cas::load)
+            .transpose()
+            .map_err(section("cas"))?;
+        let oidc = config
+            .oidc
+            .as_ref()
+            .map(Oidc::load)
+            .transpose()
+            .map_err(section("oidc"))?;
+        let mut state = Self::new(config, shared, client);
+        state.tokens = tokens;
+        state.users = users;
+        state.kerberos = kerberos;
+        state.cas = cas;
+        state.oidc = oidc;
+        Ok(state)
     }
 
-    pub fn new(
-        config: Config,
-        shared: SharedToken,
-        tokens: Option<TokenService>,
-        users: Option<Directory>,
-        client: &HttpClient,
-    ) -> Self {
+    /// A state with the shared token only (UC tokens and exchanges off).
+    pub fn new(config: Config, shared: SharedToken, client: &HttpClient) -> Self {
         let routes = config
             .routes
             .iter()
@@ -77,9 +104,17 @@ impl State {
             routes: RouteTable::new(routes),
             config,
             shared,
-            tokens,
-            users,
+            tokens: None,
+            users: None,
+            kerberos: None,
+            cas: None,
+            oidc: None,
         }
+    }
+
+    /// Ready to serve: everything needed to check credentials is loaded.
+    pub fn is_ready(&self) -> bool {
+        true
     }
 
     /// Checks a presented token: the shared token first (one digest), then a UC token.

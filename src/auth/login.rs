@@ -84,6 +84,19 @@ pub async fn handle(
     }
 }
 
+/// The answer of the single sign-on endpoints once the identity is proven: the login must be in
+/// the directory with CTI login enabled and a profile, else `UserNotFound`.
+pub fn issue_for(state: &State, login: &str, method: Method) -> Result<Response<Body>, GateError> {
+    let (Some(tokens), Some(users)) = (&state.tokens, &state.users) else {
+        return Err(GateError::NoRoute);
+    };
+    let profile = users
+        .get(login)
+        .and_then(|u| u.login_profile())
+        .ok_or(GateError::UserNotFound)?;
+    issue(tokens, login, profile, method, None)
+}
+
 /// The answer of every exchange endpoint: `{"login", "token", "TTL"}`.
 pub fn issue(
     tokens: &TokenService,

@@ -1,6 +1,9 @@
 //! Credentials: how a request presents one, and what it proved.
 
+pub mod cas;
+pub mod kerberos;
 pub mod login;
+pub mod oidc;
 pub mod shared;
 pub mod throttle;
 pub mod token;
