@@ -81,6 +81,7 @@ impl Endpoint {
                 StatusCode::OK,
                 &serde_json::json!({ "status": "ok" }),
             )),
+            Endpoint::Ready if !state.is_ready() => Err(GateError::NotReady),
             Endpoint::Ready => Ok(json_response(
                 StatusCode::OK,
                 &serde_json::json!({ "status": "ready" }),

@@ -112,9 +112,10 @@ impl State {
         }
     }
 
-    /// Ready to serve: everything needed to check credentials is loaded.
+    /// Ready to serve: everything needed to check credentials is loaded (the OpenID
+    /// provider's keys are fetched after the start).
     pub fn is_ready(&self) -> bool {
-        true
+        self.oidc.as_ref().is_none_or(Oidc::is_ready)
     }
 
     /// Checks a presented token: the shared token first (one digest), then a UC token.
@@ -156,6 +157,13 @@ impl Gateway {
                 state: ArcSwap::from_pointee(state),
                 throttle,
             }),
+        }
+    }
+
+    /// Starts what needs the runtime (the OpenID provider's discovery); call once, inside it.
+    pub fn start_background_tasks(&self) {
+        if let Some(oidc) = &self.state().oidc {
+            oidc.start();
         }
     }
 

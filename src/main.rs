@@ -165,6 +165,7 @@ fn run(state: State) -> ExitCode {
             "ucgate starting"
         );
         let gateway = Gateway::new(state);
+        gateway.start_background_tasks();
         server::serve(
             listeners,
             gateway,

@@ -64,27 +64,47 @@ impl Throttle {
         }
     }
 
-    pub fn record_failure(&self, login: &str, addr: IpAddr, config: &LoginConfig) {
+    /// `Err(retry_after)` while the address is locked out: for credentials that name no login
+    /// until they are verified (bearer tokens, tickets).
+    pub fn check_addr(&self, addr: IpAddr) -> Result<(), Duration> {
         let now = Instant::now();
+        let entry = self.entries.get(&addr_key(addr));
+        match entry.and_then(|e| e.lock().expect("throttle entry").locked_until) {
+            Some(until) if until > now => Err(until - now),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn record_failure(&self, login: &str, addr: IpAddr, config: &LoginConfig) {
         for key in [login_key(login), addr_key(addr)] {
-            let entry = self.entries.get_with(key, || {
-                Arc::new(Mutex::new(Entry {
-                    failures: 0,
-                    window_start: now,
-                    locked_until: None,
-                }))
-            });
-            let mut entry = entry.lock().expect("throttle entry");
-            if now.duration_since(entry.window_start) > config.window {
-                entry.failures = 0;
-                entry.window_start = now;
-            }
-            entry.failures += 1;
-            if entry.failures >= config.max_failures {
-                entry.locked_until = Some(now + config.lockout);
-                entry.failures = 0;
-                entry.window_start = now;
-            }
+            self.fail(key, config);
+        }
+    }
+
+    /// A failure of a credential that named no login we can trust.
+    pub fn record_addr_failure(&self, addr: IpAddr, config: &LoginConfig) {
+        self.fail(addr_key(addr), config);
+    }
+
+    fn fail(&self, key: Key, config: &LoginConfig) {
+        let now = Instant::now();
+        let entry = self.entries.get_with(key, || {
+            Arc::new(Mutex::new(Entry {
+                failures: 0,
+                window_start: now,
+                locked_until: None,
+            }))
+        });
+        let mut entry = entry.lock().expect("throttle entry");
+        if now.duration_since(entry.window_start) > config.window {
+            entry.failures = 0;
+            entry.window_start = now;
+        }
+        entry.failures += 1;
+        if entry.failures >= config.max_failures {
+            entry.locked_until = Some(now + config.lockout);
+            entry.failures = 0;
+            entry.window_start = now;
         }
     }
 
@@ -160,6 +180,20 @@ mod tests {
             "same /64"
         );
         assert!(t.check("d", "2001:db9::1".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn address_only_failures_lock_the_address_not_a_login() {
+        let (t, c) = (Throttle::new(&config()), config());
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        for _ in 0..3 {
+            assert!(t.check_addr(ip).is_ok());
+            t.record_addr_failure(ip, &c);
+        }
+        assert!(t.check_addr(ip).is_err());
+        assert!(t.check("alice", ip).is_err());
+        assert!(t.check("alice", "10.0.0.8".parse().unwrap()).is_ok());
+        assert!(t.check_addr("10.0.0.8".parse().unwrap()).is_ok());
     }
 
     #[test]

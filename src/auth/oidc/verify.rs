@@ -1,0 +1,251 @@
+//! Local verification of an IdP token (ID token or JWT access token) against the cached keys.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use moka::Expiry;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::keys::Keys;
+use crate::auth::token::unix_now;
+
+/// Longest login taken from a token: a longer one cannot be in the directory.
+const MAX_LOGIN: usize = 256;
+
+/// Why a token is refused. The texts go into error bodies and logs: never a token's content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("the bearer token is not a JWT")]
+    Malformed,
+    #[error("the token's algorithm is not one the provider signs with")]
+    Algorithm,
+    #[error("the token is signed with a key the provider does not publish")]
+    UnknownKey,
+    #[error("the token's signature is invalid")]
+    Signature,
+    #[error("the token is not from the configured issuer")]
+    Issuer,
+    #[error("the token is not for this audience")]
+    Audience,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token lacks a required claim")]
+    MissingClaim,
+    #[error("the token carries no usable login claim")]
+    NoLogin,
+}
+
+/// Why a token was not accepted: refused, or not checkable yet (keys not loaded).
+#[derive(Debug)]
+pub enum Failure {
+    NotReady,
+    Rejected(Rejection),
+}
+
+impl From<Rejection> for Failure {
+    fn from(r: Rejection) -> Self {
+        Failure::Rejected(r)
+    }
+}
+
+/// What a verified token proves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub login: Box<str>,
+    exp: u64,
+}
+
+struct UntilExp;
+
+impl Expiry<[u8; 32], Arc<Verified>> for UntilExp {
+    fn expire_after_create(&self, _: &[u8; 32], v: &Arc<Verified>, _: Instant) -> Option<Duration> {
+        Some(Duration::from_secs(v.exp.saturating_sub(unix_now())))
+    }
+}
+
+/// The rules a token must pass, and the cache of tokens that passed.
+pub struct Verifier {
+    pub keys: Keys,
+    audience: Vec<String>,
+    login_claim: String,
+    leeway: u64,
+    /// Keyed by SHA-256 of the token: the tokens themselves are never kept.
+    verified: moka::sync::Cache<[u8; 32], Arc<Verified>>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("issuer", &self.keys.issuer())
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    pub fn new(
+        keys: Keys,
+        audience: Vec<String>,
+        login_claim: String,
+        leeway: Duration,
+        capacity: u64,
+    ) -> Self {
+        Self {
+            keys,
+            audience,
+            login_claim,
+            leeway: leeway.as_secs(),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(UntilExp)
+                .build(),
+        }
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Arc<Verified>, Failure> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(hit) = self.verified.get(&digest).filter(|v| v.exp > unix_now()) {
+            return Ok(hit);
+        }
+        let provider = self.keys.current().ok_or(Failure::NotReady)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
+        if !provider.algorithms.contains(&header.alg) {
+            return Err(Rejection::Algorithm.into());
+        }
+        let kid = header.kid.as_deref();
+        let key = match provider.key(kid, header.alg) {
+            Some(key) => key,
+            None if kid.is_some() => self
+                .keys
+                .refetch(&provider)
+                .await
+                .and_then(|p| p.key(kid, header.alg))
+                .ok_or(Rejection::UnknownKey)?,
+            None => return Err(Rejection::UnknownKey.into()),
+        };
+        let claims = jsonwebtoken::decode::<Map<String, Value>>(
+            token,
+            &key.decoding,
+            &self.validation(header.alg),
+        )
+        .map_err(|e| rejection(e.kind()))?
+        .claims;
+        let verified = Arc::new(self.check_claims(&claims)?);
+        self.verified.insert(digest, verified.clone());
+        Ok(verified)
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut v = Validation::new(alg);
+        v.algorithms = vec![alg];
+        v.leeway = self.leeway;
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        v.required_spec_claims = ["exp", "iss", "aud"].map(String::from).into();
+        v.set_issuer(&[self.keys.issuer()]);
+        v.aud = Some(self.audience.iter().cloned().collect::<HashSet<_>>());
+        v
+    }
+
+    /// What jsonwebtoken does not check: `iat` (required, not in the future) and the login.
+    fn check_claims(&self, claims: &Map<String, Value>) -> Result<Verified, Rejection> {
+        let now = unix_now();
+        let iat = claims
+            .get("iat")
+            .and_then(Value::as_u64)
+            .ok_or(Rejection::MissingClaim)?;
+        if iat > now + self.leeway {
+            return Err(Rejection::NotYetValid);
+        }
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or(Rejection::MissingClaim)?;
+        let login = claims
+            .get(&self.login_claim)
+            .and_then(Value::as_str)
+            .filter(|l| usable_login(l))
+            .ok_or(Rejection::NoLogin)?;
+        Ok(Verified {
+            login: login.into(),
+            exp,
+        })
+    }
+
+    /// The keys are loaded (the provider was discovered once).
+    pub fn ready(&self) -> bool {
+        self.keys.current().is_some()
+    }
+
+    #[cfg(test)]
+    fn cached(&self) -> u64 {
+        self.verified.run_pending_tasks();
+        self.verified.entry_count()
+    }
+}
+
+/// A login becomes a header value upstream and a key in the directory: printable, bounded.
+fn usable_login(login: &str) -> bool {
+    !login.is_empty()
+        && login.len() <= MAX_LOGIN
+        && !login.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+fn rejection(kind: &ErrorKind) -> Rejection {
+    match kind {
+        ErrorKind::InvalidSignature => Rejection::Signature,
+        ErrorKind::InvalidIssuer => Rejection::Issuer,
+        ErrorKind::InvalidAudience => Rejection::Audience,
+        ErrorKind::ExpiredSignature => Rejection::Expired,
+        ErrorKind::ImmatureSignature => Rejection::NotYetValid,
+        ErrorKind::MissingRequiredClaim(_) => Rejection::MissingClaim,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => Rejection::Algorithm,
+        _ => Rejection::Malformed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logins_are_printable_and_bounded() {
+        assert!(usable_login("alice"));
+        assert!(usable_login("alice@example.test"));
+        assert!(!usable_login(""));
+        assert!(!usable_login("ali ce"));
+        assert!(!usable_login("alice\r\nX-Auth-User: root"));
+        assert!(!usable_login(&"a".repeat(MAX_LOGIN + 1)));
+    }
+
+    #[test]
+    fn jsonwebtoken_errors_map_to_rejections() {
+        assert_eq!(rejection(&ErrorKind::ExpiredSignature), Rejection::Expired);
+        assert_eq!(rejection(&ErrorKind::InvalidAudience), Rejection::Audience);
+        assert_eq!(rejection(&ErrorKind::InvalidToken), Rejection::Malformed);
+    }
+
+    #[test]
+    fn the_cache_starts_empty() {
+        let keys = Keys::new(
+            openidconnect::IssuerUrl::new("https://idp.test".into()).unwrap(),
+            super::super::keys::ProviderHttp(reqwest::Client::new()),
+            Duration::from_secs(10),
+        );
+        let v = Verifier::new(
+            keys,
+            vec!["x".into()],
+            "preferred_username".into(),
+            Duration::ZERO,
+            10,
+        );
+        assert!(!v.ready());
+        assert_eq!(v.cached(), 0);
+    }
+}
