@@ -112,6 +112,13 @@ impl State {
         }
     }
 
+    /// Carries over what must survive a reload: revocations.
+    fn inherit(&mut self, old: &State) {
+        if let (Some(new), Some(old)) = (&mut self.tokens, &old.tokens) {
+            new.inherit(old);
+        }
+    }
+
     /// Ready to serve: everything needed to check credentials is loaded.
     pub fn is_ready(&self) -> bool {
         true
@@ -144,19 +151,34 @@ pub struct Gateway {
 
 struct Inner {
     state: ArcSwap<State>,
+    client: HttpClient,
     /// Outlives reloads: a new configuration must not forgive past failures.
     throttle: Throttle,
 }
 
 impl Gateway {
-    pub fn new(state: State) -> Self {
+    pub fn new(state: State, client: HttpClient) -> Self {
         let throttle = Throttle::new(&state.config.login);
         Self {
             inner: Arc::new(Inner {
                 state: ArcSwap::from_pointee(state),
+                client,
                 throttle,
             }),
         }
+    }
+
+    /// Loads `config_file` anew and swaps it in, or leaves the running state as it is.
+    pub fn reload(&self, config_file: &std::path::Path) -> Result<(), String> {
+        let config = Config::load(config_file).map_err(|e| e.to_string())?;
+        let old = self.state();
+        if config.server.listen != old.config.server.listen {
+            tracing::warn!("server.listen changed: it takes effect at the next restart");
+        }
+        let mut state = State::load(config, &self.inner.client)?;
+        state.inherit(&old);
+        self.inner.state.store(Arc::new(state));
+        Ok(())
     }
 
     pub fn throttle(&self) -> &Throttle {

@@ -10,6 +10,7 @@ pub mod endpoints;
 pub mod error;
 pub mod gateway;
 pub mod proxy;
+pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod telemetry;

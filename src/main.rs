@@ -7,8 +7,8 @@ use std::io::BufRead;
 
 use ucgate::config::Config;
 use ucgate::gateway::{Gateway, State};
-use ucgate::proxy::http_client;
-use ucgate::{server, telemetry, users};
+use ucgate::proxy::{HttpClient, http_client};
+use ucgate::{reload, server, telemetry, users};
 
 /// Exit code for a configuration that cannot be used (as sysexits' EX_USAGE family, and what
 /// init systems treat as "do not restart in a loop").
@@ -50,9 +50,10 @@ fn main() -> ExitCode {
     if let Command::HashPassword = command {
         return hash_password();
     }
+    let client = http_client();
     let loaded = Config::load(&cli.config)
         .map_err(|e| e.to_string())
-        .and_then(|config| State::load(config, &http_client()));
+        .and_then(|config| State::load(config, &client));
     let state = match loaded {
         Ok(state) => state,
         Err(message) => {
@@ -65,7 +66,7 @@ fn main() -> ExitCode {
             print_config(&state);
             ExitCode::SUCCESS
         }
-        Command::Run => run(state),
+        Command::Run => run(state, client),
         Command::HashPassword => unreachable!("handled above"),
     }
 }
@@ -134,7 +135,7 @@ fn print_config(state: &State) {
     }
 }
 
-fn run(state: State) -> ExitCode {
+fn run(state: State, client: HttpClient) -> ExitCode {
     let server_config = state.config.server.clone();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if server_config.workers > 0 {
@@ -164,7 +165,10 @@ fn run(state: State) -> ExitCode {
             users = state.users.as_ref().map_or(0, |u| u.len()),
             "ucgate starting"
         );
-        let gateway = Gateway::new(state);
+        let config_file = state.config.file.clone();
+        let gateway = Gateway::new(state, client);
+        let interval = Some(server_config.watch_interval).filter(|d| !d.is_zero());
+        tokio::spawn(reload::watch(gateway.clone(), config_file, interval));
         server::serve(
             listeners,
             gateway,

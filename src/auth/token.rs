@@ -280,6 +280,12 @@ impl TokenService {
         self.cache.invalidate(&key);
     }
 
+    /// Keeps the revocations of the service this one replaces: a reload must not bring a
+    /// logged-out token back. The validation cache starts empty, since the keys may have changed.
+    pub fn inherit(&mut self, old: &TokenService) {
+        self.revoked = old.revoked.clone();
+    }
+
     /// Number of cached validations (approximate), for metrics and tests.
     pub fn cached(&self) -> u64 {
         self.cache.run_pending_tasks();
