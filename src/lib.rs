@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod doctor;
 pub mod endpoints;
 pub mod error;
 pub mod gateway;

@@ -8,7 +8,7 @@ use std::io::BufRead;
 use ucgate::config::Config;
 use ucgate::gateway::{Gateway, State};
 use ucgate::proxy::{HttpClient, http_client};
-use ucgate::{reload, server, telemetry, users};
+use ucgate::{doctor, reload, server, telemetry, users};
 
 /// Exit code for a configuration that cannot be used (as sysexits' EX_USAGE family, and what
 /// init systems treat as "do not restart in a loop").
@@ -42,13 +42,49 @@ enum Command {
     CheckConfig,
     /// Read a password on stdin, print its argon2id hash for the users file.
     HashPassword,
+    /// Check PLAY_AUTH_TOKEN across the custom.env files of a XiVO install (never prints it).
+    Doctor {
+        /// Prefix of the XiVO paths (/etc/docker/{xivo,mds,compose}/custom.env).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// The variable to check.
+        #[arg(long, default_value = "PLAY_AUTH_TOKEN")]
+        variable: String,
+        /// Print a fresh strong token and exit.
+        #[arg(long)]
+        new_token: bool,
+        /// More custom.env files, e.g. copied from the other servers of a multi-server install.
+        files: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run);
-    if let Command::HashPassword = command {
-        return hash_password();
+    match command {
+        Command::HashPassword => return hash_password(),
+        Command::Doctor {
+            new_token: true, ..
+        } => {
+            println!("{}", doctor::new_token());
+            return ExitCode::SUCCESS;
+        }
+        Command::Doctor {
+            root,
+            variable,
+            files,
+            ..
+        } => {
+            return match doctor::run(&root, &files, &variable, &mut std::io::stdout()) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("ucgate: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Run | Command::CheckConfig => {}
     }
     let client = http_client();
     let loaded = Config::load(&cli.config)
@@ -67,7 +103,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run => run(state, client),
-        Command::HashPassword => unreachable!("handled above"),
+        Command::HashPassword | Command::Doctor { .. } => unreachable!("handled above"),
     }
 }
 
