@@ -21,6 +21,7 @@ use crate::body::Body;
 use crate::config::{Config, UpstreamAuth};
 use crate::endpoints::Endpoint;
 use crate::error::GateError;
+use crate::metrics::{RouteLabels, RouteName, metrics};
 use crate::proxy::{Forward, HttpClient, Upstream};
 use crate::routes::{Route, RouteTable, normalise_path};
 use crate::telemetry::RequestLog;
@@ -256,7 +257,8 @@ impl Gateway {
                 HeaderValue::from_static(claims.method.as_str()),
             ));
         }
-        Forward {
+        let started = std::time::Instant::now();
+        let response = Forward {
             upstream: &route.upstream,
             websocket: route.config.websocket,
             path_and_query,
@@ -266,7 +268,17 @@ impl Gateway {
             add_headers,
         }
         .send(parts, body)
-        .await
+        .await;
+        if response.is_ok() {
+            let labels = RouteLabels {
+                route: RouteName(route.config.name.clone()),
+            };
+            metrics()
+                .upstream_seconds
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+        }
+        response
     }
 }
 

@@ -10,6 +10,7 @@ pub mod doctor;
 pub mod endpoints;
 pub mod error;
 pub mod gateway;
+pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod routes;

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::gateway::Gateway;
+use crate::metrics::{OutcomeLabels, metrics};
 
 /// What identifies a file's version without reading it: modification time and length (or absence).
 type Fingerprint = Vec<Option<(SystemTime, u64)>>;
@@ -50,7 +51,16 @@ pub async fn watch(gateway: Gateway, config_file: PathBuf, interval: Option<Dura
                 "file change"
             }
         };
-        match gateway.reload(&config_file) {
+        let outcome = gateway.reload(&config_file);
+        let label = OutcomeLabels {
+            outcome: if outcome.is_ok() {
+                "success"
+            } else {
+                "failure"
+            },
+        };
+        metrics().reloads.get_or_create(&label).inc();
+        match outcome {
             Ok(()) => {
                 let state = gateway.state();
                 tracing::info!(
