@@ -191,6 +191,11 @@ impl Oidc {
         });
     }
 
+    /// Reuses the keys of the configuration this one replaces (same issuer only).
+    pub fn inherit(&self, old: &Oidc) {
+        self.verifier.keys.adopt(&old.verifier.keys);
+    }
+
     /// The provider's keys are loaded.
     pub fn is_ready(&self) -> bool {
         self.verifier.ready()

@@ -154,6 +154,19 @@ impl Keys {
         self.issuer.as_str()
     }
 
+    /// Takes over the keys of the configuration being replaced, when it trusted the same issuer:
+    /// a reload must not make ucgate unready while it discovers the provider again.
+    pub fn adopt(&self, old: &Keys) {
+        if self.issuer != old.issuer {
+            return;
+        }
+        if let Some(provider) = old.current() {
+            self.generations
+                .store(old.generations.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.current.store(Some(provider));
+        }
+    }
+
     pub fn current(&self) -> Option<Arc<Provider>> {
         self.current.load_full()
     }
