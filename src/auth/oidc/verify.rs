@@ -113,8 +113,8 @@ impl Verifier {
         if let Some(hit) = self.verified.get(&digest).filter(|v| v.exp > unix_now()) {
             return Ok(hit);
         }
-        let provider = self.keys.current().ok_or(Failure::NotReady)?;
         let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
+        let provider = self.keys.current().ok_or(Failure::NotReady)?;
         if !provider.algorithms.contains(&header.alg) {
             return Err(Rejection::Algorithm.into());
         }
