@@ -7,7 +7,6 @@ use std::io::BufRead;
 
 use ucgate::config::Config;
 use ucgate::gateway::{Gateway, State};
-use ucgate::proxy::{HttpClient, http_client};
 use ucgate::{doctor, reload, server, telemetry, users};
 
 /// Exit code for a configuration that cannot be used (as sysexits' EX_USAGE family, and what
@@ -60,6 +59,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    ucgate::tls::install_provider();
     let command = cli.command.unwrap_or(Command::Run);
     match command {
         Command::HashPassword => return hash_password(),
@@ -86,10 +86,9 @@ fn main() -> ExitCode {
         }
         Command::Run | Command::CheckConfig => {}
     }
-    let client = http_client();
     let loaded = Config::load(&cli.config)
         .map_err(|e| e.to_string())
-        .and_then(|config| State::load(config, &client));
+        .and_then(State::load);
     let state = match loaded {
         Ok(state) => state,
         Err(message) => {
@@ -102,7 +101,7 @@ fn main() -> ExitCode {
             print_config(&state);
             ExitCode::SUCCESS
         }
-        Command::Run => run(state, client),
+        Command::Run => run(state),
         Command::HashPassword | Command::Doctor { .. } => unreachable!("handled above"),
     }
 }
@@ -171,7 +170,7 @@ fn print_config(state: &State) {
     }
 }
 
-fn run(state: State, client: HttpClient) -> ExitCode {
+fn run(state: State) -> ExitCode {
     let server_config = state.config.server.clone();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if server_config.workers > 0 {
@@ -202,7 +201,7 @@ fn run(state: State, client: HttpClient) -> ExitCode {
             "ucgate starting"
         );
         let config_file = state.config.file.clone();
-        let gateway = Gateway::new(state, client);
+        let gateway = Gateway::new(state);
         let interval = Some(server_config.watch_interval).filter(|d| !d.is_zero());
         tokio::spawn(reload::watch(gateway.clone(), config_file, interval));
         server::serve(

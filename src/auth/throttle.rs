@@ -102,7 +102,14 @@ impl Throttle {
 }
 
 fn login_key(login: &str) -> Key {
-    let end = login.floor_char_boundary(MAX_LOGIN_KEY);
+    let end = if login.len() <= MAX_LOGIN_KEY {
+        login.len()
+    } else {
+        (0..=MAX_LOGIN_KEY)
+            .rev()
+            .find(|&i| login.is_char_boundary(i))
+            .unwrap_or(0)
+    };
     Key::Login(login[..end].into())
 }
 
