@@ -640,7 +640,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(ok.service, "http://127.0.0.1:1/cb?a=b");
-        assert_eq!(format!("{ok:?}").contains("ST-1-abc"), false);
+        assert!(!format!("{ok:?}").contains("ST-1-abc"));
         let status = |q: &str| {
             let e = TicketRequest::from_query(Some(q)).unwrap_err();
             assert!(!e.to_string().contains("ST-"), "{e}");
