@@ -5,7 +5,7 @@
 mod cas_support;
 mod common;
 
-use cas_support::{CasServer, FakeCas, Silent, http_200, http_response};
+use cas_support::{CasServer, FakeCas, Pki, Silent, TlsCas, http_200, http_response};
 use common::{Ucgate, Upstream, assert_error, client, closed_url, route, toml_str};
 
 const SIGNING_KEY: &str = "test-signing-key-cas-0123456789abcdef01234";
@@ -453,5 +453,57 @@ fn a_bad_cas_section_refuses_to_start() {
             "{cas}: {}",
             finished.stderr
         );
+    }
+}
+
+/// The CAS client trusts exactly `ca_bundle` when it is set: a private CA works, and the system
+/// roots or another CA do not.
+#[tokio::test]
+async fn tls_to_cas_is_checked_against_the_ca_bundle() {
+    let up = Upstream::start().await;
+    let pki = tokio::task::spawn_blocking(Pki::new).await.unwrap();
+    let tls = TlsCas::start(&pki, &success("alice"));
+    let start = |bundle: Option<&str>| {
+        let extra = bundle.map_or(String::new(), |_| "ca_bundle = \"cas-ca.pem\"".into());
+        let config = common::ConfigBuilder::new()
+            .route(route("uconly", "/uconly/", &up.url()).accept(&["uc"]))
+            .raw(&format!(
+                "[tokens]\n\n[users]\nfile = \"users.toml\"\n\n[cas]\n{}",
+                cas_config(&tls.base, &extra)
+            ))
+            .build();
+        let mut builder = Ucgate::builder(config)
+            .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
+            .file("users.toml", USERS);
+        if let Some(name) = bundle {
+            builder = builder.file("cas-ca.pem", pki.pem(name));
+        }
+        builder.start()
+    };
+
+    let trusted = start(Some("ca.pem")).await;
+    let response = exchange(&trusted, SERVICE, "ST-1-tls").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<serde_json::Value>().await.unwrap()["login"],
+        "alice"
+    );
+
+    let system_roots = start(None).await;
+    assert_error(
+        exchange(&system_roots, SERVICE, "ST-2-tls").await,
+        502,
+        "CasUnavailable",
+    )
+    .await;
+    let other_ca = start(Some("other-ca.pem")).await;
+    assert_error(
+        exchange(&other_ca, SERVICE, "ST-3-tls").await,
+        502,
+        "CasUnavailable",
+    )
+    .await;
+    for gate in [&trusted, &system_roots, &other_ca] {
+        assert_not_logged(gate, &["ST-1-tls", "ST-2-tls", "ST-3-tls"]);
     }
 }

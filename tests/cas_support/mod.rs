@@ -245,3 +245,149 @@ impl Silent {
         format!("http://{}/cas", self.listener.local_addr().unwrap())
     }
 }
+
+/// The TLS peer: Python's stdlib HTTPS server answering every GET with a fixed body. CAS over
+/// TLS with a private CA is the case under test; django's runserver has no TLS.
+const TLS_SERVER: &str = r#"
+import http.server, ssl, sys
+body = sys.argv[3].encode()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+s.socket = ctx.wrap_socket(s.socket, server_side=True)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+/// A private CA and a certificate for 127.0.0.1 that it signed, made with the openssl CLI.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("ucgate-pki")
+            .tempdir()
+            .unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        for ca in ["ca", "other-ca"] {
+            let subject = format!("/CN=ucgate test {ca}");
+            let (key, pem) = (format!("{ca}.key"), format!("{ca}.pem"));
+            let mut args = vec!["req", "-x509"];
+            args.extend(ec);
+            args.extend([
+                "-keyout", &key, "-out", &pem, "-subj", &subject, "-days", "2",
+            ]);
+            openssl(&args);
+        }
+        let mut args = vec!["req"];
+        args.extend(ec);
+        args.extend([
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        openssl(&args);
+        std::fs::write(
+            dir.path().join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ]);
+        Self { dir }
+    }
+
+    pub fn pem(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap()
+    }
+}
+
+/// An HTTPS server with the certificate of [`Pki`], answering `body` to every GET.
+pub struct TlsCas {
+    child: Child,
+    pub base: String,
+}
+
+impl TlsCas {
+    pub fn start(pki: &Pki, body: &str) -> Self {
+        let mut child = Command::new(python())
+            .args(["-c", TLS_SERVER])
+            .arg(pki.dir.path().join("server.pem"))
+            .arg(pki.dir.path().join("server.key"))
+            .arg(body)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the TLS server");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port: u16 = line.trim().parse().unwrap_or_else(|_| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the TLS server did not start: {line:?}")
+        });
+        Self {
+            child,
+            base: format!("https://127.0.0.1:{port}/cas"),
+        }
+    }
+}
+
+impl Drop for TlsCas {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
