@@ -29,6 +29,9 @@ struct Cli {
         global = true
     )]
     config: PathBuf,
+    /// Listen on these addresses instead of server.listen (comma-separated), e.g. in a container.
+    #[arg(long, env = "UCGATE_LISTEN", value_delimiter = ',', global = true)]
+    listen: Vec<std::net::SocketAddr>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -101,7 +104,7 @@ fn main() -> ExitCode {
             print_config(&state);
             ExitCode::SUCCESS
         }
-        Command::Run => run(state),
+        Command::Run => run(state, cli.listen),
         Command::HashPassword | Command::Doctor { .. } => unreachable!("handled above"),
     }
 }
@@ -170,8 +173,9 @@ fn print_config(state: &State) {
     }
 }
 
-fn run(state: State) -> ExitCode {
+fn run(state: State, listen: Vec<std::net::SocketAddr>) -> ExitCode {
     let server_config = state.config.server.clone();
+    let listen = if listen.is_empty() { server_config.listen.clone() } else { listen };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if server_config.workers > 0 {
         runtime.worker_threads(server_config.workers);
@@ -185,7 +189,7 @@ fn run(state: State) -> ExitCode {
     };
     runtime.block_on(async {
         telemetry::init(server_config.log_format);
-        let listeners = match server::bind(&server_config.listen).await {
+        let listeners = match server::bind(&listen).await {
             Ok(listeners) => listeners,
             Err(e) => {
                 tracing::error!("{e}");
