@@ -15,6 +15,7 @@ use crate::auth::cas::CasConfig;
 use crate::auth::kerberos::KerberosConfig;
 use crate::auth::oidc::OidcConfig;
 use crate::routes::normalise_path;
+use crate::tls::TlsFiles;
 
 /// A configuration that could not be loaded. Its `Display` names the file, the key and the reason.
 #[derive(Debug)]
@@ -62,6 +63,10 @@ pub struct ServerConfig {
     /// by default ucgate faces clients directly and overwrites them.
     pub trust_forwarded_headers: bool,
     pub log_format: LogFormat,
+    /// Serve HTTPS (h2 and HTTP/1.1 by ALPN) with these PEM files; reloaded with the config.
+    pub tls: Option<TlsFiles>,
+    /// CA bundle (PEM) for `https://` upstreams; absent = the system's roots.
+    pub upstream_ca: Option<PathBuf>,
     /// How often watched files are checked for changes; "0s" turns watching off (SIGHUP still works).
     #[serde(deserialize_with = "duration")]
     pub watch_interval: Duration,
@@ -76,6 +81,8 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             trust_forwarded_headers: false,
             log_format: LogFormat::Text,
+            tls: None,
+            upstream_ca: None,
             watch_interval: Duration::from_secs(2),
         }
     }
@@ -262,10 +269,13 @@ impl fmt::Display for UpstreamUrl {
 impl UpstreamUrl {
     fn parse(s: &str) -> Result<Self, String> {
         let uri: http::Uri = s.parse().map_err(|e| format!("not a URL ({e})"))?;
-        let scheme = uri.scheme().cloned().ok_or("must start with http://")?;
-        if scheme != Scheme::HTTP {
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or("must start with http:// or https://")?;
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
             return Err(format!(
-                "scheme {scheme} is not supported, use http:// (the upstream runs beside ucgate)"
+                "scheme {scheme} is not supported, use http:// or https://"
             ));
         }
         let authority = uri.authority().cloned().ok_or("has no host")?;
@@ -416,6 +426,11 @@ impl Config {
             routes: Vec::with_capacity(raw.routes.len()),
         };
         config.validate_server().map_err(err)?;
+        if let Some(tls) = &mut config.server.tls {
+            tls.cert = base.join(&tls.cert);
+            tls.key = base.join(&tls.key);
+        }
+        config.server.upstream_ca = config.server.upstream_ca.as_ref().map(|p| base.join(p));
         config.shared_token.env_files = config
             .shared_token
             .env_files
@@ -455,6 +470,9 @@ impl Config {
         files.extend(self.users.as_ref().map(|u| u.file.clone()));
         files.extend(self.shared_token.env_files.iter().cloned());
         files.extend(self.oidc.as_ref().and_then(|o| o.ca_bundle.clone()));
+        if let Some(tls) = &self.server.tls {
+            files.extend([tls.cert.clone(), tls.key.clone()]);
+        }
         files
     }
 

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceBuilder;
 
 use crate::config::ServerConfig;
@@ -52,16 +54,20 @@ pub async fn serve(
     loop {
         tokio::select! {
             Some((stream, remote)) = accepted.recv() => {
-                let service = ServiceBuilder::new()
-                    .layer(AccessLogLayer)
-                    .service(gateway.service(ConnInfo { remote, tls: false }));
-                let connection = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
-                    .into_owned();
-                let connection = graceful.watch(connection);
+                let (gateway, builder, watcher) = (gateway.clone(), builder.clone(), graceful.watcher());
+                let handshake_timeout = config.request_header_timeout;
                 tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(%remote, error = %e, "connection ended with an error");
+                    // The acceptor of the current state: a reload brings new certificates to
+                    // new connections.
+                    let Some(tls) = gateway.state().tls.clone() else {
+                        return serve_connection(&builder, watcher, &gateway, stream, ConnInfo { remote, tls: false }).await;
+                    };
+                    match tokio::time::timeout(handshake_timeout, TlsAcceptor::from(tls).accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(&builder, watcher, &gateway, stream, ConnInfo { remote, tls: true }).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
                     }
                 });
             }
@@ -78,6 +84,25 @@ pub async fn serve(
         () = tokio::time::sleep(config.shutdown_grace) => {
             tracing::warn!("grace period over, closing the remaining connections");
         }
+    }
+}
+
+async fn serve_connection<S>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    gateway: &Gateway,
+    stream: S,
+    conn: ConnInfo,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = ServiceBuilder::new()
+        .layer(AccessLogLayer)
+        .service(gateway.service(conn));
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(remote = %conn.remote, error = %e, "connection ended with an error");
     }
 }
 

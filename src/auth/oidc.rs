@@ -56,7 +56,7 @@ pub struct OidcConfig {
     /// For each request to the provider.
     #[serde(default = "default_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
-    /// PEM certificates trusted for the provider, besides the system's.
+    /// PEM certificates trusted for the provider instead of the system's roots (a private CA).
     #[serde(default)]
     pub ca_bundle: Option<PathBuf>,
 }
@@ -220,9 +220,7 @@ fn provider_client(config: &OidcConfig) -> Result<reqwest::Client, String> {
                 path.display()
             ));
         }
-        for cert in certs {
-            builder = builder.add_root_certificate(cert);
-        }
+        builder = builder.tls_certs_only(certs);
     }
     builder
         .build()
