@@ -370,7 +370,12 @@ async fn when_the_provider_goes_down_the_known_keys_keep_serving() {
     .await;
     gate.wait_log("cannot fetch the provider's keys").await;
 
-    // The failed refetch dropped nothing: a token never seen before, under the known kid.
+    // A reload while the provider is down keeps the keys (same issuer) and readiness.
+    gate.signal(libc::SIGHUP);
+    gate.wait_log("configuration reloaded").await;
+
+    // Neither the failed refetch nor the reload dropped anything: a token never seen before,
+    // under the known kid.
     assert_eq!(parts(&second).0["kid"], kid.as_str());
     assert_issued(bearer(&gate, &second).await, "alice").await;
     let ready = client().get(gate.url("/readyz")).send().await.unwrap();

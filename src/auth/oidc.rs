@@ -33,6 +33,9 @@ const VERIFIED_CACHE_CAPACITY: u64 = 10_000;
 const MAX_BEARER: usize = 16 * 1024;
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 const LAST_RETRY: Duration = Duration::from_secs(30);
+/// Discovery is redone this often, so that a key the provider withdrew (compromised, retired)
+/// stops being trusted without a restart; a failure keeps the keys we have.
+const REDISCOVER_EVERY: Duration = Duration::from_secs(3600);
 
 /// The `[oidc]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -156,7 +159,8 @@ impl Oidc {
     }
 
     /// Discovers the provider in the background, retrying with exponential backoff until it
-    /// answers. Must run inside the runtime; later calls do nothing.
+    /// answers, then again every [`REDISCOVER_EVERY`]. Must run inside the runtime; later calls
+    /// do nothing.
     pub fn start(&self) {
         if self.started.swap(true, Ordering::SeqCst) {
             return;
@@ -164,10 +168,10 @@ impl Oidc {
         // Weak: a configuration replaced by a reload stops its discovery.
         let verifier = Arc::downgrade(&self.verifier);
         tokio::spawn(async move {
-            let mut delay = FIRST_RETRY;
+            let mut backoff = FIRST_RETRY;
             loop {
                 let Some(v) = verifier.upgrade() else { return };
-                match v.keys.discover().await {
+                let wait = match v.keys.discover().await {
                     Ok(provider) => {
                         tracing::info!(
                             issuer = v.keys.issuer(),
@@ -175,18 +179,24 @@ impl Oidc {
                             algorithms = ?provider.algorithms,
                             "OpenID provider discovered"
                         );
-                        return;
+                        backoff = FIRST_RETRY;
+                        REDISCOVER_EVERY
                     }
-                    Err(e) => tracing::warn!(
-                        issuer = v.keys.issuer(),
-                        error = %e,
-                        retry_in = ?delay,
-                        "OpenID provider discovery failed"
-                    ),
-                }
+                    Err(e) => {
+                        tracing::warn!(
+                            issuer = v.keys.issuer(),
+                            error = %e,
+                            retry_in = ?backoff,
+                            keys_kept = v.ready(),
+                            "OpenID provider discovery failed"
+                        );
+                        let wait = backoff;
+                        backoff = (backoff * 2).min(LAST_RETRY);
+                        wait
+                    }
+                };
                 drop(v);
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(LAST_RETRY);
+                tokio::time::sleep(wait).await;
             }
         });
     }
