@@ -175,7 +175,11 @@ fn print_config(state: &State) {
 
 fn run(state: State, listen: Vec<std::net::SocketAddr>) -> ExitCode {
     let server_config = state.config.server.clone();
-    let listen = if listen.is_empty() { server_config.listen.clone() } else { listen };
+    let listen = if listen.is_empty() {
+        server_config.listen.clone()
+    } else {
+        listen
+    };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if server_config.workers > 0 {
         runtime.worker_threads(server_config.workers);
