@@ -479,7 +479,8 @@ impl Config {
         Ok(config)
     }
 
-    /// The files whose change triggers a reload: this file, the users file, the env files.
+    /// The files whose change triggers a reload: this file, the users file, the env files, the
+    /// TLS files.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.file.clone()];
         files.extend(self.users.as_ref().map(|u| u.file.clone()));
@@ -487,6 +488,7 @@ impl Config {
         if let Some(tls) = &self.server.tls {
             files.extend([tls.cert.clone(), tls.key.clone()]);
         }
+        files.extend(self.server.upstream_ca.iter().cloned());
         files
     }
 
