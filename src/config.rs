@@ -67,6 +67,16 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// CA bundle (PEM) for `https://` upstreams; absent = the system's roots.
     pub upstream_ca: Option<PathBuf>,
+    /// Largest request head (request line and headers), bytes: 431 above. At least 8192.
+    pub max_header_bytes: usize,
+    /// Most request headers: 431 above.
+    pub max_headers: usize,
+    /// Longest request target, bytes: 414 above.
+    pub max_uri_length: usize,
+    /// Open client connections at most; past it, new ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Concurrent h2 streams per connection.
+    pub max_concurrent_streams: u32,
     /// How often watched files are checked for changes; "0s" turns watching off (SIGHUP still works).
     #[serde(deserialize_with = "duration")]
     pub watch_interval: Duration,
@@ -84,6 +94,11 @@ impl Default for ServerConfig {
             tls: None,
             upstream_ca: None,
             watch_interval: Duration::from_secs(2),
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_uri_length: 8 * 1024,
+            max_connections: 10_000,
+            max_concurrent_streams: 256,
         }
     }
 }
@@ -464,7 +479,8 @@ impl Config {
         Ok(config)
     }
 
-    /// The files whose change triggers a reload: this file, the users file, the env files.
+    /// The files whose change triggers a reload: this file, the users file, the env files, the
+    /// TLS files.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.file.clone()];
         files.extend(self.users.as_ref().map(|u| u.file.clone()));
@@ -473,12 +489,28 @@ impl Config {
         if let Some(tls) = &self.server.tls {
             files.extend([tls.cert.clone(), tls.key.clone()]);
         }
+        files.extend(self.server.upstream_ca.iter().cloned());
         files
     }
 
     fn validate_server(&self) -> Result<(), String> {
         if self.server.listen.is_empty() {
             return Err("server.listen: needs at least one address".into());
+        }
+        let s = &self.server;
+        if s.max_header_bytes < 8192 {
+            return Err(
+                "server.max_header_bytes: must be at least 8192 (hyper's minimum buffer)".into(),
+            );
+        }
+        if s.max_headers == 0
+            || s.max_uri_length == 0
+            || s.max_connections == 0
+            || s.max_concurrent_streams == 0
+        {
+            return Err(
+                "server.max_headers, max_uri_length, max_connections, max_concurrent_streams: must be more than zero".into(),
+            );
         }
         if self.server.request_header_timeout.is_zero() {
             return Err("server.request_header_timeout: must be more than zero".into());

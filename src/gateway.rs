@@ -246,6 +246,11 @@ impl Gateway {
             return Err(GateError::InvalidTarget);
         }
         let state = self.inner.state.load_full();
+        if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len())
+            > state.config.server.max_uri_length
+        {
+            return Err(GateError::UriTooLong);
+        }
         let (parts, body) = req.into_parts();
         let path = normalise_path(parts.uri.path())?;
         log.path = Some(path.as_ref().into());

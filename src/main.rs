@@ -193,6 +193,8 @@ fn run(state: State, listen: Vec<std::net::SocketAddr>) -> ExitCode {
     };
     runtime.block_on(async {
         telemetry::init(server_config.log_format);
+        // Before the listeners are announced: a SIGHUP sent from then on reloads.
+        let hup = reload::hangup();
         let listeners = match server::bind(&listen).await {
             Ok(listeners) => listeners,
             Err(e) => {
@@ -212,7 +214,7 @@ fn run(state: State, listen: Vec<std::net::SocketAddr>) -> ExitCode {
         let gateway = Gateway::new(state);
         gateway.start_background_tasks();
         let interval = Some(server_config.watch_interval).filter(|d| !d.is_zero());
-        tokio::spawn(reload::watch(gateway.clone(), config_file, interval));
+        tokio::spawn(reload::watch(gateway.clone(), config_file, interval, hup));
         server::serve(
             listeners,
             gateway,
