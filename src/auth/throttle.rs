@@ -64,9 +64,33 @@ impl Throttle {
         }
     }
 
-    pub fn record_failure(&self, login: &str, addr: IpAddr, config: &LoginConfig) {
+    /// `Err(retry_after)` while the address is locked out: for exchanges whose login is not
+    /// known before the credential is checked (Kerberos).
+    pub fn check_addr(&self, addr: IpAddr) -> Result<(), Duration> {
         let now = Instant::now();
-        for key in [login_key(login), addr_key(addr)] {
+        let locked = self.entries.get(&addr_key(addr)).and_then(|entry| {
+            let entry = entry.lock().expect("throttle entry");
+            entry.locked_until.filter(|until| *until > now)
+        });
+        match locked {
+            Some(until) => Err(until - now),
+            None => Ok(()),
+        }
+    }
+
+    pub fn record_failure(&self, login: &str, addr: IpAddr, config: &LoginConfig) {
+        self.record(&[login_key(login), addr_key(addr)], config);
+    }
+
+    /// A failure whose login is unknown (a credential that did not prove anyone): counting it
+    /// under some placeholder login would lock everyone out.
+    pub fn record_addr_failure(&self, addr: IpAddr, config: &LoginConfig) {
+        self.record(&[addr_key(addr)], config);
+    }
+
+    fn record(&self, keys: &[Key], config: &LoginConfig) {
+        let now = Instant::now();
+        for key in keys.iter().cloned() {
             let entry = self.entries.get_with(key, || {
                 Arc::new(Mutex::new(Entry {
                     failures: 0,
@@ -160,6 +184,21 @@ mod tests {
             "same /64"
         );
         assert!(t.check("d", "2001:db9::1".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn address_only_failures_lock_the_address_not_a_login() {
+        let (t, c) = (Throttle::new(&config()), config());
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        for _ in 0..3 {
+            assert!(t.check_addr(ip).is_ok());
+            t.record_addr_failure(ip, &c);
+        }
+        assert!(t.check_addr(ip).is_err());
+        assert!(t.check("alice", ip).is_err());
+        let other: IpAddr = "10.0.0.8".parse().unwrap();
+        assert!(t.check("alice", other).is_ok());
+        assert!(t.check_addr(other).is_ok());
     }
 
     #[test]
