@@ -7,5 +7,9 @@ use hyper::body::Incoming;
 pub type Body = Either<Incoming, Full<Bytes>>;
 
 pub fn empty() -> Body {
-    Either::Right(Full::new(Bytes::new()))
+    full(Bytes::new())
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Either::Right(Full::new(bytes.into()))
 }

@@ -62,6 +62,9 @@ pub struct ServerConfig {
     /// by default ucgate faces clients directly and overwrites them.
     pub trust_forwarded_headers: bool,
     pub log_format: LogFormat,
+    /// How often watched files are checked for changes; "0s" turns watching off (SIGHUP still works).
+    #[serde(deserialize_with = "duration")]
+    pub watch_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +76,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             trust_forwarded_headers: false,
             log_format: LogFormat::Text,
+            watch_interval: Duration::from_secs(2),
         }
     }
 }
@@ -443,6 +447,14 @@ impl Config {
             config.routes.push(route);
         }
         Ok(config)
+    }
+
+    /// The files whose change triggers a reload: this file, the users file, the env files.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.file.clone()];
+        files.extend(self.users.as_ref().map(|u| u.file.clone()));
+        files.extend(self.shared_token.env_files.iter().cloned());
+        files
     }
 
     fn validate_server(&self) -> Result<(), String> {

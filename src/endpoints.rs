@@ -2,13 +2,15 @@
 
 use std::sync::Arc;
 
-use http::{Method, Response, StatusCode, request};
+use http::{Response, StatusCode, request};
 use hyper::body::Incoming;
 
+use crate::auth::token::Method;
 use crate::auth::{self, cas, kerberos, login, oidc};
 use crate::body::{self, Body};
 use crate::error::{GateError, json_response};
 use crate::gateway::{ConnInfo, Gateway, State};
+use crate::metrics::metrics;
 use crate::telemetry::RequestLog;
 
 /// The local endpoints.
@@ -16,6 +18,7 @@ use crate::telemetry::RequestLog;
 pub enum Endpoint {
     Health,
     Ready,
+    Metrics,
     Login,
     Check,
     Logout,
@@ -29,6 +32,7 @@ impl Endpoint {
         Some(match path {
             "/healthz" => Endpoint::Health,
             "/readyz" => Endpoint::Ready,
+            "/metrics" => Endpoint::Metrics,
             "/xuc/api/2.0/auth/login" => Endpoint::Login,
             "/xuc/api/2.0/auth/check" => Endpoint::Check,
             "/xuc/api/2.0/auth/logout" => Endpoint::Logout,
@@ -39,12 +43,14 @@ impl Endpoint {
         })
     }
 
-    fn allowed(self) -> (&'static [Method], &'static str) {
-        const GET: &[Method] = &[Method::GET, Method::HEAD];
-        const POST: &[Method] = &[Method::POST];
+    fn allowed(self) -> (&'static [http::Method], &'static str) {
+        const GET: &[http::Method] = &[http::Method::GET, http::Method::HEAD];
+        const POST: &[http::Method] = &[http::Method::POST];
         match self {
-            Endpoint::Health | Endpoint::Ready | Endpoint::Check => (GET, "GET, HEAD"),
-            Endpoint::Sso | Endpoint::Cas | Endpoint::Oidc => (&[Method::GET], "GET"),
+            Endpoint::Health | Endpoint::Ready | Endpoint::Metrics | Endpoint::Check => {
+                (GET, "GET, HEAD")
+            }
+            Endpoint::Sso | Endpoint::Cas | Endpoint::Oidc => (&[http::Method::GET], "GET"),
             Endpoint::Login | Endpoint::Logout => (POST, "POST"),
         }
     }
@@ -53,12 +59,24 @@ impl Endpoint {
         match self {
             Endpoint::Health => "healthz",
             Endpoint::Ready => "readyz",
+            Endpoint::Metrics => "metrics",
             Endpoint::Login => "auth-login",
             Endpoint::Check => "auth-check",
             Endpoint::Logout => "auth-logout",
             Endpoint::Sso => "auth-sso",
             Endpoint::Cas => "auth-cas",
             Endpoint::Oidc => "auth-oidc",
+        }
+    }
+
+    /// The method a token-exchange endpoint authenticates with, for metrics.
+    fn exchange(self) -> Option<&'static str> {
+        match self {
+            Endpoint::Login => Some(Method::Password.as_str()),
+            Endpoint::Sso => Some(Method::Kerberos.as_str()),
+            Endpoint::Cas => Some(Method::Cas.as_str()),
+            Endpoint::Oidc => Some(Method::Oidc.as_str()),
+            _ => None,
         }
     }
 
@@ -72,6 +90,7 @@ impl Endpoint {
         log: &mut RequestLog,
     ) -> Result<Response<Body>, GateError> {
         log.route = Some(self.name().into());
+        log.exchange = self.exchange();
         let (methods, allow) = self.allowed();
         if !methods.contains(&parts.method) {
             return Err(GateError::MethodNotAllowed(allow));
@@ -81,10 +100,21 @@ impl Endpoint {
                 StatusCode::OK,
                 &serde_json::json!({ "status": "ok" }),
             )),
-            Endpoint::Ready => Ok(json_response(
+            Endpoint::Ready if state.is_ready() => Ok(json_response(
                 StatusCode::OK,
                 &serde_json::json!({ "status": "ready" }),
             )),
+            Endpoint::Ready => Err(GateError::NotReady),
+            Endpoint::Metrics => {
+                let mut response = Response::new(body::full(metrics().encode()));
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                Ok(response)
+            }
             Endpoint::Login => login::handle(state, gateway.throttle(), body, conn).await,
             Endpoint::Sso => kerberos::handle(state, gateway.throttle(), &parts, conn).await,
             Endpoint::Cas => cas::handle(state, gateway.throttle(), &parts, conn).await,

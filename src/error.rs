@@ -1,9 +1,7 @@
 //! The one error type of ucgate: each variant knows its status and renders the JSON body
 //! `{"error": "<Code>", "message": "<text>"}`. Messages never carry a secret.
 
-use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::{Either, Full};
 
 use crate::body::Body;
 use crate::routes::PathError;
@@ -139,7 +137,7 @@ impl GateError {
 
 /// A JSON response made by ucgate itself.
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    let mut response = Response::new(crate::body::full(body.to_string()));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(

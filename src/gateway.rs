@@ -21,6 +21,7 @@ use crate::body::Body;
 use crate::config::{Config, UpstreamAuth};
 use crate::endpoints::Endpoint;
 use crate::error::GateError;
+use crate::metrics::{RouteLabels, RouteName, metrics};
 use crate::proxy::{Forward, HttpClient, Upstream};
 use crate::routes::{Route, RouteTable, normalise_path};
 use crate::telemetry::RequestLog;
@@ -112,6 +113,13 @@ impl State {
         }
     }
 
+    /// Carries over what must survive a reload: revocations.
+    fn inherit(&mut self, old: &State) {
+        if let (Some(new), Some(old)) = (&mut self.tokens, &old.tokens) {
+            new.inherit(old);
+        }
+    }
+
     /// Ready to serve: everything needed to check credentials is loaded.
     pub fn is_ready(&self) -> bool {
         true
@@ -144,19 +152,34 @@ pub struct Gateway {
 
 struct Inner {
     state: ArcSwap<State>,
+    client: HttpClient,
     /// Outlives reloads: a new configuration must not forgive past failures.
     throttle: Throttle,
 }
 
 impl Gateway {
-    pub fn new(state: State) -> Self {
+    pub fn new(state: State, client: HttpClient) -> Self {
         let throttle = Throttle::new(&state.config.login);
         Self {
             inner: Arc::new(Inner {
                 state: ArcSwap::from_pointee(state),
+                client,
                 throttle,
             }),
         }
+    }
+
+    /// Loads `config_file` anew and swaps it in, or leaves the running state as it is.
+    pub fn reload(&self, config_file: &std::path::Path) -> Result<(), String> {
+        let config = Config::load(config_file).map_err(|e| e.to_string())?;
+        let old = self.state();
+        if config.server.listen != old.config.server.listen {
+            tracing::warn!("server.listen changed: it takes effect at the next restart");
+        }
+        let mut state = State::load(config, &self.inner.client)?;
+        state.inherit(&old);
+        self.inner.state.store(Arc::new(state));
+        Ok(())
     }
 
     pub fn throttle(&self) -> &Throttle {
@@ -234,7 +257,8 @@ impl Gateway {
                 HeaderValue::from_static(claims.method.as_str()),
             ));
         }
-        Forward {
+        let started = std::time::Instant::now();
+        let response = Forward {
             upstream: &route.upstream,
             websocket: route.config.websocket,
             path_and_query,
@@ -244,7 +268,17 @@ impl Gateway {
             add_headers,
         }
         .send(parts, body)
-        .await
+        .await;
+        if response.is_ok() {
+            let labels = RouteLabels {
+                route: RouteName(route.config.name.clone()),
+            };
+            metrics()
+                .upstream_seconds
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+        }
+        response
     }
 }
 

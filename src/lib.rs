@@ -6,10 +6,13 @@
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod doctor;
 pub mod endpoints;
 pub mod error;
 pub mod gateway;
+pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod telemetry;

@@ -7,8 +7,8 @@ use std::io::BufRead;
 
 use ucgate::config::Config;
 use ucgate::gateway::{Gateway, State};
-use ucgate::proxy::http_client;
-use ucgate::{server, telemetry, users};
+use ucgate::proxy::{HttpClient, http_client};
+use ucgate::{doctor, reload, server, telemetry, users};
 
 /// Exit code for a configuration that cannot be used (as sysexits' EX_USAGE family, and what
 /// init systems treat as "do not restart in a loop").
@@ -42,17 +42,54 @@ enum Command {
     CheckConfig,
     /// Read a password on stdin, print its argon2id hash for the users file.
     HashPassword,
+    /// Check PLAY_AUTH_TOKEN across the custom.env files of a XiVO install (never prints it).
+    Doctor {
+        /// Prefix of the XiVO paths (/etc/docker/{xivo,mds,compose}/custom.env).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// The variable to check.
+        #[arg(long, default_value = "PLAY_AUTH_TOKEN")]
+        variable: String,
+        /// Print a fresh strong token and exit.
+        #[arg(long)]
+        new_token: bool,
+        /// More custom.env files, e.g. copied from the other servers of a multi-server install.
+        files: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run);
-    if let Command::HashPassword = command {
-        return hash_password();
+    match command {
+        Command::HashPassword => return hash_password(),
+        Command::Doctor {
+            new_token: true, ..
+        } => {
+            println!("{}", doctor::new_token());
+            return ExitCode::SUCCESS;
+        }
+        Command::Doctor {
+            root,
+            variable,
+            files,
+            ..
+        } => {
+            return match doctor::run(&root, &files, &variable, &mut std::io::stdout()) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("ucgate: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Run | Command::CheckConfig => {}
     }
+    let client = http_client();
     let loaded = Config::load(&cli.config)
         .map_err(|e| e.to_string())
-        .and_then(|config| State::load(config, &http_client()));
+        .and_then(|config| State::load(config, &client));
     let state = match loaded {
         Ok(state) => state,
         Err(message) => {
@@ -65,8 +102,8 @@ fn main() -> ExitCode {
             print_config(&state);
             ExitCode::SUCCESS
         }
-        Command::Run => run(state),
-        Command::HashPassword => unreachable!("handled above"),
+        Command::Run => run(state, client),
+        Command::HashPassword | Command::Doctor { .. } => unreachable!("handled above"),
     }
 }
 
@@ -134,7 +171,7 @@ fn print_config(state: &State) {
     }
 }
 
-fn run(state: State) -> ExitCode {
+fn run(state: State, client: HttpClient) -> ExitCode {
     let server_config = state.config.server.clone();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if server_config.workers > 0 {
@@ -164,7 +201,10 @@ fn run(state: State) -> ExitCode {
             users = state.users.as_ref().map_or(0, |u| u.len()),
             "ucgate starting"
         );
-        let gateway = Gateway::new(state);
+        let config_file = state.config.file.clone();
+        let gateway = Gateway::new(state, client);
+        let interval = Some(server_config.watch_interval).filter(|d| !d.is_zero());
+        tokio::spawn(reload::watch(gateway.clone(), config_file, interval));
         server::serve(
             listeners,
             gateway,

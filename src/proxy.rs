@@ -217,6 +217,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .filter(|n| *n != header::CONTENT_LENGTH && *n != header::HOST)
+        // `Connection: upgrade` names Upgrade: on a protocol switch it must survive.
+        .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
         .collect();
     for name in named {
         headers.remove(name);

@@ -2,14 +2,15 @@
 
 use std::io::IsTerminal;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+use crate::metrics::{ReasonLabels, RequestLabels, RouteName, metrics};
 
 /// Installs the global subscriber. `UCGATE_LOG` (or `RUST_LOG`) overrides the `info` default.
 pub fn init(format: LogFormat) {
@@ -35,6 +36,49 @@ pub struct RequestLog {
     pub route: Option<Arc<str>>,
     pub credential: Option<&'static str>,
     pub error: Option<&'static str>,
+    /// The method of a token-exchange endpoint (password, kerberos, cas, oidc).
+    pub exchange: Option<&'static str>,
+}
+
+static NO_ROUTE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("-"));
+
+impl RequestLog {
+    /// Counts the request in the metrics: one place derives them all from what the gateway learnt.
+    fn record(&self, status: StatusCode) {
+        let m = metrics();
+        let credential = self.credential.unwrap_or("none");
+        let route = RouteName(self.route.clone().unwrap_or_else(|| NO_ROUTE.clone()));
+        m.requests
+            .get_or_create(&RequestLabels {
+                route,
+                status: status.as_u16(),
+                credential,
+            })
+            .inc();
+        if credential == "shared-previous" {
+            m.shared_token_previous.inc();
+        }
+        match (self.error, status) {
+            (Some("TooManyAttempts"), _) => {
+                m.lockouts.inc();
+            }
+            (Some(reason), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+                m.auth_failures
+                    .get_or_create(&ReasonLabels { reason })
+                    .inc();
+            }
+            _ => {}
+        }
+        if let Some(method) = self.exchange {
+            let outcome = match status {
+                StatusCode::OK => "success",
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "failure",
+                StatusCode::TOO_MANY_REQUESTS => "locked",
+                _ => "error",
+            };
+            m.login(method, outcome);
+        }
+    }
 }
 
 /// A tower layer that logs one line per request once its response head is ready.
@@ -75,8 +119,11 @@ where
         let future = self.inner.call(req);
         Box::pin(async move {
             let response = future.await?;
+            let log = response.extensions().get::<RequestLog>();
+            if let Some(log) = log {
+                log.record(response.status());
+            }
             if tracing::enabled!(target: "ucgate::access", tracing::Level::INFO) {
-                let log = response.extensions().get::<RequestLog>();
                 let field = |f: fn(&RequestLog) -> Option<&str>| log.and_then(f).unwrap_or("-");
                 tracing::info!(
                     target: "ucgate::access",

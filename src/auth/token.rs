@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{TokenAlgorithm, TokensConfig};
+use crate::metrics::{OutcomeLabels, metrics};
+
+const HIT: OutcomeLabels = OutcomeLabels { outcome: "hit" };
+const MISS: OutcomeLabels = OutcomeLabels { outcome: "miss" };
 
 /// How a person proved who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,8 +253,10 @@ impl TokenService {
     pub fn validate(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
         let key = cache_key(token);
         if let Some(claims) = self.cache.get(&key) {
+            metrics().token_cache.get_or_create(&HIT).inc();
             return Ok(claims);
         }
+        metrics().token_cache.get_or_create(&MISS).inc();
         if self.revoked.contains_key(&key) {
             return Err(TokenError::Revoked);
         }
@@ -278,6 +284,12 @@ impl TokenService {
         let key = cache_key(token);
         self.revoked.insert(key, claims);
         self.cache.invalidate(&key);
+    }
+
+    /// Keeps the revocations of the service this one replaces: a reload must not bring a
+    /// logged-out token back. The validation cache starts empty, since the keys may have changed.
+    pub fn inherit(&mut self, old: &TokenService) {
+        self.revoked = old.revoked.clone();
     }
 
     /// Number of cached validations (approximate), for metrics and tests.

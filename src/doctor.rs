@@ -1,0 +1,224 @@
+//! `ucgate doctor`: checks the shared token across the custom.env files of a XiVO install
+//! without ever printing it.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::auth::shared::read_env_file;
+
+/// Where XiVO's docker environments keep their custom.env.
+pub const XIVO_ENV_FILES: [&str; 3] = [
+    "/etc/docker/xivo/custom.env",
+    "/etc/docker/mds/custom.env",
+    "/etc/docker/compose/custom.env",
+];
+
+const MIN_LENGTH: usize = 24;
+const MIN_BITS: f64 = 100.0;
+
+/// What was found in one file.
+#[derive(Debug, PartialEq)]
+pub enum Finding {
+    Missing,
+    Unreadable(String),
+    Undefined,
+    Defined {
+        digest: [u8; 32],
+        weakness: Option<String>,
+    },
+}
+
+/// Checks `variable` in the XiVO files found under `root` and in `extra`; prints a report and
+/// returns whether everything is fine.
+pub fn run(
+    root: &Path,
+    extra: &[PathBuf],
+    variable: &str,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<bool> {
+    let mut files: Vec<PathBuf> = XIVO_ENV_FILES
+        .iter()
+        .map(|f| root.join(f.trim_start_matches('/')))
+        .collect();
+    files.extend(extra.iter().cloned());
+    let mut healthy = true;
+    let mut digests = HashSet::new();
+    let mut defined = 0;
+    for file in &files {
+        let explicit = extra.contains(file);
+        match inspect(file, variable) {
+            Finding::Missing if !explicit => writeln!(
+                out,
+                "  -  {}: not present (component not installed here)",
+                file.display()
+            )?,
+            Finding::Missing => {
+                healthy = false;
+                writeln!(out, "FAIL {}: no such file", file.display())?;
+            }
+            Finding::Unreadable(reason) => {
+                healthy = false;
+                writeln!(out, "FAIL {}: {reason}", file.display())?;
+            }
+            Finding::Undefined => {
+                healthy = false;
+                writeln!(out, "FAIL {}: {variable} is not defined", file.display())?;
+            }
+            Finding::Defined { digest, weakness } => {
+                defined += 1;
+                digests.insert(digest);
+                match weakness {
+                    Some(why) => {
+                        healthy = false;
+                        writeln!(out, "FAIL {}: {variable} is weak: {why}", file.display())?;
+                    }
+                    None => writeln!(
+                        out,
+                        " OK  {}: {variable} is defined and strong",
+                        file.display()
+                    )?,
+                }
+            }
+        }
+    }
+    match (defined, digests.len()) {
+        (0, _) => {
+            healthy = false;
+            writeln!(out, "FAIL {variable} is defined nowhere")?;
+        }
+        (_, 1) => writeln!(
+            out,
+            " OK  {variable} is identical in the {defined} file(s) that define it"
+        )?,
+        (_, n) => {
+            healthy = false;
+            writeln!(
+                out,
+                "FAIL {variable} differs: {n} distinct values; every component must share one"
+            )?;
+        }
+    }
+    Ok(healthy)
+}
+
+fn inspect(file: &Path, variable: &str) -> Finding {
+    if !file.exists() {
+        return Finding::Missing;
+    }
+    match read_env_file(file, variable) {
+        Err(e) => Finding::Unreadable(e.to_string()),
+        Ok(None) => Finding::Undefined,
+        Ok(Some(value)) if value.is_empty() => Finding::Undefined,
+        Ok(Some(value)) => Finding::Defined {
+            digest: Sha256::digest(value.as_bytes()).into(),
+            weakness: weakness(&value),
+        },
+    }
+}
+
+/// Why a token is too weak, if it is: too short, or too little entropy. The estimate is the
+/// lower of two: the alphabet its character classes suggest, and the Shannon entropy of its
+/// characters (which catches "aaaa…" and repeated words).
+pub fn weakness(token: &str) -> Option<String> {
+    let length = token.chars().count();
+    if length < MIN_LENGTH {
+        return Some(format!("shorter than {MIN_LENGTH} characters"));
+    }
+    let bits = estimated_bits(token);
+    (bits < MIN_BITS).then(|| format!("about {bits:.0} bits of entropy, {MIN_BITS:.0} wanted"))
+}
+
+fn estimated_bits(token: &str) -> f64 {
+    let chars: Vec<char> = token.chars().collect();
+    let n = chars.len() as f64;
+    let classes = [
+        chars.iter().any(char::is_ascii_lowercase).then_some(26.0),
+        chars.iter().any(char::is_ascii_uppercase).then_some(26.0),
+        chars.iter().any(char::is_ascii_digit).then_some(10.0),
+        chars
+            .iter()
+            .any(|c| !c.is_ascii_alphanumeric())
+            .then_some(32.0),
+    ];
+    let alphabet: f64 = classes.iter().flatten().sum();
+    let by_classes = n * alphabet.log2();
+    let mut counts = std::collections::HashMap::new();
+    for c in &chars {
+        *counts.entry(c).or_insert(0.0) += 1.0;
+    }
+    let shannon: f64 = counts
+        .values()
+        .map(|&k: &f64| -(k / n) * (k / n).log2())
+        .sum();
+    by_classes.min(shannon * n)
+}
+
+/// A fresh token: 32 random bytes, base64url without padding (43 characters, 256 bits).
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random generator works");
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(43);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for b in bytes {
+        acc = (acc << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 6 {
+            bits -= 6;
+            out.push(ALPHABET[((acc >> bits) & 63) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((acc << (6 - bits)) & 63) as usize] as char);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn judges_strength() {
+        assert!(weakness("short").unwrap().contains("shorter"));
+        assert!(weakness(&"a".repeat(64)).unwrap().contains("bits"));
+        assert!(weakness(&"abcd".repeat(10)).is_some());
+        let fresh = new_token();
+        assert_eq!(fresh.len(), 43);
+        assert_eq!(weakness(&fresh), None, "{fresh}");
+        assert_ne!(fresh, new_token());
+    }
+
+    #[test]
+    fn reports_without_printing_the_token() {
+        let root = tempfile::tempdir().unwrap();
+        let token = new_token();
+        for (dir, value) in [("xivo", token.as_str()), ("compose", token.as_str())] {
+            let d = root.path().join("etc/docker").join(dir);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("custom.env"), format!("PLAY_AUTH_TOKEN={value}\n")).unwrap();
+        }
+        let mut out = Vec::new();
+        assert!(run(root.path(), &[], "PLAY_AUTH_TOKEN", &mut out).unwrap());
+        let report = String::from_utf8(out).unwrap();
+        assert!(!report.contains(&token), "{report}");
+        assert!(report.contains("identical in the 2 file(s)"), "{report}");
+
+        let other = root.path().join("other.env");
+        std::fs::write(&other, "export PLAY_AUTH_TOKEN='hunter2xyz'\n").unwrap();
+        let mut out = Vec::new();
+        assert!(!run(root.path(), &[other], "PLAY_AUTH_TOKEN", &mut out).unwrap());
+        let report = String::from_utf8(out).unwrap();
+        assert!(
+            report.contains("weak") && report.contains("differs"),
+            "{report}"
+        );
+        assert!(
+            !report.contains("hunter2xyz") && !report.contains(&token),
+            "{report}"
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! Prometheus metrics, served at `/metrics` in the OpenMetrics text format.
+
+use std::sync::{Arc, LazyLock};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A route name as a label, shared with the route (no allocation per request).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RouteName(pub Arc<str>);
+
+impl EncodeLabelValue for RouteName {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&&*self.0, encoder)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: RouteName,
+    pub status: u16,
+    pub credential: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: RouteName,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LoginLabels {
+    pub method: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub upstream_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub auth_failures: Family<ReasonLabels, Counter>,
+    pub logins: Family<LoginLabels, Counter>,
+    pub lockouts: Counter,
+    pub token_cache: Family<OutcomeLabels, Counter>,
+    pub reloads: Family<OutcomeLabels, Counter>,
+    pub shared_token_previous: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 250 µs to about 8 s.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("ucgate");
+        let m = Self {
+            requests: Family::default(),
+            upstream_seconds: Family::new_with_constructor(latency_histogram),
+            auth_failures: Family::default(),
+            logins: Family::default(),
+            lockouts: Counter::default(),
+            token_cache: Family::default(),
+            reloads: Family::default(),
+            shared_token_previous: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests by route, status and credential kind",
+            m.requests.clone(),
+        );
+        registry.register(
+            "upstream_response_seconds",
+            "Time from forwarding to the upstream's response head",
+            m.upstream_seconds.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Refused credentials by reason",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "logins",
+            "Token exchanges by method and outcome",
+            m.logins.clone(),
+        );
+        registry.register(
+            "lockouts",
+            "Exchanges refused by the brute-force protection",
+            m.lockouts.clone(),
+        );
+        registry.register(
+            "token_cache",
+            "UC token validations by cache outcome (hit, miss)",
+            m.token_cache.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by outcome",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "shared_token_previous_uses",
+            "Requests authenticated by the previous shared token (rotation in progress)",
+            m.shared_token_previous.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String");
+        text
+    }
+
+    pub fn login(&self, method: &'static str, outcome: &'static str) {
+        self.logins
+            .get_or_create(&LoginLabels { method, outcome })
+            .inc();
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
