@@ -89,7 +89,7 @@ fn route_matching(c: &mut Criterion) {
         let state = State::new(
             config,
             SharedToken::from_value(SHARED).unwrap(),
-            &http_client(),
+            &http_client(None).unwrap(),
         );
         let hit = format!(
             "/api{}/service{}/v{}/users/42/lines",

@@ -10,7 +10,7 @@ export DEBIAN_FRONTEND=noninteractive
 log() { printf 'install-idp-deps: %s\n' "$*" >&2; }
 
 # --- Debian packages --------------------------------------------------------
-APT_PKGS=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev libclang-dev pkg-config curl)
+APT_PKGS=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev libclang-dev pkg-config curl openssl)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
@@ -25,7 +25,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" < /dev/null > /dev/null
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
-for b in krb5kdc kdb5_util kadmin.local kinit klist kdestroy curl pkg-config; do
+for b in krb5kdc kdb5_util kadmin.local kinit klist kdestroy curl pkg-config openssl; do
   command -v "$b" > /dev/null || { log "missing command after install: $b"; exit 1; }
 done
 curl -V | grep -q 'GSS-API' || { log "curl lacks GSS-API support"; exit 1; }

@@ -15,6 +15,7 @@ use crate::auth::cas::CasConfig;
 use crate::auth::kerberos::KerberosConfig;
 use crate::auth::oidc::OidcConfig;
 use crate::routes::normalise_path;
+use crate::tls::TlsFiles;
 
 /// A configuration that could not be loaded. Its `Display` names the file, the key and the reason.
 #[derive(Debug)]
@@ -62,6 +63,20 @@ pub struct ServerConfig {
     /// by default ucgate faces clients directly and overwrites them.
     pub trust_forwarded_headers: bool,
     pub log_format: LogFormat,
+    /// Serve HTTPS (h2 and HTTP/1.1 by ALPN) with these PEM files; reloaded with the config.
+    pub tls: Option<TlsFiles>,
+    /// CA bundle (PEM) for `https://` upstreams; absent = the system's roots.
+    pub upstream_ca: Option<PathBuf>,
+    /// Largest request head (request line and headers), bytes: 431 above. At least 8192.
+    pub max_header_bytes: usize,
+    /// Most request headers: 431 above.
+    pub max_headers: usize,
+    /// Longest request target, bytes: 414 above.
+    pub max_uri_length: usize,
+    /// Open client connections at most; past it, new ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Concurrent h2 streams per connection.
+    pub max_concurrent_streams: u32,
     /// How often watched files are checked for changes; "0s" turns watching off (SIGHUP still works).
     #[serde(deserialize_with = "duration")]
     pub watch_interval: Duration,
@@ -76,7 +91,14 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             trust_forwarded_headers: false,
             log_format: LogFormat::Text,
+            tls: None,
+            upstream_ca: None,
             watch_interval: Duration::from_secs(2),
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_uri_length: 8 * 1024,
+            max_connections: 10_000,
+            max_concurrent_streams: 256,
         }
     }
 }
@@ -262,10 +284,13 @@ impl fmt::Display for UpstreamUrl {
 impl UpstreamUrl {
     fn parse(s: &str) -> Result<Self, String> {
         let uri: http::Uri = s.parse().map_err(|e| format!("not a URL ({e})"))?;
-        let scheme = uri.scheme().cloned().ok_or("must start with http://")?;
-        if scheme != Scheme::HTTP {
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or("must start with http:// or https://")?;
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
             return Err(format!(
-                "scheme {scheme} is not supported, use http:// (the upstream runs beside ucgate)"
+                "scheme {scheme} is not supported, use http:// or https://"
             ));
         }
         let authority = uri.authority().cloned().ok_or("has no host")?;
@@ -416,6 +441,11 @@ impl Config {
             routes: Vec::with_capacity(raw.routes.len()),
         };
         config.validate_server().map_err(err)?;
+        if let Some(tls) = &mut config.server.tls {
+            tls.cert = base.join(&tls.cert);
+            tls.key = base.join(&tls.key);
+        }
+        config.server.upstream_ca = config.server.upstream_ca.as_ref().map(|p| base.join(p));
         config.shared_token.env_files = config
             .shared_token
             .env_files
@@ -449,17 +479,37 @@ impl Config {
         Ok(config)
     }
 
-    /// The files whose change triggers a reload: this file, the users file, the env files.
+    /// The files whose change triggers a reload: this file, the users file, the env files, the
+    /// TLS files.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.file.clone()];
         files.extend(self.users.as_ref().map(|u| u.file.clone()));
         files.extend(self.shared_token.env_files.iter().cloned());
+        if let Some(tls) = &self.server.tls {
+            files.extend([tls.cert.clone(), tls.key.clone()]);
+        }
+        files.extend(self.server.upstream_ca.iter().cloned());
         files
     }
 
     fn validate_server(&self) -> Result<(), String> {
         if self.server.listen.is_empty() {
             return Err("server.listen: needs at least one address".into());
+        }
+        let s = &self.server;
+        if s.max_header_bytes < 8192 {
+            return Err(
+                "server.max_header_bytes: must be at least 8192 (hyper's minimum buffer)".into(),
+            );
+        }
+        if s.max_headers == 0
+            || s.max_uri_length == 0
+            || s.max_connections == 0
+            || s.max_concurrent_streams == 0
+        {
+            return Err(
+                "server.max_headers, max_uri_length, max_connections, max_concurrent_streams: must be more than zero".into(),
+            );
         }
         if self.server.request_header_timeout.is_zero() {
             return Err("server.request_header_timeout: must be more than zero".into());

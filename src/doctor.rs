@@ -122,6 +122,13 @@ fn inspect(file: &Path, variable: &str) -> Finding {
 /// lower of two: the alphabet its character classes suggest, and the Shannon entropy of its
 /// characters (which catches "aaaa…" and repeated words).
 pub fn weakness(token: &str) -> Option<String> {
+    let lower = token.to_ascii_lowercase();
+    if ["change", "example", "secret", "password", "xivo"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
+        return Some("looks like a placeholder or a word, not a random value".into());
+    }
     let length = token.chars().count();
     if length < MIN_LENGTH {
         return Some(format!("shorter than {MIN_LENGTH} characters"));
@@ -186,6 +193,11 @@ mod tests {
         assert!(weakness("short").unwrap().contains("shorter"));
         assert!(weakness(&"a".repeat(64)).unwrap().contains("bits"));
         assert!(weakness(&"abcd".repeat(10)).is_some());
+        assert!(
+            weakness("change-me-to-a-long-random-value")
+                .unwrap()
+                .contains("placeholder")
+        );
         let fresh = new_token();
         assert_eq!(fresh.len(), 43);
         assert_eq!(weakness(&fresh), None, "{fresh}");

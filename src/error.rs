@@ -42,6 +42,8 @@ pub enum GateError {
     MethodNotAllowed(&'static str),
     #[error("an internal error occurred")]
     Unhandled,
+    #[error("the request target is too long")]
+    UriTooLong,
     #[error("the user is not allowed to log in")]
     UserNotFound,
     /// An exchange endpoint's own failure (SSO, CAS, OIDC): its status, XiVO-style code, a
@@ -70,6 +72,7 @@ impl GateError {
             TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             Unhandled => StatusCode::INTERNAL_SERVER_ERROR,
             UserNotFound => StatusCode::UNAUTHORIZED,
+            UriTooLong => StatusCode::URI_TOO_LONG,
             Refused { status, .. } => *status,
             Forbidden => StatusCode::FORBIDDEN,
             NoRoute => StatusCode::NOT_FOUND,
@@ -101,6 +104,7 @@ impl GateError {
             MethodNotAllowed(_) => "MethodNotAllowed",
             Unhandled => "UnhandledError",
             UserNotFound => "UserNotFound",
+            UriTooLong => "UriTooLong",
             Refused { code, .. } => code,
         }
     }

@@ -22,9 +22,10 @@ use crate::config::{Config, UpstreamAuth};
 use crate::endpoints::Endpoint;
 use crate::error::GateError;
 use crate::metrics::{RouteLabels, RouteName, metrics};
-use crate::proxy::{Forward, HttpClient, Upstream};
+use crate::proxy::{Forward, HttpClient, Upstream, http_client};
 use crate::routes::{Route, RouteTable, normalise_path};
 use crate::telemetry::RequestLog;
+use crate::tls;
 use crate::users::Directory;
 
 const X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
@@ -37,6 +38,8 @@ pub struct State {
     pub config: Config,
     pub routes: RouteTable,
     pub shared: SharedToken,
+    /// The listener's TLS, reloaded with the rest: new connections get new certificates.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub tokens: Option<TokenService>,
     pub users: Option<Directory>,
     pub kerberos: Option<Kerberos>,
@@ -47,8 +50,17 @@ pub struct State {
 impl State {
     /// Loads everything the configuration points at: shared token, token keys, users. Errors
     /// name the file and key, never a secret.
-    pub fn load(config: Config, client: &HttpClient) -> Result<Self, String> {
+    pub fn load(config: Config) -> Result<Self, String> {
         let file = config.file.display().to_string();
+        let client = http_client(config.server.upstream_ca.as_deref())
+            .map_err(|e| format!("{file}: server.upstream_ca: {e}"))?;
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(tls::server_config)
+            .transpose()
+            .map_err(|e| format!("{file}: server.tls: {e}"))?;
         let shared = SharedToken::load(&config.shared_token)
             .map_err(|e| format!("{file}: shared_token: {e}"))?;
         let tokens = config
@@ -82,7 +94,8 @@ impl State {
             .map(Oidc::load)
             .transpose()
             .map_err(section("oidc"))?;
-        let mut state = Self::new(config, shared, client);
+        let mut state = Self::new(config, shared, &client);
+        state.tls = tls;
         state.tokens = tokens;
         state.users = users;
         state.kerberos = kerberos;
@@ -105,6 +118,7 @@ impl State {
             routes: RouteTable::new(routes),
             config,
             shared,
+            tls: None,
             tokens: None,
             users: None,
             kerberos: None,
@@ -152,18 +166,16 @@ pub struct Gateway {
 
 struct Inner {
     state: ArcSwap<State>,
-    client: HttpClient,
     /// Outlives reloads: a new configuration must not forgive past failures.
     throttle: Throttle,
 }
 
 impl Gateway {
-    pub fn new(state: State, client: HttpClient) -> Self {
+    pub fn new(state: State) -> Self {
         let throttle = Throttle::new(&state.config.login);
         Self {
             inner: Arc::new(Inner {
                 state: ArcSwap::from_pointee(state),
-                client,
                 throttle,
             }),
         }
@@ -176,7 +188,7 @@ impl Gateway {
         if config.server.listen != old.config.server.listen {
             tracing::warn!("server.listen changed: it takes effect at the next restart");
         }
-        let mut state = State::load(config, &self.inner.client)?;
+        let mut state = State::load(config)?;
         state.inherit(&old);
         self.inner.state.store(Arc::new(state));
         Ok(())
@@ -221,6 +233,11 @@ impl Gateway {
             return Err(GateError::InvalidTarget);
         }
         let state = self.inner.state.load_full();
+        if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len())
+            > state.config.server.max_uri_length
+        {
+            return Err(GateError::UriTooLong);
+        }
         let (parts, body) = req.into_parts();
         let path = normalise_path(parts.uri.path())?;
         log.path = Some(path.as_ref().into());

@@ -16,4 +16,5 @@ pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod users;

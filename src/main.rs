@@ -7,7 +7,6 @@ use std::io::BufRead;
 
 use ucgate::config::Config;
 use ucgate::gateway::{Gateway, State};
-use ucgate::proxy::{HttpClient, http_client};
 use ucgate::{doctor, reload, server, telemetry, users};
 
 /// Exit code for a configuration that cannot be used (as sysexits' EX_USAGE family, and what
@@ -30,6 +29,9 @@ struct Cli {
         global = true
     )]
     config: PathBuf,
+    /// Listen on these addresses instead of server.listen (comma-separated), e.g. in a container.
+    #[arg(long, env = "UCGATE_LISTEN", value_delimiter = ',', global = true)]
+    listen: Vec<std::net::SocketAddr>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -60,6 +62,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    ucgate::tls::install_provider();
     let command = cli.command.unwrap_or(Command::Run);
     match command {
         Command::HashPassword => return hash_password(),
@@ -86,10 +89,9 @@ fn main() -> ExitCode {
         }
         Command::Run | Command::CheckConfig => {}
     }
-    let client = http_client();
     let loaded = Config::load(&cli.config)
         .map_err(|e| e.to_string())
-        .and_then(|config| State::load(config, &client));
+        .and_then(State::load);
     let state = match loaded {
         Ok(state) => state,
         Err(message) => {
@@ -102,7 +104,7 @@ fn main() -> ExitCode {
             print_config(&state);
             ExitCode::SUCCESS
         }
-        Command::Run => run(state, client),
+        Command::Run => run(state, cli.listen),
         Command::HashPassword | Command::Doctor { .. } => unreachable!("handled above"),
     }
 }
@@ -171,8 +173,13 @@ fn print_config(state: &State) {
     }
 }
 
-fn run(state: State, client: HttpClient) -> ExitCode {
+fn run(state: State, listen: Vec<std::net::SocketAddr>) -> ExitCode {
     let server_config = state.config.server.clone();
+    let listen = if listen.is_empty() {
+        server_config.listen.clone()
+    } else {
+        listen
+    };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if server_config.workers > 0 {
         runtime.worker_threads(server_config.workers);
@@ -186,7 +193,9 @@ fn run(state: State, client: HttpClient) -> ExitCode {
     };
     runtime.block_on(async {
         telemetry::init(server_config.log_format);
-        let listeners = match server::bind(&server_config.listen).await {
+        // Before the listeners are announced: a SIGHUP sent from then on reloads.
+        let hup = reload::hangup();
+        let listeners = match server::bind(&listen).await {
             Ok(listeners) => listeners,
             Err(e) => {
                 tracing::error!("{e}");
@@ -202,9 +211,9 @@ fn run(state: State, client: HttpClient) -> ExitCode {
             "ucgate starting"
         );
         let config_file = state.config.file.clone();
-        let gateway = Gateway::new(state, client);
+        let gateway = Gateway::new(state);
         let interval = Some(server_config.watch_interval).filter(|d| !d.is_zero());
-        tokio::spawn(reload::watch(gateway.clone(), config_file, interval));
+        tokio::spawn(reload::watch(gateway.clone(), config_file, interval, hup));
         server::serve(
             listeners,
             gateway,

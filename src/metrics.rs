@@ -53,7 +53,10 @@ pub struct Metrics {
     pub auth_failures: Family<ReasonLabels, Counter>,
     pub logins: Family<LoginLabels, Counter>,
     pub lockouts: Counter,
-    pub token_cache: Family<OutcomeLabels, Counter>,
+    /// `token_cache{outcome="hit"}` and `{outcome="miss"}`, resolved once: on the hot path a
+    /// count is one atomic add, not a family look-up.
+    pub token_cache_hits: Counter,
+    pub token_cache_misses: Counter,
     pub reloads: Family<OutcomeLabels, Counter>,
     pub shared_token_previous: Counter,
 }
@@ -66,13 +69,15 @@ fn latency_histogram() -> Histogram {
 impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::with_prefix("ucgate");
+        let token_cache = Family::<OutcomeLabels, Counter>::default();
         let m = Self {
             requests: Family::default(),
             upstream_seconds: Family::new_with_constructor(latency_histogram),
             auth_failures: Family::default(),
             logins: Family::default(),
             lockouts: Counter::default(),
-            token_cache: Family::default(),
+            token_cache_hits: token_cache.get_or_create_owned(&OutcomeLabels { outcome: "hit" }),
+            token_cache_misses: token_cache.get_or_create_owned(&OutcomeLabels { outcome: "miss" }),
             reloads: Family::default(),
             shared_token_previous: Counter::default(),
             registry: Registry::default(),
@@ -105,7 +110,7 @@ impl Metrics {
         registry.register(
             "token_cache",
             "UC token validations by cache outcome (hit, miss)",
-            m.token_cache.clone(),
+            token_cache,
         );
         registry.register(
             "config_reloads",

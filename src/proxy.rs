@@ -1,6 +1,7 @@
 //! Forwarding: request rewrite, the pooled upstream client, streaming both ways, upgrades.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -9,6 +10,7 @@ use http::{Extensions, Request, Response, StatusCode, Uri, Version, request};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -19,8 +21,9 @@ use tower::timeout::error::Elapsed;
 use crate::body::Body;
 use crate::config::UpstreamUrl;
 use crate::error::GateError;
+use crate::tls;
 
-pub type HttpClient = Client<HttpConnector, Incoming>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Incoming>;
 
 /// Identity headers ucgate sets upstream: whatever the client sent under these names (or their
 /// `_`/`.` aliases, which some frameworks read as the same header) never reaches an upstream.
@@ -43,16 +46,23 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const UPGRADE_VALUE: HeaderValue = HeaderValue::from_static("upgrade");
 
-/// One client for every route: connections are pooled per upstream origin.
-pub fn http_client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
+/// One client for every route: connections are pooled per upstream origin. `https://`
+/// upstreams are checked against `ca_bundle`, or the system's roots.
+pub fn http_client(ca_bundle: Option<&Path>) -> Result<HttpClient, String> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
     // A dead upstream must fail fast with 502, not eat the route's whole timeout.
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    Client::builder(TokioExecutor::new())
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    http.enforce_http(false);
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls::upstream_config(ca_bundle)?)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector)
+        .build(connector))
 }
 
 /// The upstream of one route: its origin and the client wrapped in the route's timeout.

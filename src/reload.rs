@@ -5,10 +5,15 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::gateway::Gateway;
 use crate::metrics::{OutcomeLabels, metrics};
+
+/// Installs the SIGHUP handler (inside the runtime). Call it before serving.
+pub fn hangup() -> std::io::Result<Signal> {
+    signal(SignalKind::hangup())
+}
 
 /// What identifies a file's version without reading it: modification time and length (or absence).
 type Fingerprint = Vec<Option<(SystemTime, u64)>>;
@@ -26,8 +31,15 @@ fn fingerprint(files: &[PathBuf]) -> Fingerprint {
 
 /// Reloads on SIGHUP and whenever a watched file changes (polled every `interval`, if any:
 /// polling also works on bind mounts and editors' rename-on-save, where inotify misses changes).
-pub async fn watch(gateway: Gateway, config_file: PathBuf, interval: Option<Duration>) {
-    let mut hup = match signal(SignalKind::hangup()) {
+/// `hup` is the SIGHUP stream, created before ucgate announces its listeners: from then on a
+/// SIGHUP must reload, not meet its default action (ending the process). See [`hangup`].
+pub async fn watch(
+    gateway: Gateway,
+    config_file: PathBuf,
+    interval: Option<Duration>,
+    hup: std::io::Result<Signal>,
+) {
+    let mut hup = match hup {
         Ok(hup) => hup,
         Err(e) => {
             tracing::error!(error = %e, "cannot install the SIGHUP handler; reload by signal is off");

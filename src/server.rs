@@ -6,10 +6,14 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceBuilder;
 
 use crate::config::ServerConfig;
@@ -39,29 +43,39 @@ pub async fn serve(
 ) {
     let builder = connection_builder(config);
     let graceful = GracefulShutdown::new();
-    let (accepted_tx, mut accepted) = mpsc::channel::<(TcpStream, SocketAddr)>(64);
+    let (accepted_tx, mut accepted) = mpsc::channel::<Accepted>(64);
+    let connections = Arc::new(Semaphore::new(config.max_connections));
     let mut acceptors = tokio::task::JoinSet::new();
     for listener in listeners {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "listening");
         }
-        acceptors.spawn(accept_loop(listener, accepted_tx.clone()));
+        acceptors.spawn(accept_loop(
+            listener,
+            accepted_tx.clone(),
+            connections.clone(),
+        ));
     }
     drop(accepted_tx);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            Some((stream, remote)) = accepted.recv() => {
-                let service = ServiceBuilder::new()
-                    .layer(AccessLogLayer)
-                    .service(gateway.service(ConnInfo { remote, tls: false }));
-                let connection = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
-                    .into_owned();
-                let connection = graceful.watch(connection);
+            Some((stream, remote, permit)) = accepted.recv() => {
+                let (gateway, builder, watcher) = (gateway.clone(), builder.clone(), graceful.watcher());
+                let handshake_timeout = config.request_header_timeout;
                 tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(%remote, error = %e, "connection ended with an error");
+                    let _permit = permit;
+                    // The acceptor of the current state: a reload brings new certificates to
+                    // new connections.
+                    let Some(tls) = gateway.state().tls.clone() else {
+                        return serve_connection(&builder, watcher, &gateway, stream, ConnInfo { remote, tls: false }).await;
+                    };
+                    match tokio::time::timeout(handshake_timeout, TlsAcceptor::from(tls).accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(&builder, watcher, &gateway, stream, ConnInfo { remote, tls: true }).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
                     }
                 });
             }
@@ -81,25 +95,62 @@ pub async fn serve(
     }
 }
 
+async fn serve_connection<S>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    gateway: &Gateway,
+    stream: S,
+    conn: ConnInfo,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = ServiceBuilder::new()
+        .layer(AccessLogLayer)
+        .service(gateway.service(conn));
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(remote = %conn.remote, error = %e, "connection ended with an error");
+    }
+}
+
 fn connection_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The header read timeout also bounds idle keep-alive connections: hyper arms it whenever
+    // it waits for a request head.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(config.request_header_timeout);
+        .header_read_timeout(config.request_header_timeout)
+        .max_buf_size(config.max_header_bytes)
+        .max_headers(config.max_headers);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(30));
+        .keep_alive_interval(Duration::from_secs(30))
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
     builder
 }
 
-async fn accept_loop(listener: TcpListener, accepted: mpsc::Sender<(TcpStream, SocketAddr)>) {
+/// An accepted connection and its slot among `max_connections`.
+type Accepted = (TcpStream, SocketAddr, OwnedSemaphorePermit);
+
+async fn accept_loop(
+    listener: TcpListener,
+    accepted: mpsc::Sender<Accepted>,
+    slots: Arc<Semaphore>,
+) {
     loop {
+        // At the limit, stop accepting: clients wait in the kernel's backlog instead of being
+        // accepted and starved.
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         match listener.accept().await {
             Ok((stream, remote)) => {
                 let _ = stream.set_nodelay(true);
-                if accepted.send((stream, remote)).await.is_err() {
+                if accepted.send((stream, remote, permit)).await.is_err() {
                     return;
                 }
             }

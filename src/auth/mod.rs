@@ -106,9 +106,10 @@ pub fn presented<'a>(
 
 /// Splits `query` into the value of its `token` parameter and the other parameters, kept byte for
 /// byte. Keys and values are form-decoded for the comparison, as the Play framework would.
-fn split_token_param(
-    query: &str,
-) -> Result<(Option<Cow<'_, str>>, Option<Cow<'_, str>>), GateError> {
+/// The `token` parameter's value and the rest of the query.
+type TokenAndRest<'a> = (Option<Cow<'a, str>>, Option<Cow<'a, str>>);
+
+fn split_token_param(query: &str) -> Result<TokenAndRest<'_>, GateError> {
     // Fast path: no parameter can be named "token", even encoded.
     if !query.contains(TOKEN_PARAM) && !query.contains('%') {
         return Ok((None, (!query.is_empty()).then_some(Cow::Borrowed(query))));

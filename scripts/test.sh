@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The test command of ucgate (README and .ci/run call it): formatting, lints, every test.
+# Installs what the tests need when it is missing; non-interactive (works with CI=true, no stdin).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+exec < /dev/null
+log() { printf 'test.sh: %s\n' "$*" >&2; }
+
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-auto}
+# Loopback servers only: never send test traffic through a proxy.
+export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}" no_proxy="127.0.0.1,localhost${no_proxy:+,$no_proxy}"
+# In CI the lock file is the contract.
+CARGO_FLAGS=()
+if [ -n "${CI:-}" ] && [ "${CI}" != "false" ]; then CARGO_FLAGS=(--locked); fi
+
+# --- what the tests need ----------------------------------------------------
+command -v cargo > /dev/null || { log "cargo is required (https://rustup.rs)"; exit 1; }
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version > /dev/null 2>&1; then
+    command -v rustup > /dev/null || { log "cargo $component is missing and rustup is not there to add it"; exit 1; }
+    log "rustup component add $component"
+    rustup component add "$component"
+  fi
+done
+# Real identity providers (MIT KDC, oidc-provider, django-cas-server) for the exchange tests.
+if [ -f scripts/install-idp-deps.sh ]; then
+  bash scripts/install-idp-deps.sh
+fi
+export PATH="$PATH:/usr/sbin:/sbin"
+
+# --- checks -----------------------------------------------------------------
+log "cargo fmt --check"
+cargo fmt --all --check
+
+log "cargo clippy"
+cargo clippy "${CARGO_FLAGS[@]}" --workspace --all-targets -- -D warnings
+
+if cargo nextest --version > /dev/null 2>&1; then
+  log "cargo nextest run"
+  cargo nextest run "${CARGO_FLAGS[@]}" --workspace --all-targets --no-fail-fast
+  # nextest does not run doctests.
+  log "cargo test --doc"
+  cargo test "${CARGO_FLAGS[@]}" --workspace --doc
+else
+  log "cargo-nextest not found, running cargo test"
+  cargo test "${CARGO_FLAGS[@]}" --workspace --all-targets --no-fail-fast
+  cargo test "${CARGO_FLAGS[@]}" --workspace --doc
+fi
+log "ok"

@@ -1,0 +1,1603 @@
+//! Issue 2, the proxy core: ucgate as a real process between real clients and real upstreams.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, HeaderValue, Version};
+use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
+
+const X_AUTH_TOKEN: &str = "X-Auth-Token";
+
+/// One upstream behind the usual routes:
+/// - `/api/`     accept shared, upstream_auth shared
+/// - `/plain/`   accept shared, upstream_auth none
+/// - `/public/`  public
+/// - `/ws/`      accept shared, websocket
+/// - `/slow/`    timeout 300ms
+/// - `/down/`    upstream where nothing listens
+fn routes(up: &Upstream) -> ConfigBuilder {
+    let u = up.url();
+    ConfigBuilder::new()
+        .route(route("api", "/api/", &u))
+        .route(route("plain", "/plain/", &u).upstream_auth("none"))
+        .route(route("public", "/public/", &u).public())
+        .route(route("ws", "/ws/", &u).websocket())
+        .route(route("slow", "/slow/", &u).timeout("300ms"))
+        .route(route("down", "/down/", &closed_url()))
+}
+
+async fn setup() -> (Upstream, Ucgate) {
+    let up = Upstream::start().await;
+    let gate = Ucgate::start(routes(&up).build()).await;
+    (up, gate)
+}
+
+const SIGNING_KEY: &str = "test-signing-key-0123456789abcdef0123456789";
+
+/// [`routes`] plus `/uconly/`, a route that accepts UC tokens only (which needs `[tokens]` and
+/// `[users]`).
+async fn setup_with_uc_route() -> (Upstream, Ucgate) {
+    let up = Upstream::start().await;
+    let config = routes(&up)
+        .route(route("uconly", "/uconly/", &up.url()).accept(&["uc"]))
+        .raw("[tokens]\n\n[users]\nfile = \"users.toml\"")
+        .build();
+    let gate = Ucgate::builder(config)
+        .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
+        .file("users.toml", "")
+        .start()
+        .await;
+    (up, gate)
+}
+
+fn with_token(rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    rb.header(X_AUTH_TOKEN, SHARED_TOKEN)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Authentication
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn forwards_with_the_shared_token_and_injects_it_upstream() {
+    let (up, gate) = setup().await;
+    let response = with_token(client().post(gate.url("/api/items?a=1&b=two")))
+        .header("X-Custom", "kept")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(echoed["target"], "/api/items?a=1&b=two");
+
+    let seen = up.last();
+    assert_eq!(up.count(), 1);
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.target, "/api/items?a=1&b=two");
+    assert_eq!(seen.version, Version::HTTP_11);
+    assert_eq!(seen.header_all("x-auth-token"), [SHARED_TOKEN]);
+    assert_eq!(seen.header("host"), Some(up.authority()));
+    assert_eq!(seen.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(
+        seen.header("x-forwarded-host"),
+        Some(gate.addr().to_string())
+    );
+    assert_eq!(seen.header("x-custom").as_deref(), Some("kept"));
+    assert_eq!(seen.body_len, 5);
+    assert_eq!(&seen.body[..], b"hello");
+
+    let lines = gate.wait_access_lines(1).await;
+    assert!(
+        lines[0].contains(
+            r#"request method=POST path="/api/items" route="api" status=200 credential="shared" error="-""#
+        ),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_token_is_401_with_www_authenticate() {
+    let (up, gate) = setup_with_uc_route().await;
+    for path in ["/api/x", "/uconly/x", "/ws/x", "/plain/x?tokens=1&xtoken=2"] {
+        let response = client().get(gate.url(path)).send().await.unwrap();
+        let www = response.headers().get("www-authenticate").cloned();
+        assert_error(response, 401, "TokenMissing").await;
+        assert!(www.is_some(), "{path}: no WWW-Authenticate");
+    }
+    // An empty token is no token.
+    let response = client()
+        .get(gate.url("/api/x"))
+        .header(X_AUTH_TOKEN, "")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        matches!(response.status().as_u16(), 401),
+        "{}",
+        response.status()
+    );
+    assert_eq!(up.count(), 0, "{:#?}", up.requests());
+    let lines = gate.wait_access_lines(5).await;
+    assert!(
+        lines[0].contains(r#"status=401"#) && lines[0].contains(r#"error="TokenMissing""#),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_401_in_header_or_query() {
+    let (up, gate) = setup().await;
+    let wrong = "wrong-token-Zx81Kq";
+    let almost = &SHARED_TOKEN[..SHARED_TOKEN.len() - 1];
+    let longer = format!("{SHARED_TOKEN}x");
+    for token in [wrong, almost, longer.as_str(), " "] {
+        let response = client()
+            .get(gate.url("/api/x"))
+            .header(X_AUTH_TOKEN, token)
+            .send()
+            .await
+            .unwrap();
+        let www = response.headers().get("www-authenticate").cloned();
+        let body = assert_error(response, 401, "TokenInvalid").await;
+        assert!(www.is_some());
+        assert!(
+            !body.to_string().contains(token.trim()) || token.trim().is_empty(),
+            "{body}"
+        );
+    }
+    let response = client()
+        .get(gate.url(&format!("/api/x?token={wrong}")))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_error(response, 401, "TokenInvalid").await;
+    assert!(!body.to_string().contains(wrong));
+    assert_eq!(up.count(), 0, "{:#?}", up.requests());
+}
+
+#[tokio::test]
+async fn the_token_query_parameter_is_accepted_and_stripped() {
+    let (up, gate) = setup().await;
+    let http = client();
+
+    let r = http
+        .get(gate.url(&format!(
+            "/api/q?a=1&token={SHARED_TOKEN}&b=x%20y&tokens=2&xtoken=3"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.target, "/api/q?a=1&b=x%20y&tokens=2&xtoken=3");
+    assert_eq!(seen.header_all("x-auth-token"), [SHARED_TOKEN]);
+
+    // Alone, the query disappears.
+    let r = http
+        .get(gate.url(&format!("/api/q?token={SHARED_TOKEN}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().target, "/api/q");
+
+    // An encoded parameter name is the same parameter (raw: clients may re-encode it).
+    let r = raw_http(
+        gate.addr(),
+        raw_request("GET", &format!("/api/q?%74oken={SHARED_TOKEN}&c=3"), &[]),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().target, "/api/q?c=3");
+    let r = raw_http(
+        gate.addr(),
+        raw_request(
+            "GET",
+            &format!("/api/q?%74%6F%6B%65%6E={SHARED_TOKEN}"),
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().target, "/api/q");
+
+    // Same token in header and parameter: accepted, the parameter still stripped.
+    let r = with_token(http.get(gate.url(&format!("/api/q?token={SHARED_TOKEN}&d=4"))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().target, "/api/q?d=4");
+
+    // upstream_auth = "none": the token is not forwarded anywhere.
+    let r = http
+        .get(gate.url(&format!("/plain/q?token={SHARED_TOKEN}&e=5")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.target, "/plain/q?e=5");
+    assert!(seen.header_all("x-auth-token").is_empty());
+
+    assert_eq!(up.count(), 6);
+    for seen in up.requests() {
+        assert!(!seen.target.contains(SHARED_TOKEN), "{}", seen.target);
+    }
+}
+
+#[tokio::test]
+async fn ambiguous_tokens_are_400() {
+    let (up, gate) = setup().await;
+    let http = client();
+    let mut two = HeaderMap::new();
+    two.append(X_AUTH_TOKEN, HeaderValue::from_static(SHARED_TOKEN));
+    two.append(X_AUTH_TOKEN, HeaderValue::from_static("other"));
+    let r = http
+        .get(gate.url("/api/x"))
+        .headers(two)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "AmbiguousToken").await;
+
+    // Two identical headers are still two headers.
+    let r = raw_http(
+        gate.addr(),
+        raw_request(
+            "GET",
+            "/api/x",
+            &[(X_AUTH_TOKEN, SHARED_TOKEN), (X_AUTH_TOKEN, SHARED_TOKEN)],
+        ),
+    )
+    .await;
+    r.assert_error(400, "AmbiguousToken");
+
+    let r = with_token(http.get(gate.url("/api/x?token=other")))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "AmbiguousToken").await;
+
+    let r = http
+        .get(gate.url(&format!("/api/x?token={SHARED_TOKEN}&token=other")))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "AmbiguousToken").await;
+
+    assert_eq!(up.count(), 0, "{:#?}", up.requests());
+}
+
+#[tokio::test]
+async fn the_shared_token_on_a_route_that_does_not_accept_it_is_403() {
+    let (up, gate) = setup_with_uc_route().await;
+    let r = with_token(client().get(gate.url("/uconly/x")))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_error(r, 403, "Forbidden").await;
+    assert!(!body.to_string().contains(SHARED_TOKEN));
+    assert_eq!(up.count(), 0);
+    let lines = gate.wait_access_lines(1).await;
+    assert!(
+        lines[0].contains(r#"route="uconly" status=403 credential="shared" error="Forbidden""#),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn public_routes_need_no_token_and_forward_none() {
+    let (up, gate) = setup().await;
+    let r = client()
+        .get(gate.url("/public/a?x=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.target, "/public/a?x=1");
+    assert!(seen.header_all("x-auth-token").is_empty());
+
+    // Whatever the client presents, even the shared token, nothing goes upstream.
+    let r = with_token(client().get(gate.url(&format!("/public/b?token={SHARED_TOKEN}"))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.target, "/public/b");
+    assert!(
+        !seen.head_text().contains(SHARED_TOKEN),
+        "{}",
+        seen.head_text()
+    );
+    assert_eq!(up.count(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Headers
+// ---------------------------------------------------------------------------------------------
+
+const SPOOFED: [(&str, &str); 8] = [
+    ("X-Auth-User", "admin"),
+    ("X_Auth_User", "admin"),
+    ("x.auth.user", "admin"),
+    ("X-Auth-Method", "kerberos"),
+    ("x_auth_method", "kerberos"),
+    ("X.Auth.Method", "kerberos"),
+    ("X_Auth_Token", "spoofed-token"),
+    ("x.auth.token", "spoofed-token"),
+];
+
+fn assert_no_identity_headers(seen: &Recorded) {
+    for name in seen.header_names() {
+        let canonical = name.replace(['_', '.'], "-");
+        assert!(
+            !["x-auth-user", "x-auth-method"].contains(&canonical.as_str()),
+            "{name} reached the upstream:\n{}",
+            seen.head_text()
+        );
+        if canonical == "x-auth-token" {
+            assert_eq!(name, "x-auth-token", "alias {name} reached the upstream");
+        }
+    }
+    assert!(
+        !seen.head_text().contains("spoofed-token"),
+        "{}",
+        seen.head_text()
+    );
+}
+
+#[tokio::test]
+async fn upstream_auth_none_never_forwards_client_identity_headers() {
+    let (up, gate) = setup().await;
+    let mut headers: Vec<(&str, &str)> = SPOOFED.to_vec();
+    headers.push((X_AUTH_TOKEN, SHARED_TOKEN));
+    let r = raw_http(gate.addr(), raw_request("GET", "/plain/x", &headers)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    assert_eq!(seen.path, "/plain/x");
+    assert!(
+        seen.header_all("x-auth-token").is_empty(),
+        "{}",
+        seen.head_text()
+    );
+    assert!(
+        !seen.head_text().contains(SHARED_TOKEN),
+        "{}",
+        seen.head_text()
+    );
+    assert_no_identity_headers(&seen);
+
+    // Same on a public route, with the token in the query.
+    let r = raw_http(
+        gate.addr(),
+        raw_request("GET", &format!("/public/x?token={SHARED_TOKEN}"), &headers),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    assert_eq!(seen.target, "/public/x");
+    assert!(
+        !seen.head_text().contains(SHARED_TOKEN),
+        "{}",
+        seen.head_text()
+    );
+    assert_no_identity_headers(&seen);
+
+    // And via h2, where header names are lower-case and arrive differently framed.
+    let mut rb = h2_client().get(gate.url("/plain/h2"));
+    for (k, v) in &headers {
+        rb = rb.header(*k, *v);
+    }
+    let r = rb.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), Version::HTTP_2);
+    let seen = up.last();
+    assert_eq!(seen.path, "/plain/h2");
+    assert!(
+        !seen.head_text().contains(SHARED_TOKEN),
+        "{}",
+        seen.head_text()
+    );
+    assert_no_identity_headers(&seen);
+    assert_eq!(up.count(), 3);
+}
+
+#[tokio::test]
+async fn upstream_auth_shared_sends_exactly_one_token_and_no_client_identity() {
+    let (up, gate) = setup().await;
+    let mut headers: Vec<(&str, &str)> = SPOOFED.to_vec();
+    headers.push((X_AUTH_TOKEN, SHARED_TOKEN));
+    let r = raw_http(gate.addr(), raw_request("GET", "/api/x", &headers)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    assert_eq!(seen.header_all("x-auth-token"), [SHARED_TOKEN]);
+    assert_no_identity_headers(&seen);
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
+    let (up, gate) = setup().await;
+    let headers = [
+        (X_AUTH_TOKEN, SHARED_TOKEN),
+        (
+            "Connection",
+            "close, X-Custom-Hop, X-Auth-User, x_auth_method",
+        ),
+        ("X-Custom-Hop", "1"),
+        ("X-Auth-User", "admin"),
+        ("x_auth_method", "kerberos"),
+        ("Keep-Alive", "timeout=5"),
+        ("Proxy-Connection", "keep-alive"),
+        ("Proxy-Authorization", "Basic dXNlcjpwYXNz"),
+        ("TE", "trailers"),
+        ("Upgrade", "websocket"),
+        ("X-Kept", "yes"),
+    ];
+    let r = raw_http(gate.addr(), raw_request("GET", "/api/hop", &headers)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    for gone in [
+        "x-custom-hop",
+        "x-auth-user",
+        "x_auth_method",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "upgrade",
+    ] {
+        assert!(
+            seen.header_all(gone).is_empty(),
+            "{gone} reached the upstream:\n{}",
+            seen.head_text()
+        );
+    }
+    for value in seen.header_all("connection") {
+        assert!(
+            !value.to_ascii_lowercase().contains("x-custom-hop"),
+            "{}",
+            seen.head_text()
+        );
+        assert!(
+            !value.to_ascii_lowercase().contains("upgrade"),
+            "{}",
+            seen.head_text()
+        );
+    }
+    assert_eq!(seen.header("x-kept").as_deref(), Some("yes"));
+    assert_eq!(seen.header_all("x-auth-token"), [SHARED_TOKEN]);
+}
+
+#[tokio::test]
+async fn forwarded_headers_replace_what_the_client_claims() {
+    let (up, gate) = setup().await;
+    let headers = [
+        (X_AUTH_TOKEN, SHARED_TOKEN),
+        ("Host", "gate.example:8443"),
+        ("X-Forwarded-For", "203.0.113.9"),
+        ("Forwarded", "for=203.0.113.9;proto=https"),
+        ("X-Real-IP", "203.0.113.9"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "evil.example"),
+    ];
+    let r = raw_http(gate.addr(), raw_request("GET", "/api/fwd", &headers)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    assert_eq!(seen.header("host"), Some(up.authority()));
+    assert_eq!(seen.header_all("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(seen.header_all("x-forwarded-proto"), ["http"]);
+    assert_eq!(seen.header_all("x-forwarded-host"), ["gate.example:8443"]);
+    assert!(
+        seen.header_all("forwarded").is_empty(),
+        "{}",
+        seen.head_text()
+    );
+    assert!(
+        seen.header_all("x-real-ip").is_empty(),
+        "{}",
+        seen.head_text()
+    );
+}
+
+#[tokio::test]
+async fn trusted_forwarded_headers_are_extended() {
+    let up = Upstream::start().await;
+    let gate = Ucgate::start(routes(&up).server("trust_forwarded_headers = true").build()).await;
+    let headers = [
+        (X_AUTH_TOKEN, SHARED_TOKEN),
+        ("Host", "gate.example"),
+        ("X-Forwarded-For", "203.0.113.9"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "public.example"),
+    ];
+    let r = raw_http(gate.addr(), raw_request("GET", "/api/fwd", &headers)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    assert_eq!(
+        seen.header_all("x-forwarded-for"),
+        ["203.0.113.9, 127.0.0.1"]
+    );
+    assert_eq!(seen.header_all("x-forwarded-proto"), ["https"]);
+    assert_eq!(seen.header_all("x-forwarded-host"), ["public.example"]);
+    // Identity headers are never trusted, even behind a trusted proxy.
+    let r = raw_http(
+        gate.addr(),
+        raw_request(
+            "GET",
+            "/plain/x",
+            &[(X_AUTH_TOKEN, SHARED_TOKEN), ("X-Auth-User", "admin")],
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_no_identity_headers(&up.last());
+    assert!(up.last().header_all("x-auth-token").is_empty());
+}
+
+#[tokio::test]
+async fn upstream_responses_pass_through_untouched() {
+    let (up, gate) = setup().await;
+    up.on(
+        "/api/teapot",
+        Behavior::respond(418, "short and stout")
+            .header("Content-Type", "text/plain; charset=utf-8")
+            .header("X-Upstream", "1")
+            .header("Set-Cookie", "a=1")
+            .header("Set-Cookie", "b=2")
+            .header("WWW-Authenticate", "Basic realm=\"upstream\"")
+            .header("Connection", "X-Upstream-Hop")
+            .header("X-Upstream-Hop", "secret-hop")
+            .header("Keep-Alive", "timeout=5"),
+    );
+    up.on(
+        "/api/error",
+        Behavior::respond(
+            500,
+            r#"{"error":"UpstreamOwnCode","message":"from upstream"}"#,
+        )
+        .header("Content-Type", "application/json"),
+    );
+    up.on("/api/missing", Behavior::respond(404, "upstream 404"));
+    let http = client();
+
+    let r = with_token(http.get(gate.url("/api/teapot")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 418);
+    let h = r.headers().clone();
+    assert_eq!(h["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(h["x-upstream"], "1");
+    let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    assert_eq!(h["www-authenticate"], "Basic realm=\"upstream\"");
+    assert!(!h.contains_key("x-upstream-hop"), "{h:?}");
+    assert!(!h.contains_key("keep-alive"), "{h:?}");
+    assert_eq!(r.text().await.unwrap(), "short and stout");
+
+    let r = with_token(http.get(gate.url("/api/error")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    assert_eq!(
+        r.text().await.unwrap(),
+        r#"{"error":"UpstreamOwnCode","message":"from upstream"}"#
+    );
+
+    let r = with_token(http.get(gate.url("/api/missing")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.text().await.unwrap(), "upstream 404");
+    assert_eq!(up.count(), 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Paths and routes
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn paths_are_normalised_once_for_routing_and_forwarding() {
+    let (up, gate) = setup().await;
+    // (raw request target, what the upstream must receive)
+    let cases = [
+        ("/api/./a//b/../c?x=1", "/api/a/c?x=1"),
+        ("//api///a", "/api/a"),
+        ("/api/%61bc", "/api/abc"),
+        ("/api/%7euser/%2D%5F", "/api/~user/-_"),
+        ("/api/a/%2e%2e/b", "/api/b"),
+        ("/api/a/%2E/b/.", "/api/a/b/"),
+        ("/api/%c3%a9/%3b/%20", "/api/%C3%A9/%3B/%20"),
+        ("/api/%252f", "/api/%252f"),
+        ("/api/a;v=1/b", "/api/a;v=1/b"),
+        ("/api/..a/b", "/api/..a/b"),
+        // Routed on the normalised path: these reach the api route, not public or plain.
+        ("/public/../api/x", "/api/x"),
+        ("/plain/%2e%2e/api/y", "/api/y"),
+        ("/nowhere/../api/z", "/api/z"),
+        ("/api", "/api"),
+    ];
+    for (target, want) in cases {
+        up.clear();
+        let r = raw_http(
+            gate.addr(),
+            raw_request("GET", target, &[(X_AUTH_TOKEN, SHARED_TOKEN)]),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{target}: {}", r.text());
+        let seen = up.last();
+        assert_eq!(seen.target, want, "{target}");
+        // On the api route, so the shared token was injected.
+        assert_eq!(seen.header_all("x-auth-token"), [SHARED_TOKEN], "{target}");
+    }
+
+    // A traversal from a public route into a protected one needs the token.
+    up.clear();
+    let r = raw_http(gate.addr(), raw_request("GET", "/public/../api/x", &[])).await;
+    r.assert_error(401, "TokenMissing");
+    // And one from a protected route into a public one is public.
+    let r = raw_http(gate.addr(), raw_request("GET", "/api/../public/x", &[])).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().target, "/public/x");
+    assert!(up.last().header_all("x-auth-token").is_empty());
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn ambiguous_paths_are_400_and_never_forwarded() {
+    let (up, gate) = setup().await;
+    let refused = [
+        "/api/a%2fb",
+        "/api/a%2Fb",
+        "/api%2F..%2Fpublic/x",
+        "/api/a%5cb",
+        "/api/a%5C..%5Cb",
+        "/api/..;/x",
+        "/api/.;/x",
+        "/api/..;jsessionid=1/x",
+        "/..",
+        "/../api/x",
+        "/api/../../etc/passwd",
+        "/api/%2e%2e/%2e%2e/x",
+        "/api/a%00b",
+        "/api/%zz",
+        "/api/%2",
+    ];
+    for target in refused {
+        let r = raw_http(
+            gate.addr(),
+            raw_request("GET", target, &[(X_AUTH_TOKEN, SHARED_TOKEN)]),
+        )
+        .await;
+        r.assert_error(400, "InvalidPath");
+        assert!(!r.text().contains(SHARED_TOKEN));
+    }
+    // A raw backslash is refused too (by ucgate or, before it, by the HTTP parser).
+    for target in ["/api\\x", "/api/..\\..\\x"] {
+        let r = raw_http(
+            gate.addr(),
+            raw_request("GET", target, &[(X_AUTH_TOKEN, SHARED_TOKEN)]),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{target}: {}", r.text());
+    }
+    // Not origin-form.
+    let r = raw_http(
+        gate.addr(),
+        raw_request("OPTIONS", "*", &[(X_AUTH_TOKEN, SHARED_TOKEN)]),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(up.count(), 0, "{:#?}", up.requests());
+}
+
+#[tokio::test]
+async fn the_longest_prefix_wins_on_whole_segments() {
+    let outer = Upstream::start().await;
+    let inner = Upstream::start().await;
+    let root = Upstream::start().await;
+    let config = ConfigBuilder::new()
+        .route(route("outer", "/a/", &outer.url()))
+        .route(route("inner", "/a/b/", &inner.url()))
+        .route(route("root", "/", &root.url()).public())
+        .build();
+    let gate = Ucgate::start(config).await;
+    let http = client();
+    let cases = [
+        ("/a/b/c", "inner"),
+        ("/a/b/", "inner"),
+        ("/a/b", "inner"),
+        ("/a/./b/../b/c", "inner"),
+        ("/a/bc", "outer"),
+        ("/a/x/b/c", "outer"),
+        ("/a/", "outer"),
+        ("/a", "outer"),
+        ("/ab", "root"),
+        ("/", "root"),
+        ("/b/a/b", "root"),
+    ];
+    for (path, want) in cases {
+        for u in [&outer, &inner, &root] {
+            u.clear();
+        }
+        let r = with_token(http.get(gate.url(path))).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let counts = [outer.count(), inner.count(), root.count()];
+        let got = match counts {
+            [1, 0, 0] => "outer",
+            [0, 1, 0] => "inner",
+            [0, 0, 1] => "root",
+            _ => panic!("{path}: {counts:?}"),
+        };
+        assert_eq!(got, want, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn prefixes_match_whole_segments_and_unknown_paths_are_404() {
+    let up = Upstream::start().await;
+    let config = ConfigBuilder::new()
+        .route(route("configmgt", "/configmgt/", &up.url()))
+        .build();
+    let gate = Ucgate::start(config).await;
+    let http = client();
+    for path in ["/configmgt", "/configmgt/", "/configmgt/api/1.0/users"] {
+        let r = with_token(http.get(gate.url(path))).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(up.last().path, path);
+    }
+    up.clear();
+    for path in [
+        "/configmgtx",
+        "/configmgtx/y",
+        "/config",
+        "/",
+        "/recording/x",
+    ] {
+        let r = with_token(http.get(gate.url(path))).send().await.unwrap();
+        assert_error(r, 404, "NoRoute").await;
+    }
+    // Without a token too: 404, not 401.
+    let r = client().get(gate.url("/nope")).send().await.unwrap();
+    assert_error(r, 404, "NoRoute").await;
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn every_listener_serves() {
+    let up = Upstream::start().await;
+    let config = routes(&up)
+        .server(r#"listen = ["127.0.0.1:0", "127.0.0.1:0"]"#)
+        .build();
+    let gate = Ucgate::builder(config).listeners(2).start().await;
+    assert_eq!(gate.addrs.len(), 2);
+    assert_ne!(gate.addrs[0], gate.addrs[1]);
+    for addr in &gate.addrs {
+        let r = with_token(client().get(format!("http://{addr}/api/l")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{addr}");
+        assert_eq!(up.last().header("x-forwarded-host"), Some(addr.to_string()));
+    }
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer_locally() {
+    let up = Upstream::start().await;
+    // A catch-all public route must not shadow them.
+    let config = ConfigBuilder::new()
+        .route(route("root", "/", &up.url()).public())
+        .build();
+    let gate = Ucgate::start(config).await;
+    for path in ["/healthz", "/readyz"] {
+        let r = client().get(gate.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(body.is_object(), "{body}");
+        let r = h2_client().get(gate.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path} over h2");
+    }
+    let r = client().post(gate.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(up.count(), 0, "{:#?}", up.requests());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream failures
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_502() {
+    let (_up, gate) = setup().await;
+    let r = with_token(client().get(gate.url("/down/x")))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_error(r, 502, "UpstreamUnavailable").await;
+    assert!(!body.to_string().contains(SHARED_TOKEN));
+    let lines = gate.wait_access_lines(1).await;
+    assert!(lines[0].contains(r#"route="down" status=502"#), "{lines:?}");
+}
+
+#[tokio::test]
+async fn an_upstream_that_drops_the_connection_is_502() {
+    let (up, gate) = setup().await;
+    up.on("/api/abort", Behavior::Abort);
+    let r = with_token(client().get(gate.url("/api/abort")))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 502, "UpstreamUnavailable").await;
+    assert_eq!(up.last().path, "/api/abort");
+    // The gateway still works afterwards.
+    let r = with_token(client().get(gate.url("/api/ok")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn a_slow_upstream_is_504() {
+    let (up, gate) = setup().await;
+    up.on("/slow/", Behavior::delay(5_000, Behavior::Echo));
+    up.on("/slow/fast", Behavior::Echo);
+    let r = with_token(client().get(gate.url("/slow/x")))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_error(r, 504, "UpstreamTimeout").await;
+    assert!(!body.to_string().contains(SHARED_TOKEN));
+    assert_eq!(up.last().path, "/slow/x", "the upstream did receive it");
+    // The timeout is per route: a fast answer on the same route passes.
+    let r = with_token(client().get(gate.url("/slow/fast")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let lines = gate.wait_access_lines(2).await;
+    assert!(
+        lines[0].contains(r#"route="slow" status=504"#) && lines[0].contains("UpstreamTimeout"),
+        "{lines:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Protocols and streaming
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn h2_with_prior_knowledge_is_served() {
+    let (up, gate) = setup().await;
+    let http = h2_client();
+    let r = with_token(http.post(gate.url("/api/h2?a=1")))
+        .body("h2 body")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.version, Version::HTTP_11);
+    assert_eq!(seen.target, "/api/h2?a=1");
+    assert_eq!(seen.header_all("x-auth-token"), [SHARED_TOKEN]);
+    assert_eq!(seen.header("host"), Some(up.authority()));
+    assert_eq!(
+        seen.header("x-forwarded-host"),
+        Some(gate.addr().to_string())
+    );
+    assert_eq!(seen.body_len, 7);
+    // Errors over h2 are the same JSON.
+    let r = http.get(gate.url("/api/h2")).send().await.unwrap();
+    assert_eq!(r.version(), Version::HTTP_2);
+    assert_error(r, 401, "TokenMissing").await;
+    // Many concurrent streams on one connection.
+    let requests =
+        (0..20).map(|i| with_token(http.get(gate.url(&format!("/api/stream/{i}")))).send());
+    for r in futures_util::future::join_all(requests).await {
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    assert_eq!(up.count(), 21);
+}
+
+#[tokio::test]
+async fn upstream_connections_are_pooled() {
+    let (up, gate) = setup().await;
+    let http = client();
+    for i in 0..10 {
+        let r = with_token(http.get(gate.url(&format!("/api/pool/{i}"))))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    assert_eq!(up.count(), 10);
+    assert!(
+        up.connections() <= 2,
+        "{} upstream connections for 10 sequential requests",
+        up.connections()
+    );
+}
+
+const GIB: u64 = 1 << 30;
+const MAX_HWM_KIB: u64 = 100 * 1024;
+
+#[tokio::test]
+async fn a_1_gib_upload_streams_with_flat_memory() {
+    let (up, gate) = setup().await;
+    let r = with_token(client().put(gate.url("/api/upload")))
+        .body(reqwest::Body::wrap_stream(generated_stream(GIB)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let echoed: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(echoed["body_len"], GIB);
+    let seen = up.last();
+    assert_eq!(seen.body_len, GIB);
+    assert_eq!(seen.header_all("x-auth-token"), [SHARED_TOKEN]);
+    let hwm = gate.vm_hwm_kib();
+    eprintln!("ucgate VmHWM: {hwm} KiB");
+    assert!(
+        hwm < MAX_HWM_KIB,
+        "ucgate peak RSS {hwm} KiB after a 1 GiB upload"
+    );
+}
+
+#[tokio::test]
+async fn a_1_gib_upload_with_content_length_streams_too() {
+    let (up, gate) = setup().await;
+    // Over h2 this time, with a declared length.
+    let size = GIB / 4;
+    let r = with_token(h2_client().put(gate.url("/api/upload")))
+        .header("content-length", size.to_string())
+        .body(reqwest::Body::wrap_stream(generated_stream(size)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().body_len, size);
+    assert_eq!(up.last().header("content-length"), Some(size.to_string()));
+    let hwm = gate.vm_hwm_kib();
+    eprintln!("ucgate VmHWM: {hwm} KiB");
+    assert!(
+        hwm < MAX_HWM_KIB,
+        "ucgate peak RSS {hwm} KiB after a 256 MiB h2 upload"
+    );
+}
+
+#[tokio::test]
+async fn a_1_gib_download_streams_with_flat_memory() {
+    let (up, gate) = setup().await;
+    up.on("/api/download", Behavior::stream(GIB));
+    let r = with_token(client().get(gate.url("/api/download")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut received = 0u64;
+    let mut body = r.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        received += chunk.unwrap().len() as u64;
+    }
+    assert_eq!(received, GIB);
+    let hwm = gate.vm_hwm_kib();
+    eprintln!("ucgate VmHWM: {hwm} KiB");
+    assert!(
+        hwm < MAX_HWM_KIB,
+        "ucgate peak RSS {hwm} KiB after a 1 GiB download"
+    );
+}
+
+#[tokio::test]
+async fn aborted_requests_do_not_leak_connections() {
+    let (up, gate) = setup().await;
+    up.on("/api/hang", Behavior::delay(60_000, Behavior::Echo));
+    up.on("/api/big", Behavior::stream(GIB));
+    let baseline = gate.open_fds();
+    for i in 0..10 {
+        let http = client();
+        let hang = tokio::spawn(with_token(http.get(gate.url(&format!("/api/hang/{i}")))).send());
+        up.wait_for("the hanging request", |r| {
+            r.path == format!("/api/hang/{i}")
+        })
+        .await;
+        hang.abort();
+        // A download abandoned after its first chunk.
+        let r = with_token(http.get(gate.url("/api/big")))
+            .send()
+            .await
+            .unwrap();
+        let mut body = r.bytes_stream();
+        body.next().await.unwrap().unwrap();
+        drop(body);
+    }
+    // Bounded wait for ucgate to close both sides of every abandoned exchange.
+    let deadline = std::time::Instant::now() + BOUND;
+    loop {
+        let fds = gate.open_fds();
+        if fds <= baseline + 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fds: {baseline} at start, {fds} now"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = with_token(client().get(gate.url("/api/after")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket
+// ---------------------------------------------------------------------------------------------
+
+fn ws_request(
+    gate: &Ucgate,
+    path: &str,
+    token: Option<&str>,
+) -> tungstenite::handshake::client::Request {
+    let mut request = format!("ws://{}{path}", gate.addr())
+        .into_client_request()
+        .unwrap();
+    if let Some(token) = token {
+        request
+            .headers_mut()
+            .insert(X_AUTH_TOKEN, token.parse().unwrap());
+    }
+    request
+}
+
+#[tokio::test]
+async fn websockets_pass_through_after_authentication() {
+    let (up, gate) = setup().await;
+    up.on("/ws/", Behavior::WebSocketEcho);
+    let (mut ws, response) =
+        tokio_tungstenite::connect_async(ws_request(&gate, "/ws/echo?room=1", Some(SHARED_TOKEN)))
+            .await
+            .expect("websocket handshake through ucgate");
+    assert_eq!(response.status(), 101);
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+    let blob: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+    ws.send(Message::binary(blob.clone())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(blob));
+    ws.close(None).await.unwrap();
+
+    let seen = up.last();
+    assert_eq!(seen.target, "/ws/echo?room=1");
+    assert_eq!(
+        seen.header("upgrade")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref(),
+        Some("websocket")
+    );
+    assert_eq!(seen.header_all("x-auth-token"), [SHARED_TOKEN]);
+
+    // The token in the query works and is stripped.
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(
+        &gate,
+        &format!("/ws/echo?token={SHARED_TOKEN}"),
+        None,
+    ))
+    .await
+    .expect("websocket with a query token");
+    ws.send(Message::text("q")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("q"));
+    assert_eq!(up.last().target, "/ws/echo");
+
+    // Authentication comes first.
+    up.clear();
+    for token in [None, Some("wrong")] {
+        match tokio_tungstenite::connect_async(ws_request(&gate, "/ws/echo", token)).await {
+            Err(tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 401, "{token:?}")
+            }
+            other => panic!("{token:?}: expected a 401, got {other:?}"),
+        }
+    }
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn websocket_upgrades_are_stripped_on_other_routes() {
+    let (up, gate) = setup().await;
+    up.on("/api/", Behavior::WebSocketEcho);
+    match tokio_tungstenite::connect_async(ws_request(&gate, "/api/echo", Some(SHARED_TOKEN))).await
+    {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 426),
+        other => panic!("expected the upstream's 426, got {other:?}"),
+    }
+    let seen = up.last();
+    assert_eq!(seen.path, "/api/echo");
+    assert!(
+        seen.header_all("upgrade").is_empty(),
+        "{}",
+        seen.head_text()
+    );
+    for v in seen.header_all("connection") {
+        assert!(
+            !v.to_ascii_lowercase().contains("upgrade"),
+            "{}",
+            seen.head_text()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn sigterm_lets_the_in_flight_request_complete() {
+    let (up, mut gate) = setup().await;
+    up.on(
+        "/api/slow",
+        Behavior::delay(1_500, Behavior::respond(200, "finished")),
+    );
+    let in_flight = tokio::spawn(with_token(client().get(gate.url("/api/slow"))).send());
+    up.wait_for("the slow request", |r| r.path == "/api/slow")
+        .await;
+    gate.sigterm();
+    gate.wait_log("shutting down").await;
+    // No new connections once draining.
+    assert!(
+        tokio::net::TcpStream::connect(gate.addr()).await.is_err(),
+        "ucgate still accepts connections after SIGTERM"
+    );
+    let r = in_flight.await.unwrap().expect("the in-flight request");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "finished");
+    let status = gate.wait().await;
+    assert_eq!(status.code(), Some(0), "{}", gate.logs());
+    let lines = gate.access_log();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(r#"path="/api/slow" route="api" status=200"#)),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_shutdown_grace_bounds_the_drain() {
+    let up = Upstream::start().await;
+    up.on("/api/hang", Behavior::delay(60_000, Behavior::Echo));
+    let mut gate = Ucgate::start(routes(&up).server("shutdown_grace = \"300ms\"").build()).await;
+    let in_flight = tokio::spawn(with_token(client().get(gate.url("/api/hang"))).send());
+    up.wait_for("the hanging request", |r| r.path == "/api/hang")
+        .await;
+    gate.sigint();
+    // Exits (within the harness bound, far below the upstream's 60 s) with success.
+    let status = gate.wait().await;
+    assert_eq!(status.code(), Some(0), "{}", gate.logs());
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the request cut at the end of the grace must fail"
+    );
+    assert!(gate.logs().contains("SIGINT"), "{}", gate.logs());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration and CLI
+// ---------------------------------------------------------------------------------------------
+
+fn static_routes() -> ConfigBuilder {
+    ConfigBuilder::new()
+        .route(route("configmgt", "/configmgt/", "http://127.0.0.1:9100"))
+        .route(route("recording", "/recording/", "http://127.0.0.1:9400").timeout("1m"))
+        .route(
+            route("pub", "/pub/", "http://127.0.0.1:9500")
+                .public()
+                .websocket(),
+        )
+}
+
+#[test]
+fn check_config_prints_the_resolved_routes_and_the_token_source_only() {
+    let out = Ucgate::builder(static_routes().build()).run(&["check-config"]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("shared token: from environment variable PLAY_AUTH_TOKEN"),
+        "{}",
+        out.stdout
+    );
+    for needle in [
+        "configmgt",
+        "/configmgt/",
+        "http://127.0.0.1:9100",
+        "recording",
+        "/recording/",
+        "http://127.0.0.1:9400",
+        "1m",
+        "/pub/",
+        "websocket",
+    ] {
+        assert!(
+            out.stdout.contains(needle),
+            "{needle} missing from:\n{}",
+            out.stdout
+        );
+    }
+    assert!(!out.stdout.contains(SHARED_TOKEN) && !out.stderr.contains(SHARED_TOKEN));
+
+    // The config may come from UCGATE_CONFIG.
+    let out = Ucgate::builder(static_routes().build())
+        .config_via_env()
+        .run(&["check-config"]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("/recording/"), "{}", out.stdout);
+}
+
+/// Runs check-config on `config` and returns stderr, asserting exit 2 and the "ucgate: FILE: "
+/// prefix.
+fn config_error(builder: UcgateBuilder) -> String {
+    let out = builder.run(&["check-config"]);
+    assert_eq!(
+        out.code(),
+        Some(2),
+        "stdout: {}\nstderr: {}",
+        out.stdout,
+        out.stderr
+    );
+    let prefix = format!("ucgate: {}: ", out.config_path.display());
+    assert!(
+        out.stderr.starts_with(&prefix),
+        "{:?} does not start with {prefix:?}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(SHARED_TOKEN));
+    out.stderr
+}
+
+#[test]
+fn an_unknown_key_is_refused_naming_file_line_and_key() {
+    let config = static_routes().server("lisen = [\"127.0.0.1:1\"]").build();
+    let line = config.lines().position(|l| l.starts_with("lisen")).unwrap() + 1;
+    let e = config_error(Ucgate::builder(config));
+    assert!(e.contains("lisen"), "{e}");
+    assert!(e.contains(&format!("line {line}")), "{e}");
+
+    let e = config_error(Ucgate::builder(
+        static_routes()
+            .route(route("x", "/x/", "http://127.0.0.1:1").line("acept = []"))
+            .build(),
+    ));
+    assert!(e.contains("acept"), "{e}");
+
+    // And `run` refuses the same way.
+    let config = static_routes().raw("[servre]\nlisten = []").build();
+    let out = Ucgate::builder(config).run(&["run"]);
+    assert_eq!(out.code(), Some(2));
+    assert!(out.stderr.contains("servre"), "{}", out.stderr);
+}
+
+#[test]
+fn invalid_values_are_refused_with_the_key_and_reason() {
+    let cases: Vec<(ConfigBuilder, &[&str])> = vec![
+        (
+            static_routes().server("shutdown_grace = \"3 parsecs\""),
+            &["shutdown_grace", "duration"],
+        ),
+        (
+            static_routes().server("listen = [\"not-an-address\"]"),
+            &["listen"],
+        ),
+        (
+            static_routes().route(route("bad", "/bad/", "ftp://127.0.0.1:1")),
+            &["route[3].upstream"],
+        ),
+        (
+            static_routes().route(route("bad", "/bad/", "http://127.0.0.1:1/api")),
+            &["route[3].upstream", "path"],
+        ),
+        (
+            static_routes().route(route("bad", "bad/", "http://127.0.0.1:1")),
+            &["route[3].prefix"],
+        ),
+        (
+            static_routes().route(route("bad", "/a/../bad/", "http://127.0.0.1:1")),
+            &["route[3].prefix"],
+        ),
+        (
+            static_routes().route(route("bad", "/bad/", "http://127.0.0.1:1").accept(&[])),
+            &["route[3].upstream_auth"],
+        ),
+        (
+            static_routes()
+                .route(route("bad", "/bad/", "http://127.0.0.1:1").accept(&["kerberos"])),
+            &["kerberos"],
+        ),
+        (
+            static_routes()
+                .route(route("bad", "/bad/", "http://127.0.0.1:1").upstream_auth("basic")),
+            &["basic"],
+        ),
+        (
+            static_routes().route(route("bad", "/bad/", "http://127.0.0.1:1").timeout("0s")),
+            &["route[3].timeout"],
+        ),
+        (
+            static_routes().route(route("configmgt", "/other/", "http://127.0.0.1:1")),
+            &["route[3].name", "duplicate"],
+        ),
+        (
+            static_routes().route(route("other", "/configmgt/", "http://127.0.0.1:1")),
+            &["route[3].prefix"],
+        ),
+        (
+            static_routes().shared_token("env = \"\""),
+            &["shared_token.env"],
+        ),
+    ];
+    for (config, needles) in cases {
+        let e = config_error(Ucgate::builder(config.build()));
+        for needle in needles {
+            assert!(e.contains(needle), "{needle:?} missing from {e:?}");
+        }
+    }
+}
+
+#[test]
+fn a_missing_shared_token_refuses_to_start() {
+    let e = config_error(Ucgate::builder(static_routes().build()).env_remove("PLAY_AUTH_TOKEN"));
+    assert!(e.contains("PLAY_AUTH_TOKEN"), "{e}");
+
+    // Empty is missing.
+    let e = config_error(Ucgate::builder(static_routes().build()).env("PLAY_AUTH_TOKEN", ""));
+    assert!(e.contains("PLAY_AUTH_TOKEN"), "{e}");
+
+    // Files that do not define it (or do not exist) are named.
+    let config = static_routes()
+        .shared_token("env_files = [\"custom.env\", \"absent.env\"]")
+        .build();
+    let e = config_error(
+        Ucgate::builder(config)
+            .env_remove("PLAY_AUTH_TOKEN")
+            .file("custom.env", "OTHER=1\nPLAY_AUTH_TOKEN=\n"),
+    );
+    assert!(
+        e.contains("PLAY_AUTH_TOKEN") && e.contains("custom.env"),
+        "{e}"
+    );
+
+    // `run` too, before listening.
+    let out = Ucgate::builder(static_routes().build())
+        .env_remove("PLAY_AUTH_TOKEN")
+        .run(&["run"]);
+    assert_eq!(out.code(), Some(2), "{}", out.stderr);
+}
+
+#[test]
+fn a_broken_env_file_is_refused_without_echoing_it() {
+    let config = static_routes()
+        .shared_token("env_files = [\"custom.env\"]")
+        .build();
+    let e = config_error(Ucgate::builder(config).env_remove("PLAY_AUTH_TOKEN").file(
+        "custom.env",
+        "PLAY_AUTH_TOKEN=\"unterminated-Secret-Value\n",
+    ));
+    assert!(e.contains("custom.env"), "{e}");
+    assert!(!e.contains("unterminated-Secret-Value"), "{e}");
+}
+
+const ENV_FILE: &str = "# XiVO custom.env\n\
+    XIVO_HOST=192.0.2.1\n\
+    \n\
+    export PLAY_AUTH_TOKEN=\"file token with spaces\"  # the shared token\n\
+    OTHER='x'\n";
+
+#[tokio::test]
+async fn the_shared_token_comes_from_env_files_when_the_variable_is_unset() {
+    let up = Upstream::start().await;
+    let config = routes(&up)
+        .shared_token("env_files = [\"absent.env\", \"conf/custom.env\"]")
+        .build();
+    let builder = || {
+        Ucgate::builder(config.clone())
+            .env_remove("PLAY_AUTH_TOKEN")
+            .file("conf/custom.env", ENV_FILE)
+    };
+
+    let out = builder().run(&["check-config"]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("shared token: from PLAY_AUTH_TOKEN in")
+            && out.stdout.contains("conf/custom.env"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !out.stdout.contains("file token with spaces"),
+        "{}",
+        out.stdout
+    );
+
+    let gate = builder().start().await;
+    let file_token = "file token with spaces";
+    let r = client()
+        .get(gate.url("/api/x"))
+        .header(X_AUTH_TOKEN, file_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().header_all("x-auth-token"), [file_token]);
+    // The test default is not the token here.
+    let r = with_token(client().get(gate.url("/api/x")))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 401, "TokenInvalid").await;
+    assert!(!gate.logs().contains(file_token), "{}", gate.logs());
+
+    // An empty variable falls back to the files as well; a set one wins over them.
+    let out = builder().env("PLAY_AUTH_TOKEN", "").run(&["check-config"]);
+    assert!(out.stdout.contains("conf/custom.env"), "{}", out.stdout);
+    let out = builder()
+        .env("PLAY_AUTH_TOKEN", "from-env")
+        .run(&["check-config"]);
+    assert!(
+        out.stdout
+            .contains("from environment variable PLAY_AUTH_TOKEN"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[tokio::test]
+async fn the_shared_token_variable_name_is_configurable() {
+    let up = Upstream::start().await;
+    let config = routes(&up).shared_token("env = \"XIVO_SHARED\"").build();
+    let gate = Ucgate::builder(config)
+        .env_remove("PLAY_AUTH_TOKEN")
+        .env("XIVO_SHARED", "named-variable-token")
+        .start()
+        .await;
+    let r = client()
+        .get(gate.url("/api/x"))
+        .header(X_AUTH_TOKEN, "named-variable-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        up.last().header_all("x-auth-token"),
+        ["named-variable-token"]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secrets and logs
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn no_secret_reaches_logs_error_bodies_or_upstream_urls() {
+    let up = Upstream::start().await;
+    // Not Echo: an echo would (rightly) show the injected token in the body.
+    up.on("/", Behavior::respond(200, "upstream ok"));
+    up.on("/ws/", Behavior::WebSocketEcho);
+    up.on("/slow/", Behavior::delay(2_000, Behavior::Echo));
+    let gate = Ucgate::builder(routes(&up).build())
+        .log("trace")
+        .start()
+        .await;
+    let wrong = "wrong-Secret-Qv83Lm";
+    let http = client();
+    let h2 = h2_client();
+    let mut bodies = Vec::new();
+    let mut requests = 0;
+    let scenario = [
+        format!("/api/a?token={SHARED_TOKEN}"),
+        format!("/api/b?x=1&token={SHARED_TOKEN}"),
+        format!("/api/c?%74oken={SHARED_TOKEN}"),
+        format!("/api/d?token={wrong}"),
+        format!("/api/e?token={SHARED_TOKEN}&token={wrong}"),
+        format!("/uconly/f?token={SHARED_TOKEN}"),
+        format!("/down/g?token={SHARED_TOKEN}"),
+        format!("/slow/h?token={SHARED_TOKEN}"),
+        format!("/plain/i?token={SHARED_TOKEN}"),
+        format!("/public/j?token={SHARED_TOKEN}"),
+        format!("/api/%2e%2e/%2e%2e/k?token={SHARED_TOKEN}"),
+        format!("/nowhere?token={SHARED_TOKEN}"),
+    ];
+    for path in &scenario {
+        for c in [&http, &h2] {
+            let r = c.get(gate.url(path)).send().await.unwrap();
+            bodies.push(r.text().await.unwrap());
+            requests += 1;
+        }
+    }
+    for (token, c) in [
+        (SHARED_TOKEN, &http),
+        (wrong, &http),
+        (SHARED_TOKEN, &h2),
+        (wrong, &h2),
+    ] {
+        for path in [
+            "/api/header",
+            "/uconly/header",
+            "/down/header",
+            "/plain/header",
+        ] {
+            let r = c
+                .get(gate.url(path))
+                .header(X_AUTH_TOKEN, token)
+                .send()
+                .await
+                .unwrap();
+            bodies.push(r.text().await.unwrap());
+            requests += 1;
+        }
+    }
+    let r = raw_http(
+        gate.addr(),
+        raw_request(
+            "GET",
+            "/api/raw",
+            &[(X_AUTH_TOKEN, SHARED_TOKEN), (X_AUTH_TOKEN, wrong)],
+        ),
+    )
+    .await;
+    bodies.push(r.text());
+    requests += 1;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(ws_request(&gate, "/ws/s", Some(SHARED_TOKEN)))
+            .await
+            .unwrap();
+    ws.send(Message::text("ping")).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+    ws.close(None).await.unwrap();
+    requests += 1;
+
+    gate.wait_access_lines(requests).await;
+    let logs = gate.logs();
+    assert!(
+        !logs.contains('\u{1b}'),
+        "ANSI escapes in logs written to a pipe"
+    );
+    assert!(
+        logs.contains("TRACE") || logs.contains("DEBUG"),
+        "the scenario must run with verbose logs"
+    );
+    for secret in [SHARED_TOKEN, wrong] {
+        assert!(!logs.contains(secret), "{secret} in the logs:\n{logs}");
+        for body in &bodies {
+            assert!(
+                !body.contains(secret),
+                "{secret} in a response body: {body}"
+            );
+        }
+    }
+    for seen in up.requests() {
+        assert!(
+            !seen.target.contains(SHARED_TOKEN) && !seen.target.contains(wrong),
+            "{}",
+            seen.target
+        );
+        assert!(!seen.target.contains("token="), "{}", seen.target);
+    }
+    // Every request has its one access-log line, with the path but never the query.
+    let lines = gate.access_log();
+    assert_eq!(lines.len(), requests, "{lines:#?}");
+    assert!(lines.iter().all(|l| !l.contains('?')), "{lines:#?}");
+}
