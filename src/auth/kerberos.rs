@@ -1,9 +1,23 @@
-//! Kerberos single sign-on: SPNEGO at `GET /xuc/api/2.0/auth/sso`.
+//! Kerberos single sign-on: SPNEGO at `GET /xuc/api/2.0/auth/sso` (RFC 4559), one round trip.
+//!
+//! The client's `Authorization: Negotiate <token>` is accepted with GSSAPI against the keytab of
+//! `[kerberos]`, the client principal is mapped to a login, and the answer is the login
+//! endpoint's. Built without the `kerberos` cargo feature, a `[kerberos]` section refuses to
+//! start and the endpoint answers 404.
+// Without the feature, the header parsing and principal mapping stay compiled (and unit-tested)
+// but nothing calls them.
+#![cfg_attr(not(feature = "kerberos"), allow(dead_code))]
 
-use std::path::Path;
+#[cfg(feature = "kerberos")]
+mod gss;
+#[cfg(feature = "kerberos")]
+mod keytab;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use http::{Response, request};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header, request};
 use serde::Deserialize;
 
 use crate::auth::throttle::Throttle;
@@ -14,33 +28,456 @@ use crate::gateway::{ConnInfo, State};
 /// The `[kerberos]` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KerberosConfig {}
+pub struct KerberosConfig {
+    /// The service keys (MIT `FILE:` keytab).
+    pub keytab: PathBuf,
+    /// The one service principal to accept for (`HTTP/host` or `HTTP/host@REALM`); absent: any
+    /// principal of the keytab, as clients name the service after the host they reach.
+    #[serde(default)]
+    pub principal: Option<String>,
+    /// Client realms accepted; absent: the realms of the service principals in the keytab, so
+    /// that a cross-realm trust does not silently let another realm's `alice` in as ours.
+    #[serde(default)]
+    pub realms: Option<Vec<String>>,
+    /// Explicit `"name@REALM" = "login"` mappings; they win over realm stripping and bypass
+    /// `realms`.
+    #[serde(default)]
+    pub principal_map: BTreeMap<String, String>,
+    /// The replay cache file (MIT `file2` type); absent: MIT's default (`KRB5RCACHENAME`, else
+    /// `/var/tmp/krb5_<uid>.rcache2`). Must be on a writable, persistent volume in a container.
+    #[serde(default)]
+    pub replay_cache: Option<PathBuf>,
+}
 
 impl KerberosConfig {
     /// Checks values and resolves relative paths against the config file's folder.
-    pub fn validate(&mut self, _base: &Path) -> Result<(), String> {
+    pub fn validate(&mut self, base: &Path) -> Result<(), String> {
+        self.keytab = base.join(&self.keytab);
+        if let Some(rc) = &mut self.replay_cache {
+            *rc = base.join(&*rc);
+        }
+        if let Some(p) = &self.principal
+            && (p.is_empty() || p.contains('\0'))
+        {
+            return Err("principal: must be a non-empty principal name".into());
+        }
+        if let Some(realms) = &self.realms {
+            if realms.is_empty() {
+                return Err(
+                    "realms: an empty list would refuse everyone; omit the key to \
+                            accept the keytab's realms"
+                        .into(),
+                );
+            }
+            if realms.iter().any(|r| r.is_empty() || r.contains('@')) {
+                return Err("realms: each realm must be a non-empty name without '@'".into());
+            }
+        }
+        for (principal, login) in &self.principal_map {
+            if !principal.contains('@') {
+                return Err(format!(
+                    "principal_map: {principal:?} must be a full principal (name@REALM)"
+                ));
+            }
+            if login.is_empty() {
+                return Err(format!(
+                    "principal_map: {principal:?} maps to an empty login"
+                ));
+            }
+        }
         Ok(())
+    }
+}
+
+/// Client principal → login.
+#[derive(Debug, Clone)]
+struct PrincipalMap {
+    realms: Vec<String>,
+    map: BTreeMap<String, String>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Unmapped {
+    /// The principal's realm is not accepted.
+    Realm,
+    /// A service or instance principal (`host/x`, `alice/admin`): not a person.
+    NotAUser,
+}
+
+impl PrincipalMap {
+    fn login_for(&self, principal: &str) -> Result<String, Unmapped> {
+        if let Some(login) = self.map.get(principal) {
+            return Ok(login.clone());
+        }
+        let (name, realm) = principal.rsplit_once('@').ok_or(Unmapped::Realm)?;
+        if !self.realms.iter().any(|r| r == realm) {
+            return Err(Unmapped::Realm);
+        }
+        if name.is_empty() || name.contains('/') || name.contains('\\') {
+            return Err(Unmapped::NotAUser);
+        }
+        Ok(name.to_owned())
     }
 }
 
 /// What the endpoint needs at run time, loaded from the config.
 #[derive(Debug)]
-pub struct Kerberos {}
+pub struct Kerberos {
+    #[cfg(feature = "kerberos")]
+    acceptor: gss::Acceptor,
+    #[cfg(feature = "kerberos")]
+    names: PrincipalMap,
+    /// Built without the feature, no value of this type exists.
+    #[cfg(not(feature = "kerberos"))]
+    never: std::convert::Infallible,
+}
 
 impl Kerberos {
+    #[cfg(not(feature = "kerberos"))]
     pub fn load(_config: &KerberosConfig) -> Result<Self, String> {
-        Ok(Self {})
+        Err(
+            "this ucgate was built without Kerberos support (cargo feature \"kerberos\"); \
+             remove the [kerberos] section or use a build with it"
+                .into(),
+        )
+    }
+
+    /// Checks the keytab (readable, has keys, holds `principal`) and acquires the acceptor
+    /// credential, so that a bad setup refuses to start instead of failing every login.
+    #[cfg(feature = "kerberos")]
+    pub fn load(config: &KerberosConfig) -> Result<Self, String> {
+        let path = config.keytab.display();
+        let data = std::fs::read(&config.keytab).map_err(|e| format!("keytab {path}: {e}"))?;
+        let principals = keytab::principals(&data).map_err(|e| format!("keytab {path}: {e}"))?;
+        drop(data);
+        if principals.is_empty() {
+            return Err(format!("keytab {path}: has no keys"));
+        }
+        let served: Vec<&String> = match &config.principal {
+            None => principals.iter().collect(),
+            Some(wanted) => {
+                let found: Vec<&String> = principals
+                    .iter()
+                    .filter(|p| {
+                        *p == wanted || p.rsplit_once('@').is_some_and(|(n, _)| n == wanted)
+                    })
+                    .collect();
+                if found.is_empty() {
+                    return Err(format!(
+                        "principal {wanted:?} is not in keytab {path} (it holds {})",
+                        principals.join(", ")
+                    ));
+                }
+                found
+            }
+        };
+        let realms = match &config.realms {
+            Some(realms) => realms.clone(),
+            None => {
+                let mut realms: Vec<String> = served
+                    .iter()
+                    .filter_map(|p| p.rsplit_once('@').map(|(_, r)| r.to_owned()))
+                    .collect();
+                realms.dedup();
+                realms
+            }
+        };
+        if let Some(rc) = &config.replay_cache {
+            let dir = rc.parent().unwrap_or(Path::new("."));
+            if !dir.is_dir() {
+                return Err(format!(
+                    "replay_cache {}: folder {} does not exist",
+                    rc.display(),
+                    dir.display()
+                ));
+            }
+        }
+        let acceptor = gss::Acceptor::acquire(
+            &config.keytab,
+            config.principal.as_deref(),
+            config.replay_cache.as_deref(),
+        )?;
+        Ok(Self {
+            acceptor,
+            names: PrincipalMap {
+                realms,
+                map: config.principal_map.clone(),
+            },
+        })
+    }
+}
+
+/// The code XiVO's xuc answers a failed SSO with.
+const SSO_FAILED: &str = "SsoAuthenticationFailed";
+/// Decoded tokens are a few KiB; anything much larger is not a Kerberos ticket.
+#[cfg(feature = "kerberos")]
+const MAX_TOKEN: usize = 64 * 1024;
+
+/// A 401 that invites the client to (re)try Negotiate.
+fn refused(message: &str) -> GateError {
+    GateError::Refused {
+        status: StatusCode::UNAUTHORIZED,
+        code: SSO_FAILED,
+        message: message.into(),
+        challenge: Some(HeaderValue::from_static("Negotiate")),
+    }
+}
+
+fn too_many(retry: std::time::Duration) -> GateError {
+    GateError::TooManyAttempts(retry.as_secs().max(1))
+}
+
+/// The `Authorization` header as far as Negotiate is concerned.
+#[derive(Debug, PartialEq, Eq)]
+enum Negotiate<'a> {
+    Absent,
+    /// The base64 text of the token (unchecked).
+    Token(&'a str),
+    Malformed(&'static str),
+}
+
+fn negotiate_header(headers: &HeaderMap) -> Negotiate<'_> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Negotiate::Absent;
+    };
+    if values.next().is_some() {
+        return Negotiate::Malformed("several Authorization headers");
+    }
+    let Ok(value) = value.to_str() else {
+        return Negotiate::Malformed("the Authorization header is not ASCII");
+    };
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("Negotiate") {
+        return Negotiate::Malformed("the Authorization scheme is not Negotiate");
+    }
+    match rest.trim() {
+        "" => Negotiate::Malformed("the Negotiate token is empty"),
+        token => Negotiate::Token(token),
     }
 }
 
 pub async fn handle(
     state: Arc<State>,
-    _throttle: &Throttle,
-    _parts: &request::Parts,
-    _conn: ConnInfo,
+    throttle: &Throttle,
+    parts: &request::Parts,
+    conn: ConnInfo,
 ) -> Result<Response<Body>, GateError> {
-    let Some(_kerberos) = &state.kerberos else {
+    let Some(kerberos) = &state.kerberos else {
         return Err(GateError::NoRoute);
     };
-    Err(GateError::NoRoute)
+    #[cfg(not(feature = "kerberos"))]
+    {
+        let _ = (throttle, parts, conn);
+        match kerberos.never {}
+    }
+    #[cfg(feature = "kerberos")]
+    accept::handle(kerberos, &state, throttle, parts, conn).await
+}
+
+#[cfg(feature = "kerberos")]
+mod accept {
+    use std::net::IpAddr;
+    use std::sync::LazyLock;
+
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::auth::login;
+    use crate::auth::token::Method;
+
+    /// GSSAPI accepts run on the blocking pool, a bounded number at a time, so that a flood of
+    /// tokens queues here instead of filling the blocking pool.
+    static ACCEPTS: LazyLock<Semaphore> = LazyLock::new(|| {
+        Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()) * 2)
+    });
+
+    pub(super) async fn handle(
+        kerberos: &Kerberos,
+        state: &Arc<State>,
+        throttle: &Throttle,
+        parts: &request::Parts,
+        conn: ConnInfo,
+    ) -> Result<Response<Body>, GateError> {
+        let addr = conn.remote.ip();
+        throttle.check_addr(addr).map_err(too_many)?;
+        let fail = |reason: &str, message: &str| {
+            // The reason is GSSAPI's or ours: principal names at most, never token bytes.
+            tracing::info!(client = %addr, method = "kerberos", reason, "sso refused");
+            throttle.record_addr_failure(addr, &state.config.login);
+            refused(message)
+        };
+        let token = match negotiate_header(&parts.headers) {
+            Negotiate::Absent => return Err(refused("Kerberos authentication is required")),
+            Negotiate::Malformed(reason) => return Err(fail(reason, reason)),
+            Negotiate::Token(text) if text.len() > MAX_TOKEN * 4 / 3 + 4 => {
+                return Err(fail("token too large", "the Negotiate token is too large"));
+            }
+            Negotiate::Token(text) => match STANDARD.decode(text) {
+                Ok(token) => token,
+                Err(_) => {
+                    let reason = "the Negotiate token is not valid base64";
+                    return Err(fail(reason, reason));
+                }
+            },
+        };
+        if token.starts_with(b"NTLMSSP\0") {
+            let reason = "NTLM is not supported, only Kerberos";
+            return Err(fail(reason, reason));
+        }
+        let accepted = {
+            let _permit = ACCEPTS.acquire().await.map_err(|_| GateError::Unhandled)?;
+            let acceptor = kerberos.acceptor.clone();
+            tokio::task::spawn_blocking(move || acceptor.accept(&token))
+                .await
+                .map_err(|_| GateError::Unhandled)?
+        };
+        let accepted = match accepted {
+            Ok(accepted) => accepted,
+            Err(refusal) => {
+                return Err(fail(&refusal.detail, "the Kerberos token was not accepted"));
+            }
+        };
+        let login = match kerberos.names.login_for(&accepted.principal) {
+            Ok(login) => login,
+            Err(why) => return Err(unmapped(why, &accepted.principal, addr, throttle, state)),
+        };
+        throttle.check(&login, addr).map_err(too_many)?;
+        match login::issue_for(state, &login, Method::Kerberos) {
+            Ok(mut response) => {
+                throttle.record_success(&login);
+                if let Some(reply) = accepted.reply {
+                    let value =
+                        HeaderValue::try_from(format!("Negotiate {}", STANDARD.encode(reply)))
+                            .map_err(|_| GateError::Unhandled)?;
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, value);
+                }
+                Ok(response)
+            }
+            Err(GateError::UserNotFound) => {
+                tracing::info!(client = %addr, method = "kerberos", login, "sso refused: not a CTI user");
+                throttle.record_failure(&login, addr, &state.config.login);
+                Err(GateError::UserNotFound)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn unmapped(
+        why: Unmapped,
+        principal: &str,
+        addr: IpAddr,
+        throttle: &Throttle,
+        state: &State,
+    ) -> GateError {
+        tracing::info!(client = %addr, method = "kerberos", principal, reason = ?why, "sso refused");
+        throttle.record_addr_failure(addr, &state.config.login);
+        match why {
+            Unmapped::Realm => refused("this Kerberos realm is not accepted"),
+            Unmapped::NotAUser => GateError::UserNotFound,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> PrincipalMap {
+        PrincipalMap {
+            realms: vec!["EXAMPLE.TEST".into()],
+            map: [("admin@OTHER.TEST".to_owned(), "bob".to_owned())].into(),
+        }
+    }
+
+    #[test]
+    fn maps_principals_to_logins() {
+        let n = names();
+        assert_eq!(n.login_for("alice@EXAMPLE.TEST"), Ok("alice".into()));
+        assert_eq!(n.login_for("admin@OTHER.TEST"), Ok("bob".into()));
+        assert_eq!(n.login_for("alice@OTHER.TEST"), Err(Unmapped::Realm));
+        assert_eq!(n.login_for("alice@example.test"), Err(Unmapped::Realm));
+        assert_eq!(n.login_for("alice"), Err(Unmapped::Realm));
+        assert_eq!(
+            n.login_for("alice/admin@EXAMPLE.TEST"),
+            Err(Unmapped::NotAUser)
+        );
+        assert_eq!(
+            n.login_for("HTTP/localhost@EXAMPLE.TEST"),
+            Err(Unmapped::NotAUser)
+        );
+        assert_eq!(n.login_for("@EXAMPLE.TEST"), Err(Unmapped::NotAUser));
+        assert_eq!(n.login_for("a\\@b@EXAMPLE.TEST"), Err(Unmapped::NotAUser));
+    }
+
+    #[test]
+    fn reads_the_negotiate_header() {
+        let headers = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::AUTHORIZATION, v.parse().unwrap());
+            }
+            h
+        };
+        assert_eq!(negotiate_header(&headers(&[])), Negotiate::Absent);
+        assert_eq!(
+            negotiate_header(&headers(&["negotiate  YII= "])),
+            Negotiate::Token("YII=")
+        );
+        for bad in [
+            &["Negotiate"][..],
+            &["Negotiate   "],
+            &["Basic YTpi"],
+            &["NTLM TlRMTVNTUAAB"],
+            &["Negotiate a", "Negotiate b"],
+        ] {
+            assert!(
+                matches!(negotiate_header(&headers(bad)), Negotiate::Malformed(_)),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[cfg(not(feature = "kerberos"))]
+    #[test]
+    fn without_the_feature_a_kerberos_section_refuses_to_start() {
+        let config: KerberosConfig = toml::from_str("keytab = \"http.keytab\"").unwrap();
+        let error = Kerberos::load(&config).unwrap_err();
+        assert!(error.contains("built without Kerberos support"), "{error}");
+    }
+
+    #[test]
+    fn validates_the_section() {
+        let parse = |extra: &str| -> Result<KerberosConfig, String> {
+            let mut c: KerberosConfig =
+                toml::from_str(&format!("keytab = \"http.keytab\"\n{extra}"))
+                    .map_err(|e| e.to_string())?;
+            c.validate(Path::new("/etc/ucgate"))?;
+            Ok(c)
+        };
+        let c = parse("replay_cache = \"rc/krb5.rcache2\"").unwrap();
+        assert_eq!(c.keytab, Path::new("/etc/ucgate/http.keytab"));
+        assert_eq!(
+            c.replay_cache.unwrap(),
+            Path::new("/etc/ucgate/rc/krb5.rcache2")
+        );
+        assert!(parse("realms = []").unwrap_err().contains("realms"));
+        assert!(parse("principal = \"\"").unwrap_err().contains("principal"));
+        assert!(
+            parse("[principal_map]\nalice = \"bob\"")
+                .unwrap_err()
+                .contains("principal_map")
+        );
+        assert!(
+            parse("[principal_map]\n\"a@R\" = \"\"")
+                .unwrap_err()
+                .contains("empty login")
+        );
+        assert!(parse("keytab_typo = 1").is_err());
+        assert!(toml::from_str::<KerberosConfig>("principal = \"HTTP/x\"").is_err());
+    }
 }

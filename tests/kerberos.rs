@@ -1,0 +1,408 @@
+//! Kerberos SSO against a real MIT KDC: `GET /xuc/api/2.0/auth/sso` with SPNEGO tokens from
+//! curl and from a libgssapi initiator, then the UC token on a real upstream route.
+
+mod common;
+mod kerberos_support;
+
+use common::*;
+use kerberos_support::*;
+
+const SSO: &str = "/xuc/api/2.0/auth/sso";
+const SIGNING_KEY: &str = "kerberos-test-signing-key-0123456789abcdef-SECRET";
+const USERS: &str = r#"
+[[user]]
+login = "alice"
+cti_enabled = true
+profile = "agent"
+
+[[user]]
+login = "bob"
+cti_enabled = false
+profile = "agent"
+"#;
+/// A base64 NTLMSSP NEGOTIATE message, as a Windows client offers when it has no ticket.
+const NTLM_NEGOTIATE: &str = "TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAKAGFKAAAADw==";
+
+/// The `[kerberos]` section for the realm's HTTP keytab, the replay cache in ucgate's temp dir.
+fn kerberos_section(kdc: &Kdc, extra: &str) -> String {
+    format!(
+        "[kerberos]\nkeytab = {}\nreplay_cache = \"krb5.rcache2\"\n{extra}\n",
+        toml_str(&kdc.path("http.keytab").display().to_string())
+    )
+}
+
+fn config(kdc: &Kdc, upstream: &str, kerberos_extra: &str) -> String {
+    ConfigBuilder::new()
+        .raw("[tokens]\n\n[users]\nfile = \"users.toml\"\n")
+        .raw("[login]\nmax_failures = 50\n")
+        .raw(&kerberos_section(kdc, kerberos_extra))
+        .route(
+            route("api", "/api/", upstream)
+                .accept(&["uc"])
+                .upstream_auth("none"),
+        )
+        .build()
+}
+
+async fn ucgate(kdc: &Kdc, config: String) -> Ucgate {
+    Ucgate::builder(config)
+        .file("users.toml", USERS)
+        .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
+        .env("KRB5_CONFIG", kdc.krb5_config())
+        .start()
+        .await
+}
+
+/// The URL curl reaches ucgate by, so that the SPN is `HTTP/localhost`.
+fn localhost_url(gate: &Ucgate, path: &str) -> String {
+    format!("http://localhost:{}{path}", gate.addr().port())
+}
+
+fn assert_no_secret_in_logs(gate: &Ucgate, secrets: &[&str]) {
+    let logs = gate.logs();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        assert!(
+            !logs.contains(secret),
+            "a secret reached the logs: {secret}\n{logs}"
+        );
+    }
+    assert!(!logs.contains(SIGNING_KEY));
+}
+
+fn assert_sso_refused(curl: &Curl, code: &str) {
+    assert_eq!(curl.status, 401, "{curl:?}");
+    assert_eq!(curl.header("content-type"), Some("application/json"));
+    assert_eq!(curl.json()["error"], code, "{curl:?}");
+}
+
+#[tokio::test]
+async fn curl_negotiate_gets_a_token_that_opens_a_protected_route() {
+    if !prerequisites_present() {
+        return;
+    }
+    let kdc = Kdc::start();
+    kdc.kinit("alice", "alicepw");
+    let upstream = Upstream::start().await;
+    let gate = ucgate(&kdc, config(&kdc, &upstream.url(), "")).await;
+
+    let challenge = client().get(gate.url(SSO)).send().await.unwrap();
+    assert_eq!(
+        challenge.headers().get("www-authenticate").unwrap(),
+        "Negotiate"
+    );
+    assert_error(challenge, 401, "SsoAuthenticationFailed").await;
+
+    let mut tokens = Vec::new();
+    for url in [localhost_url(&gate, SSO), gate.url(SSO)] {
+        let curl = kdc.curl_negotiate("alice", &url, &[]);
+        assert_eq!(curl.status, 200, "{curl:?}\n{}", gate.logs());
+        let body = curl.json();
+        assert_eq!(body["login"], "alice");
+        assert!(body["TTL"].as_u64().unwrap() > 0);
+        let mutual = curl.header("www-authenticate").expect("mutual token");
+        assert!(
+            mutual.starts_with("Negotiate ") && mutual.len() > 20,
+            "{mutual}"
+        );
+        assert_eq!(curl.sent_tokens.len(), 1, "curl sent one SPNEGO token");
+        tokens.push(body["token"].as_str().unwrap().to_owned());
+        tokens.extend(curl.sent_tokens.clone());
+    }
+
+    let response = client()
+        .get(gate.url("/api/calls"))
+        .header("X-Auth-Token", &tokens[0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = upstream.last();
+    assert_eq!(seen.header("x-auth-user").as_deref(), Some("alice"));
+    assert_eq!(seen.header("x-auth-method").as_deref(), Some("kerberos"));
+
+    let check = client()
+        .get(gate.url("/xuc/api/2.0/auth/check"))
+        .header("X-Auth-Token", &tokens[0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(check.status(), 200);
+    assert_eq!(
+        check.json::<serde_json::Value>().await.unwrap()["login"],
+        "alice"
+    );
+
+    let secrets: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    assert_no_secret_in_logs(&gate, &secrets);
+    assert!(gate.logs().contains("method=\"kerberos\""));
+}
+
+/// Not a test: the libgssapi initiator that [`Initiator`] runs in a child process.
+#[test]
+#[ignore = "helper run by the Kerberos tests in a child process"]
+fn spnego_initiator_helper() {
+    run_initiator_helper();
+}
+
+#[tokio::test]
+async fn rust_initiator_gets_mutual_authentication_and_a_replay_is_refused() {
+    if !prerequisites_present() {
+        return;
+    }
+    let kdc = Kdc::start();
+    kdc.kinit("alice", "alicepw");
+    let upstream = Upstream::start().await;
+    let gate = ucgate(&kdc, config(&kdc, &upstream.url(), "")).await;
+
+    let initiator = Initiator::start(&kdc, "alice", "HTTP@localhost", "spnego_initiator_helper");
+    let spnego = initiator.token.clone();
+    let send = || {
+        client()
+            .get(gate.url(SSO))
+            .header("Authorization", format!("Negotiate {spnego}"))
+            .send()
+    };
+    let response = send().await.unwrap();
+    assert_eq!(response.status(), 200, "{}", gate.logs());
+    let reply = response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["login"], "alice");
+    assert!(
+        initiator.finish(&reply),
+        "the client rejected the mutual token"
+    );
+
+    let replayed = send().await.unwrap();
+    assert_eq!(replayed.headers()["www-authenticate"], "Negotiate");
+    assert_error(replayed, 401, "SsoAuthenticationFailed").await;
+    let line = gate.wait_log("sso refused").await;
+    assert!(line.contains("replay"), "{line}");
+    assert!(
+        gate.dir().join("krb5.rcache2").is_file(),
+        "replay cache in the configured file"
+    );
+
+    let uc = body["token"].as_str().unwrap();
+    assert_no_secret_in_logs(&gate, &[&spnego, uc, &reply["Negotiate ".len()..]]);
+}
+
+#[tokio::test]
+async fn every_failure_is_a_clean_401() {
+    if !prerequisites_present() {
+        return;
+    }
+    let kdc = Kdc::start();
+    for (user, pw) in [("alice", "alicepw"), ("bob", "bobpw"), ("carol", "carolpw")] {
+        kdc.kinit(user, pw);
+    }
+    let upstream = Upstream::start().await;
+    let gate = ucgate(&kdc, config(&kdc, &upstream.url(), "")).await;
+    let with_header = |value: &str| {
+        client()
+            .get(gate.url(SSO))
+            .header("Authorization", value.to_owned())
+            .send()
+    };
+
+    for (value, message) in [
+        ("Negotiate !!not*base64!!", "not valid base64"),
+        (&format!("Negotiate {NTLM_NEGOTIATE}") as &str, "NTLM"),
+        (&format!("NTLM {NTLM_NEGOTIATE}"), "not Negotiate"),
+        ("Basic YWxpY2U6YWxpY2Vwdw==", "not Negotiate"),
+        ("Negotiate YIIBAAYGKwYBBQUCoA==", "not accepted"),
+    ] {
+        let response = with_header(value).await.unwrap();
+        assert_eq!(response.headers()["www-authenticate"], "Negotiate");
+        let body = assert_error(response, 401, "SsoAuthenticationFailed").await;
+        assert!(
+            body["message"].as_str().unwrap().contains(message),
+            "{value}: {body}"
+        );
+    }
+
+    // A ticket for another service, which the keytab has no key for.
+    let other = kdc.curl_negotiate(
+        "alice",
+        "http://other.test/xuc/api/2.0/auth/sso",
+        &[
+            "--connect-to",
+            &format!("other.test:80:127.0.0.1:{}", gate.addr().port()),
+        ],
+    );
+    assert_sso_refused(&other, "SsoAuthenticationFailed");
+    assert!(
+        gate.logs()
+            .contains("HTTP/other.test@EXAMPLE.TEST not found in keytab")
+    );
+
+    // Kerberos proves bob and carol, but bob has CTI login disabled and carol is not a user.
+    let bob = kdc.curl_negotiate("bob", &localhost_url(&gate, SSO), &[]);
+    assert_sso_refused(&bob, "UserNotFound");
+    let carol = kdc.curl_negotiate("carol", &localhost_url(&gate, SSO), &[]);
+    assert_sso_refused(&carol, "UserNotFound");
+    assert!(!bob.body.contains("token") && !carol.body.contains("token"));
+
+    let mut secrets: Vec<&str> = Vec::new();
+    for curl in [&other, &bob, &carol] {
+        assert!(!curl.sent_tokens.is_empty(), "{curl:?}");
+        secrets.extend(curl.sent_tokens.iter().map(String::as_str));
+    }
+    assert_no_secret_in_logs(&gate, &secrets);
+    assert!(!gate.logs().contains("panicked"));
+}
+
+#[tokio::test]
+async fn realm_allow_list_and_principal_map() {
+    if !prerequisites_present() {
+        return;
+    }
+    let kdc = Kdc::start();
+    kdc.kinit("alice", "alicepw");
+    kdc.kinit("carol", "carolpw");
+    let upstream = Upstream::start().await;
+    let extra =
+        "realms = [\"OTHER.TEST\"]\n[kerberos.principal_map]\n\"carol@EXAMPLE.TEST\" = \"alice\"";
+    let gate = ucgate(&kdc, config(&kdc, &upstream.url(), extra)).await;
+
+    let alice = kdc.curl_negotiate("alice", &localhost_url(&gate, SSO), &[]);
+    assert_sso_refused(&alice, "SsoAuthenticationFailed");
+    assert!(alice.json()["message"].as_str().unwrap().contains("realm"));
+
+    let carol = kdc.curl_negotiate("carol", &localhost_url(&gate, SSO), &[]);
+    assert_eq!(carol.status, 200, "{carol:?}");
+    assert_eq!(carol.json()["login"], "alice");
+}
+
+#[tokio::test]
+async fn one_named_principal_refuses_tickets_for_the_others() {
+    if !prerequisites_present() {
+        return;
+    }
+    let kdc = Kdc::start();
+    kdc.kinit("alice", "alicepw");
+    let upstream = Upstream::start().await;
+    let gate = ucgate(
+        &kdc,
+        config(&kdc, &upstream.url(), "principal = \"HTTP/localhost\""),
+    )
+    .await;
+    let by_name = kdc.curl_negotiate("alice", &localhost_url(&gate, SSO), &[]);
+    assert_eq!(by_name.status, 200, "{by_name:?}");
+    let by_ip = kdc.curl_negotiate("alice", &gate.url(SSO), &[]);
+    assert_sso_refused(&by_ip, "SsoAuthenticationFailed");
+}
+
+#[tokio::test]
+async fn failures_are_throttled_per_client_address() {
+    if !prerequisites_present() {
+        return;
+    }
+    let kdc = Kdc::start();
+    kdc.kinit("alice", "alicepw");
+    let upstream = Upstream::start().await;
+    let config = config(&kdc, &upstream.url(), "")
+        .replace("max_failures = 50", "max_failures = 3\nlockout = \"5m\"");
+    let gate = ucgate(&kdc, config).await;
+    for _ in 0..3 {
+        let response = client()
+            .get(gate.url(SSO))
+            .header("Authorization", "Negotiate %%%")
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 401, "SsoAuthenticationFailed").await;
+    }
+    // A valid ticket from the same address is refused too while the address is locked out.
+    let locked = kdc.curl_negotiate("alice", &localhost_url(&gate, SSO), &[]);
+    assert_eq!(locked.status, 429, "{locked:?}");
+    assert_eq!(locked.json()["error"], "TooManyAttempts");
+    assert!(
+        locked
+            .header("retry-after")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
+}
+
+#[tokio::test]
+async fn a_bad_keytab_refuses_to_start() {
+    if !prerequisites_present() {
+        return;
+    }
+    let kdc = Kdc::start();
+    let start = |kerberos: String| {
+        Ucgate::builder(
+            ConfigBuilder::new()
+                .raw("[tokens]\n\n[users]\nfile = \"users.toml\"\n")
+                .raw(&kerberos)
+                .build(),
+        )
+        .file("users.toml", USERS)
+        .file("empty.keytab", [0x05, 0x02])
+        .file("garbage.keytab", "not a keytab")
+        .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
+        .env("KRB5_CONFIG", kdc.krb5_config())
+        .run(&["run"])
+    };
+    let keytab = toml_str(&kdc.path("http.keytab").display().to_string());
+    for (section, expected) in [
+        (
+            "[kerberos]\nkeytab = \"missing.keytab\"".to_owned(),
+            "missing.keytab",
+        ),
+        (
+            "[kerberos]\nkeytab = \"empty.keytab\"".to_owned(),
+            "has no keys",
+        ),
+        (
+            "[kerberos]\nkeytab = \"garbage.keytab\"".to_owned(),
+            "not a keytab",
+        ),
+        (
+            format!("[kerberos]\nkeytab = {keytab}\nprincipal = \"HTTP/other.test\""),
+            "is not in keytab",
+        ),
+        (
+            format!("[kerberos]\nkeytab = {keytab}\nreplay_cache = \"no/such/dir/rc\""),
+            "does not exist",
+        ),
+        (
+            format!("[kerberos]\nkeytab = {keytab}\nrealms = []"),
+            "realms",
+        ),
+    ] {
+        let finished = start(section.clone());
+        assert_eq!(finished.code(), Some(2), "{section}: {}", finished.stderr);
+        assert!(finished.stderr.contains("kerberos"), "{}", finished.stderr);
+        assert!(
+            finished.stderr.contains(expected),
+            "{section}: {}",
+            finished.stderr
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_a_kerberos_section_the_endpoint_is_404() {
+    let gate = Ucgate::builder(
+        ConfigBuilder::new()
+            .raw("[tokens]\n\n[users]\nfile = \"users.toml\"\n")
+            .build(),
+    )
+    .file("users.toml", USERS)
+    .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
+    .start()
+    .await;
+    let response = client()
+        .get(gate.url(SSO))
+        .header("Authorization", format!("Negotiate {NTLM_NEGOTIATE}"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 404, "NoRoute").await;
+}
