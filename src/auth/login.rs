@@ -45,15 +45,22 @@ pub async fn handle(
         return Err(GateError::InvalidJson);
     }
     let addr = conn.remote.ip();
-    throttle
-        .check(&request.login, addr)
-        .map_err(|retry| GateError::TooManyAttempts(retry.as_secs().max(1)))?;
+    let locked = || {
+        throttle
+            .check(&request.login, addr)
+            .map_err(|retry| GateError::TooManyAttempts(retry.as_secs().max(1)))
+    };
+    locked()?;
 
+    // Look at the throttle again under the permit, and record the outcome before releasing it:
+    // otherwise concurrent guesses all pass the check before the first failure is counted. At most
+    // one guess per permit gets past max_failures.
+    let _permit = PASSWORD_CHECKS
+        .acquire()
+        .await
+        .map_err(|_| GateError::Unhandled)?;
+    locked()?;
     let user = {
-        let _permit = PASSWORD_CHECKS
-            .acquire()
-            .await
-            .map_err(|_| GateError::Unhandled)?;
         let state = state.clone();
         let (login, password) = (request.login.clone(), request.password);
         tokio::task::spawn_blocking(move || {

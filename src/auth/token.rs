@@ -100,11 +100,14 @@ impl fmt::Debug for TokenService {
 }
 
 /// Entries of both caches live until the token's `exp`.
-struct UntilExpiry;
+/// Revocations live `extra` longer: as long as the leeway still admits the token.
+struct UntilExpiry {
+    extra: Duration,
+}
 
 impl Expiry<u128, Arc<Claims>> for UntilExpiry {
     fn expire_after_create(&self, _: &u128, claims: &Arc<Claims>, _: Instant) -> Option<Duration> {
-        Some(Duration::from_secs(claims.ttl()))
+        Some(Duration::from_secs(claims.ttl()) + self.extra)
     }
 }
 
@@ -193,10 +196,15 @@ impl TokenService {
             max_ttl: config.ttl,
             cache: moka::sync::Cache::builder()
                 .max_capacity(config.cache_capacity)
-                .expire_after(UntilExpiry)
+                .expire_after(UntilExpiry {
+                    extra: Duration::ZERO,
+                })
                 .build(),
             revoked: moka::sync::Cache::builder()
-                .expire_after(UntilExpiry)
+                // `exp` and the leeway count whole seconds: one more covers the last one.
+                .expire_after(UntilExpiry {
+                    extra: config.leeway + Duration::from_secs(1),
+                })
                 .build(),
         }
     }
