@@ -117,6 +117,10 @@ impl GateError {
             GateError::TooManyAttempts(seconds) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
             }
+            // The body was not read to its end: the connection cannot carry another request.
+            GateError::BodyTooLarge => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             GateError::MethodNotAllowed(allow) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
