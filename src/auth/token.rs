@@ -276,12 +276,22 @@ impl TokenService {
     }
 
     fn decode(&self, token: &str) -> Result<Claims, TokenError> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map(|data| data.claims)
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid,
-            })
+            })?;
+        // Explicit typing (RFC 8725 §3.11): ucgate writes `typ: JWT`; a JWT of another type
+        // signed with the same key is not a UC token.
+        if !data
+            .header
+            .typ
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case("JWT"))
+        {
+            return Err(TokenError::Invalid);
+        }
+        Ok(data.claims)
     }
 
     /// Revokes a token: refused everywhere from now on, cached or not.
