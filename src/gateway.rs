@@ -253,7 +253,10 @@ impl Gateway {
         }
         let (parts, body) = req.into_parts();
         let path = normalise_path(parts.uri.path())?;
-        log.path = Some(path.as_ref().into());
+        // The path is kept only for the access log: no allocation when it is off.
+        if tracing::enabled!(target: "ucgate::access", tracing::Level::INFO) {
+            log.path = Some(path.as_ref().into());
+        }
         if let Some(endpoint) = Endpoint::find(&path) {
             return endpoint.serve(self, state, parts, body, conn, log).await;
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Extensions, Request, Response, StatusCode, Uri, Version, request};
-use http_body_util::Either;
+use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -71,6 +71,7 @@ pub struct Upstream {
     scheme: Scheme,
     authority: Authority,
     host: HeaderValue,
+    timeout: Duration,
     service: Timeout<HttpClient>,
 }
 
@@ -81,6 +82,7 @@ impl Upstream {
             authority: url.authority.clone(),
             host: HeaderValue::from_str(url.authority.as_str())
                 .expect("an authority is a valid header"),
+            timeout,
             service: Timeout::new(client, timeout),
         }
     }
@@ -131,7 +133,7 @@ impl Forward<'_> {
             (false, _) => {}
         }
         strip_hop_by_hop(response.headers_mut(), switching);
-        Ok(response.map(Either::Left))
+        small_body_in_one_piece(response, self.upstream.timeout).await
     }
 
     fn rewrite(&self, parts: &mut request::Parts, upgrade: bool) -> Result<(), GateError> {
@@ -202,6 +204,38 @@ impl Forward<'_> {
 
 fn proto_value(tls: bool) -> HeaderValue {
     HeaderValue::from_static(if tls { "https" } else { "http" })
+}
+
+/// Responses whose declared length is at most this are read whole before being answered.
+const SMALL_BODY: u64 = 16 * 1024;
+
+/// A small upstream body (the usual JSON answer) is read before answering, so that the client
+/// gets head and body in one write instead of a head, a wake-up and a body; and so that the
+/// upstream connection goes back to the pool at once. Larger or unsized bodies stream.
+async fn small_body_in_one_piece(
+    response: Response<Incoming>,
+    timeout: Duration,
+) -> Result<Response<Body>, GateError> {
+    use http_body::Body as _;
+    let small = response
+        .body()
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n <= SMALL_BODY);
+    if !small || response.body().is_end_stream() {
+        return Ok(response.map(Either::Left));
+    }
+    let (parts, body) = response.into_parts();
+    // The head is not sent yet: an upstream that breaks off or stalls mid-body gets the client
+    // a clean 502 or 504.
+    match tokio::time::timeout(timeout, body.collect()).await {
+        Ok(Ok(collected)) => Ok(Response::from_parts(
+            parts,
+            crate::body::full(collected.to_bytes()),
+        )),
+        Ok(Err(_)) => Err(GateError::UpstreamUnavailable),
+        Err(_) => Err(GateError::UpstreamTimeout),
+    }
 }
 
 /// An HTTP/1.1 request asking to switch protocols (WebSocket).
