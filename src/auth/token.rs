@@ -1,6 +1,7 @@
 //! UC tokens: JWTs issued by ucgate, validated through a moka cache, revocable.
 
 use std::fmt;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -81,8 +82,10 @@ pub struct TokenService {
     validation: Validation,
     issuer: String,
     max_ttl: Duration,
-    /// Valid tokens by the hash of their text (never the text itself), living until their `exp`.
-    cache: moka::sync::Cache<u128, Arc<Claims>>,
+    /// Valid tokens by [`cache_key`] (never the text itself), living until their `exp`.
+    cache: moka::sync::Cache<u128, Cached, foldhash::fast::RandomState>,
+    /// Keys the fingerprints of cached tokens: random per service, never revealed.
+    fingerprints: foldhash::quality::RandomState,
     /// Revoked tokens by the same hash, kept until they would have expired anyway. Unbounded on
     /// purpose: evicting a revocation would bring a token back to life. Each entry costs a
     /// successful login.
@@ -99,6 +102,14 @@ impl fmt::Debug for TokenService {
     }
 }
 
+/// A cached validation. A hit needs the whole token: the key comes from its signature, and the
+/// fingerprint, a keyed 64-bit hash of the whole text, must match too.
+#[derive(Clone)]
+struct Cached {
+    fingerprint: u64,
+    claims: Arc<Claims>,
+}
+
 /// Entries of both caches live until the token's `exp`.
 /// Revocations live `extra` longer: as long as the leeway still admits the token.
 struct UntilExpiry {
@@ -108,6 +119,12 @@ struct UntilExpiry {
 impl Expiry<u128, Arc<Claims>> for UntilExpiry {
     fn expire_after_create(&self, _: &u128, claims: &Arc<Claims>, _: Instant) -> Option<Duration> {
         Some(Duration::from_secs(claims.ttl()) + self.extra)
+    }
+}
+
+impl Expiry<u128, Cached> for UntilExpiry {
+    fn expire_after_create(&self, _: &u128, cached: &Cached, _: Instant) -> Option<Duration> {
+        Some(Duration::from_secs(cached.claims.ttl()) + self.extra)
     }
 }
 
@@ -199,7 +216,8 @@ impl TokenService {
                 .expire_after(UntilExpiry {
                     extra: Duration::ZERO,
                 })
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
+            fingerprints: foldhash::quality::RandomState::default(),
             revoked: moka::sync::Cache::builder()
                 // `exp` and the leeway count whole seconds: one more covers the last one.
                 .expire_after(UntilExpiry {
@@ -254,19 +272,28 @@ impl TokenService {
         })
     }
 
-    /// Validates a token: a cache hit costs one hash and one look-up.
+    /// Validates a token: a cache hit costs two hashes and one look-up.
     pub fn validate(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
         let key = cache_key(token);
-        if let Some(claims) = self.cache.get(&key) {
+        let fingerprint = self.fingerprints.hash_one(token);
+        if let Some(cached) = self
+            .cache
+            .get(&key)
+            .filter(|c| c.fingerprint == fingerprint)
+        {
             metrics().token_cache_hits.inc();
-            return Ok(claims);
+            return Ok(cached.claims);
         }
         metrics().token_cache_misses.inc();
         if self.revoked.contains_key(&key) {
             return Err(TokenError::Revoked);
         }
         let claims = Arc::new(self.decode(token)?);
-        self.cache.insert(key, claims.clone());
+        let cached = Cached {
+            fingerprint,
+            claims: claims.clone(),
+        };
+        self.cache.insert(key, cached);
         // A logout may have run between the check above and the insert.
         if self.revoked.contains_key(&key) {
             self.cache.invalidate(&key);
@@ -314,8 +341,14 @@ impl TokenService {
     }
 }
 
-/// 128 bits of SHA-256: collisions are out of reach, and the token text is never stored.
+/// The cache key: 128 bits of SHA-256 of the token's signature segment. The signature is a MAC
+/// (or signature) of everything before it, so two valid tokens never share it; hashing it alone
+/// is one SHA-256 block instead of five (a cache hit was 310 ns, dominated by hashing the whole
+/// token). The fingerprint then binds the entry to the whole text, so that knowing a token's
+/// signature alone opens nothing. Revocations use the same key: a token sharing a revoked one's
+/// signature is refused too (fail closed).
 fn cache_key(token: &str) -> u128 {
+    let token = token.rsplit('.').next().unwrap_or(token);
     let digest = Sha256::digest(token.as_bytes());
     u128::from_le_bytes(digest[..16].try_into().expect("16 bytes"))
 }
@@ -376,6 +409,24 @@ mod tests {
         );
         s.revoke(&issued.token, claims);
         assert_eq!(s.validate(&issued.token), Err(TokenError::Revoked));
+    }
+
+    #[test]
+    fn a_cached_signature_opens_nothing_without_its_token() {
+        let s = service(3600);
+        let token = s
+            .issue("alice", "agent", Method::Password, None)
+            .unwrap()
+            .token;
+        s.validate(&token).unwrap();
+        let (_, signature) = token.rsplit_once('.').unwrap();
+        let forged = format!("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJtYWxsb3J5In0.{signature}");
+        assert_eq!(s.validate(&forged), Err(TokenError::Invalid));
+        assert_eq!(
+            s.validate(&token).unwrap().sub,
+            "alice",
+            "the real token still hits"
+        );
     }
 
     #[test]
