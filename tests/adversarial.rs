@@ -1660,7 +1660,8 @@ async fn a_token_with_another_typ_is_refused() {
 }
 
 /// The jsonwebtoken version in Cargo.lock itself rejects type-confused registered claims
-/// (RUSTSEC: a string `exp`/`nbf` used to be skipped instead of refused).
+/// (GHSA-h395-gr6q-cpjc / CVE-2026-25537, fixed in 10.3.0: a string `exp`/`nbf` was skipped
+/// as if absent instead of refused).
 #[test]
 fn jsonwebtoken_rejects_type_confused_exp_and_nbf() {
     use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -1709,6 +1710,27 @@ fn jsonwebtoken_rejects_type_confused_exp_and_nbf() {
     ] {
         let outcome = decode(&encode(&claims), &validation);
         assert!(outcome.is_err(), "{claims} accepted: {outcome:?}");
+    }
+    // CVE-2026-25537 exactly: the checks on, the claims not required, a string given.
+    let mut lax = Validation::new(Algorithm::HS256);
+    lax.leeway = 0;
+    lax.validate_nbf = true;
+    lax.required_spec_claims.clear();
+    assert!(
+        decode(&encode(&json!({"sub": "x"})), &lax).is_ok(),
+        "control"
+    );
+    for claims in [
+        json!({"exp": "never"}),
+        json!({"exp": past.to_string()}),
+        json!({"nbf": "99999999999"}),
+        json!({"exp": future, "nbf": "99999999999"}),
+    ] {
+        let outcome = decode(&encode(&claims), &lax);
+        assert!(
+            outcome.is_err(),
+            "{claims} accepted when not required: {outcome:?}"
+        );
     }
     // Required but absent is refused too, whatever its type would have been.
     let mut validation = Validation::new(Algorithm::HS256);
