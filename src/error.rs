@@ -44,6 +44,8 @@ pub enum GateError {
     Unhandled,
     #[error("the request target is too long")]
     UriTooLong,
+    #[error("only the chunked transfer coding is supported")]
+    UnsupportedTransferCoding,
     #[error("the user is not allowed to log in")]
     UserNotFound,
     /// An exchange endpoint's own failure (SSO, CAS, OIDC): its status, XiVO-style code, a
@@ -73,6 +75,7 @@ impl GateError {
             Unhandled => StatusCode::INTERNAL_SERVER_ERROR,
             UserNotFound => StatusCode::UNAUTHORIZED,
             UriTooLong => StatusCode::URI_TOO_LONG,
+            UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             Refused { status, .. } => *status,
             Forbidden => StatusCode::FORBIDDEN,
             NoRoute => StatusCode::NOT_FOUND,
@@ -105,6 +108,7 @@ impl GateError {
             Unhandled => "UnhandledError",
             UserNotFound => "UserNotFound",
             UriTooLong => "UriTooLong",
+            UnsupportedTransferCoding => "UnsupportedTransferCoding",
             Refused { code, .. } => code,
         }
     }

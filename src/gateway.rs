@@ -245,6 +245,17 @@ impl Gateway {
         if req.method() == Method::CONNECT {
             return Err(GateError::InvalidTarget);
         }
+        // hyper decodes `chunked` and ucgate re-frames the body; any other coding would be
+        // dropped on the way (Transfer-Encoding is hop-by-hop), so refuse it (RFC 9112 §6.1).
+        let other_coding = req
+            .headers()
+            .get_all(http::header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+            .any(|c| !c.trim().eq_ignore_ascii_case("chunked"));
+        if other_coding {
+            return Err(GateError::UnsupportedTransferCoding);
+        }
         let state = self.inner.state.load_full();
         if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len())
             > state.config.server.max_uri_length

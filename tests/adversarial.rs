@@ -1197,7 +1197,8 @@ async fn request_smuggling_is_refused_or_framed_consistently() {
         // connection is a request of its own, and unauthenticated.
         assert!(
             // 502: the head was valid and forwarded, the body's framing broke on the way.
-            matches!(statuses[0], 200 | 400 | 502),
+            // 501: a transfer coding other than chunked.
+            matches!(statuses[0], 200 | 400 | 501 | 502),
             "{name}: {statuses:?} {}",
             responses[0].text()
         );
@@ -2114,4 +2115,33 @@ async fn a_revoked_token_cannot_be_respelled_past_the_revocation() {
         assert_eq!(r.status, 401, "{variant}: {}", r.text());
     }
     l.assert_untouched("revoked token");
+}
+
+#[tokio::test]
+async fn transfer_codings_other_than_chunked_are_not_silently_dropped() {
+    let (up, gate) = smuggling_setup().await;
+    // hyper itself refuses a list that does not end with chunked (400); ucgate refuses the rest.
+    for (coding, status, code) in [
+        ("gzip, chunked", 501, "UnsupportedTransferCoding"),
+        ("deflate, chunked", 501, "UnsupportedTransferCoding"),
+        ("deflate", 400, ""),
+        ("chunked, identity", 400, ""),
+    ] {
+        let request = format!(
+            "POST /public/te HTTP/1.1\r\nHost: gate\r\nTransfer-Encoding: {coding}\r\nConnection: close\r\n\r\n0\r\n\r\n"
+        );
+        let response = raw_http(gate.addr(), request).await;
+        assert_eq!(response.status, status, "{coding}: {}", response.text());
+        if !code.is_empty() {
+            assert_eq!(response.json()["error"], code, "{coding}");
+        }
+    }
+    let chunked = "POST /public/te HTTP/1.1\r\nHost: gate\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    assert_eq!(raw_http(gate.addr(), chunked).await.status, 200);
+    let paths: Vec<String> = up.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(
+        paths,
+        ["/public/te"],
+        "only the chunked request reached the upstream"
+    );
 }
