@@ -60,6 +60,11 @@ pub enum GateError {
 }
 
 impl GateError {
+    /// The answer to a client locked out by the brute-force protection.
+    pub fn locked_out(retry_after: std::time::Duration) -> Self {
+        GateError::TooManyAttempts(retry_after.as_secs().max(1))
+    }
+
     pub fn status(&self) -> StatusCode {
         use GateError::*;
         match self {

@@ -72,3 +72,28 @@ pub fn upstream_config(ca_bundle: Option<&Path>) -> Result<rustls::ClientConfig,
         .with_root_certificates(roots)
         .with_no_client_auth())
 }
+
+/// Builds a client for an identity provider (CAS server, OpenID provider). With `ca_bundle`,
+/// only those CAs are trusted: a private IdP's CA must not widen trust for anything else.
+pub fn provider_client(
+    builder: reqwest::ClientBuilder,
+    ca_bundle: Option<&Path>,
+) -> Result<reqwest::Client, String> {
+    let mut builder = builder.user_agent(concat!("ucgate/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_bundle {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("ca_bundle: cannot read {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("ca_bundle: {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "ca_bundle: {}: no PEM certificate in it",
+                path.display()
+            ));
+        }
+        builder = builder.tls_certs_only(certs);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}

@@ -251,30 +251,14 @@ impl Cas {
 
 /// One pooled client for the CAS server, built once: TLS sessions and connections are reused.
 fn client(config: &CasConfig) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .timeout(config.timeout)
         .connect_timeout(config.timeout)
         // A validation answer is never a redirect; following one would send the ticket on.
         .redirect(reqwest::redirect::Policy::none())
         // The ticket is in the query: it goes to the CAS server and nowhere else.
-        .no_proxy()
-        .user_agent(concat!("ucgate/", env!("CARGO_PKG_VERSION")));
-    if let Some(path) = &config.ca_bundle {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("ca_bundle: cannot read {}: {e}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("ca_bundle: {}: {e}", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!(
-                "ca_bundle: {}: no PEM certificate in it",
-                path.display()
-            ));
-        }
-        builder = builder.tls_certs_only(certs);
-    }
-    builder
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+        .no_proxy();
+    crate::tls::provider_client(builder, config.ca_bundle.as_deref())
 }
 
 /// Reads at most `MAX_RESPONSE` bytes: a CAS answer is small, and a larger one is refused
@@ -452,10 +436,6 @@ impl From<Refusal> for GateError {
     }
 }
 
-fn too_many(retry: Duration) -> GateError {
-    GateError::TooManyAttempts(retry.as_secs().max(1))
-}
-
 pub async fn handle(
     state: Arc<State>,
     throttle: &Throttle,
@@ -466,7 +446,7 @@ pub async fn handle(
         return Err(GateError::NoRoute);
     };
     let addr = conn.remote.ip();
-    throttle.check_addr(addr).map_err(too_many)?;
+    throttle.check_addr(addr).map_err(GateError::locked_out)?;
     let request = TicketRequest::from_query(parts.uri.query())?;
     if !cas.service_allowed(&request.service_url) {
         tracing::info!(client = %addr, method = "cas", "service not allowed");

@@ -223,10 +223,6 @@ fn refused(message: &str) -> GateError {
     }
 }
 
-fn too_many(retry: std::time::Duration) -> GateError {
-    GateError::TooManyAttempts(retry.as_secs().max(1))
-}
-
 /// The `Authorization` header as far as Negotiate is concerned.
 #[derive(Debug, PartialEq, Eq)]
 enum Negotiate<'a> {
@@ -302,7 +298,7 @@ mod accept {
         conn: ConnInfo,
     ) -> Result<Response<Body>, GateError> {
         let addr = conn.remote.ip();
-        throttle.check_addr(addr).map_err(too_many)?;
+        throttle.check_addr(addr).map_err(GateError::locked_out)?;
         let fail = |reason: &str, message: &str| {
             // The reason is GSSAPI's or ours: principal names at most, never token bytes.
             tracing::info!(client = %addr, method = "kerberos", reason, "sso refused");
@@ -344,7 +340,9 @@ mod accept {
             Ok(login) => login,
             Err(why) => return Err(unmapped(why, &accepted.principal, addr, throttle, state)),
         };
-        throttle.check(&login, addr).map_err(too_many)?;
+        throttle
+            .check(&login, addr)
+            .map_err(GateError::locked_out)?;
         match login::issue_for(state, &login, Method::Kerberos) {
             Ok(mut response) => {
                 throttle.record_success(&login);

@@ -48,7 +48,7 @@ pub async fn handle(
     let locked = || {
         throttle
             .check(&request.login, addr)
-            .map_err(|retry| GateError::TooManyAttempts(retry.as_secs().max(1)))
+            .map_err(GateError::locked_out)
     };
     locked()?;
 

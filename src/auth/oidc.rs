@@ -213,28 +213,12 @@ impl Oidc {
 }
 
 fn provider_client(config: &OidcConfig) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .timeout(config.timeout)
         .connect_timeout(config.timeout)
         // A redirect could point the key fetch anywhere; providers serve these documents directly.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("ucgate/", env!("CARGO_PKG_VERSION")));
-    if let Some(path) = &config.ca_bundle {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("ca_bundle: cannot read {}: {e}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("ca_bundle: {}: {e}", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!(
-                "ca_bundle: {}: no certificate found",
-                path.display()
-            ));
-        }
-        builder = builder.tls_certs_only(certs);
-    }
-    builder
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+        .redirect(reqwest::redirect::Policy::none());
+    crate::tls::provider_client(builder, config.ca_bundle.as_deref())
 }
 
 pub async fn handle(
@@ -247,9 +231,7 @@ pub async fn handle(
         return Err(GateError::NoRoute);
     };
     let addr = conn.remote.ip();
-    throttle
-        .check_addr(addr)
-        .map_err(|retry| GateError::TooManyAttempts(retry.as_secs().max(1)))?;
+    throttle.check_addr(addr).map_err(GateError::locked_out)?;
     let token = bearer(&parts.headers).inspect_err(|e| {
         if matches!(e, BearerError::Malformed) {
             refused_by(throttle, &state, addr, "malformed bearer");
