@@ -20,7 +20,7 @@ fi
 random() { head -c 32 /dev/urandom | base64 | tr -d '/+=\n'; }
 if [ -z "${PLAY_AUTH_TOKEN:-}" ] && [ ! -r /etc/docker/compose/custom.env ]; then
   export PLAY_AUTH_TOKEN; PLAY_AUTH_TOKEN=$(random)
-  echo "run-example.sh: PLAY_AUTH_TOKEN was unset: using a throwaway one (echo it from this shell if you need it)" >&2
+  echo "run-example.sh: PLAY_AUTH_TOKEN was unset: using a throwaway one; set it yourself to call the routes with it" >&2
 fi
 if [ -z "${UCGATE_SIGNING_KEY:-}" ]; then
   export UCGATE_SIGNING_KEY; UCGATE_SIGNING_KEY=$(random)
