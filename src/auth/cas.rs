@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Response, StatusCode, request};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use url::Url;
 
 use crate::auth::login;
@@ -43,7 +43,10 @@ pub struct CasConfig {
     /// An attribute released under `cas:attributes` to use as the login instead of `cas:user`.
     #[serde(default)]
     pub login_attribute: Option<String>,
-    #[serde(default = "default_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "crate::config::duration"
+    )]
     pub timeout: Duration,
     /// PEM file of the CA(s) that sign the CAS server's certificate; when set, only these are
     /// trusted for it.
@@ -72,12 +75,6 @@ impl Protocol {
 
 fn default_timeout() -> Duration {
     Duration::from_secs(5)
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s)
-        .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
 }
 
 impl CasConfig {

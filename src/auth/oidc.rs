@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header, request};
 use openidconnect::IssuerUrl;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::auth::login;
 use crate::auth::throttle::Throttle;
@@ -48,16 +48,22 @@ pub struct OidcConfig {
     #[serde(default = "default_login_claim")]
     pub login_claim: String,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`.
-    #[serde(default = "default_leeway", deserialize_with = "duration")]
+    #[serde(
+        default = "default_leeway",
+        deserialize_with = "crate::config::duration"
+    )]
     pub leeway: Duration,
     /// At most one JWKS refetch for an unknown `kid` within this interval.
     #[serde(
         default = "default_refresh_min_interval",
-        deserialize_with = "duration"
+        deserialize_with = "crate::config::duration"
     )]
     pub refresh_min_interval: Duration,
     /// For each request to the provider.
-    #[serde(default = "default_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "crate::config::duration"
+    )]
     pub timeout: Duration,
     /// PEM certificates trusted for the provider instead of the system's roots (a private CA).
     #[serde(default)]
@@ -78,12 +84,6 @@ fn default_refresh_min_interval() -> Duration {
 
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s)
-        .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
 }
 
 impl OidcConfig {
