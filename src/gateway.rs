@@ -52,17 +52,21 @@ impl State {
     /// name the file and key, never a secret.
     pub fn load(config: Config) -> Result<Self, String> {
         let file = config.file.display().to_string();
+        let file = file.as_str();
+        // Every error names the file and the key it comes from.
+        let section = |key: &'static str| move |e: String| format!("{file}: {key}: {e}");
         let client = http_client(config.server.upstream_ca.as_deref())
-            .map_err(|e| format!("{file}: server.upstream_ca: {e}"))?;
+            .map_err(section("server.upstream_ca"))?;
         let tls = config
             .server
             .tls
             .as_ref()
             .map(tls::server_config)
             .transpose()
-            .map_err(|e| format!("{file}: server.tls: {e}"))?;
+            .map_err(section("server.tls"))?;
         let shared = SharedToken::load(&config.shared_token)
-            .map_err(|e| format!("{file}: shared_token: {e}"))?;
+            .map_err(|e| section("shared_token")(e.to_string()))?;
+        // Token errors name their `tokens.*` key themselves.
         let tokens = config
             .tokens
             .as_ref()
@@ -74,8 +78,6 @@ impl State {
             .as_ref()
             .map(|u| Directory::load(&u.file).map_err(|e| format!("{}: {e}", u.file.display())))
             .transpose()?;
-        let file = file.as_str();
-        let section = |name: &'static str| move |e: String| format!("{file}: {name}: {e}");
         let kerberos = config
             .kerberos
             .as_ref()
