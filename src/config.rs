@@ -55,8 +55,12 @@ pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
     /// Tokio worker threads; 0 = one per core.
     pub workers: usize,
+    /// A request head (and a TLS handshake) must arrive in this time: 408 and close otherwise.
     #[serde(deserialize_with = "duration")]
     pub request_header_timeout: Duration,
+    /// A keep-alive connection with no request under way is closed after this time.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
     /// Keep and extend client-sent `X-Forwarded-*` headers. Only safe behind a trusted proxy;
@@ -88,6 +92,7 @@ impl Default for ServerConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
             workers: 0,
             request_header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             trust_forwarded_headers: false,
             log_format: LogFormat::Text,
@@ -513,8 +518,10 @@ impl Config {
                 "server.max_headers, max_uri_length, max_connections, max_concurrent_streams: must be more than zero".into(),
             );
         }
-        if self.server.request_header_timeout.is_zero() {
-            return Err("server.request_header_timeout: must be more than zero".into());
+        if s.request_header_timeout.is_zero() || s.idle_timeout.is_zero() {
+            return Err(
+                "server.request_header_timeout, idle_timeout: must be more than zero".into(),
+            );
         }
         Ok(())
     }

@@ -98,11 +98,11 @@ impl Endpoint {
         match self {
             Endpoint::Health => Ok(json_response(
                 StatusCode::OK,
-                &serde_json::json!({ "status": "ok" }),
+                serde_json::json!({ "status": "ok" }),
             )),
             Endpoint::Ready if state.is_ready() => Ok(json_response(
                 StatusCode::OK,
-                &serde_json::json!({ "status": "ready" }),
+                serde_json::json!({ "status": "ready" }),
             )),
             Endpoint::Ready => Err(GateError::NotReady),
             Endpoint::Metrics => {
@@ -124,7 +124,7 @@ impl Endpoint {
                 log.credential = Some("uc");
                 Ok(json_response(
                     StatusCode::OK,
-                    &serde_json::json!({ "login": claims.sub, "TTL": claims.ttl() }),
+                    serde_json::json!({ "login": claims.sub, "TTL": claims.ttl() }),
                 ))
             }
             Endpoint::Logout => {

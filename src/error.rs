@@ -44,6 +44,8 @@ pub enum GateError {
     Unhandled,
     #[error("the request target is too long")]
     UriTooLong,
+    #[error("the request head was not received in time")]
+    RequestTimeout,
     #[error("only the chunked transfer coding is supported")]
     UnsupportedTransferCoding,
     #[error("the user is not allowed to log in")]
@@ -80,6 +82,7 @@ impl GateError {
             Unhandled => StatusCode::INTERNAL_SERVER_ERROR,
             UserNotFound => StatusCode::UNAUTHORIZED,
             UriTooLong => StatusCode::URI_TOO_LONG,
+            RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             Refused { status, .. } => *status,
             Forbidden => StatusCode::FORBIDDEN,
@@ -113,14 +116,19 @@ impl GateError {
             Unhandled => "UnhandledError",
             UserNotFound => "UserNotFound",
             UriTooLong => "UriTooLong",
+            RequestTimeout => "RequestTimeout",
             UnsupportedTransferCoding => "UnsupportedTransferCoding",
             Refused { code, .. } => code,
         }
     }
 
+    /// The JSON body: `{"error": "<Code>", "message": "<text>"}`.
+    pub fn json_body(&self) -> String {
+        serde_json::json!({ "error": self.code(), "message": self.to_string() }).to_string()
+    }
+
     pub fn into_response(self) -> Response<Body> {
-        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
-        let mut response = json_response(self.status(), &body);
+        let mut response = json_response(self.status(), self.json_body());
         let headers = response.headers_mut();
         match self {
             GateError::TooManyAttempts(seconds) => {
@@ -153,7 +161,7 @@ impl GateError {
 }
 
 /// A JSON response made by ucgate itself.
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+pub fn json_response(status: StatusCode, body: impl std::fmt::Display) -> Response<Body> {
     let mut response = Response::new(crate::body::full(body.to_string()));
     *response.status_mut() = status;
     let headers = response.headers_mut();

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod client_timeouts;
 pub mod config;
 pub mod doctor;
 pub mod endpoints;

@@ -59,6 +59,7 @@ pub struct Metrics {
     pub token_cache_misses: Counter,
     pub reloads: Family<OutcomeLabels, Counter>,
     pub shared_token_previous: Counter,
+    pub request_head_timeouts: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -80,6 +81,7 @@ impl Metrics {
             token_cache_misses: token_cache.get_or_create_owned(&OutcomeLabels { outcome: "miss" }),
             reloads: Family::default(),
             shared_token_previous: Counter::default(),
+            request_head_timeouts: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -121,6 +123,11 @@ impl Metrics {
             "shared_token_previous_uses",
             "Requests authenticated by the previous shared token (rotation in progress)",
             m.shared_token_previous.clone(),
+        );
+        registry.register(
+            "request_head_timeouts",
+            "Connections answered 408: the request head was not received in time",
+            m.request_head_timeouts.clone(),
         );
         Self { registry, ..m }
     }

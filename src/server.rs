@@ -16,6 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceBuilder;
 
+use crate::client_timeouts::{self, Timeouts};
 use crate::config::ServerConfig;
 use crate::gateway::{ConnInfo, Gateway};
 use crate::telemetry::AccessLogLayer;
@@ -42,6 +43,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let builder = connection_builder(config);
+    let timeouts = Timeouts {
+        head: config.request_header_timeout,
+        idle: config.idle_timeout,
+    };
     let graceful = GracefulShutdown::new();
     let (accepted_tx, mut accepted) = mpsc::channel::<Accepted>(64);
     let connections = Arc::new(Semaphore::new(config.max_connections));
@@ -68,11 +73,11 @@ pub async fn serve(
                     // The acceptor of the current state: a reload brings new certificates to
                     // new connections.
                     let Some(tls) = gateway.state().tls.clone() else {
-                        return serve_connection(&builder, watcher, &gateway, stream, ConnInfo { remote, tls: false }).await;
+                        return serve_connection(&builder, timeouts, watcher, &gateway, stream, ConnInfo { remote, tls: false }).await;
                     };
                     match tokio::time::timeout(handshake_timeout, TlsAcceptor::from(tls).accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            serve_connection(&builder, watcher, &gateway, stream, ConnInfo { remote, tls: true }).await;
+                            serve_connection(&builder, timeouts, watcher, &gateway, stream, ConnInfo { remote, tls: true }).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
@@ -97,6 +102,7 @@ pub async fn serve(
 
 async fn serve_connection<S>(
     builder: &auto::Builder<TokioExecutor>,
+    timeouts: Timeouts,
     watcher: Watcher,
     gateway: &Gateway,
     stream: S,
@@ -104,7 +110,14 @@ async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (stream, tracker) = client_timeouts::wrap(stream, timeouts);
+    let finished = tracker.clone();
     let service = ServiceBuilder::new()
+        .map_request(move |req| {
+            tracker.started();
+            req
+        })
+        .map_response(move |response| finished.track(response))
         .layer(AccessLogLayer)
         .service(gateway.service(conn));
     let connection = builder
@@ -116,12 +129,11 @@ async fn serve_connection<S>(
 
 fn connection_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // The header read timeout also bounds idle keep-alive connections: hyper arms it whenever
-    // it waits for a request head.
+    // Head and idle deadlines are `client_timeouts`' job: hyper's would close without a 408.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(config.request_header_timeout)
+        .header_read_timeout(None)
         .max_buf_size(config.max_header_bytes)
         .max_headers(config.max_headers);
     builder

@@ -12,6 +12,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use common::*;
 use http::HeaderMap;
@@ -1044,6 +1045,7 @@ async fn smuggling_setup() -> (Upstream, Ucgate) {
     // Short: a connection left open after the attack closes soon (the reads wait for the close).
     let config = ConfigBuilder::new()
         .server("request_header_timeout = \"1s\"")
+        .server("idle_timeout = \"1s\"")
         .route(route("public", "/public/", &up.url()).public())
         .route(route("api", "/api/", &up.url()))
         .build();
@@ -1864,11 +1866,12 @@ async fn wait_closed(stream: &mut TcpStream, what: &str) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn slow_and_idle_clients_are_disconnected() {
-    let (up, gate) = limits_setup(&["request_header_timeout = \"1s\""]).await;
+async fn a_slow_request_head_is_408_and_closed() {
+    let (up, gate) =
+        limits_setup(&["request_header_timeout = \"1s\"", "idle_timeout = \"30s\""]).await;
     let addr = gate.addr();
 
-    // Half a request head, then nothing.
+    // Half a request head, then nothing: 408, then the close.
     let mut half = TcpStream::connect(addr).await.unwrap();
     half.write_all(
         format!("GET /api/x HTTP/1.1\r\nHost: gate\r\n{X_AUTH_TOKEN}: {SHARED_TOKEN}\r\n")
@@ -1877,14 +1880,19 @@ async fn slow_and_idle_clients_are_disconnected() {
     .await
     .unwrap();
     let sent = wait_closed(&mut half, "half a head").await;
-    // hyper closes without an answer; were there one, it could not be a success.
-    if !sent.is_empty() {
-        assert!(
-            parse_response(&sent).status >= 400,
-            "{:?}",
-            String::from_utf8_lossy(&sent)
-        );
-    }
+    let r = parse_response(&sent);
+    r.assert_error(408, "RequestTimeout");
+    assert_eq!(r.header("connection"), Some("close"));
+
+    // The same on a keep-alive connection, for the second request's head.
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(keep_alive_get(&mut second, "/api/first").await.status, 200);
+    second
+        .write_all(b"GET /api/second HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let sent = wait_closed(&mut second, "half a second head").await;
+    parse_response(&sent).assert_error(408, "RequestTimeout");
 
     // A head dripped one byte at a time (slowloris): the timeout is for the whole head.
     let drip = TcpStream::connect(addr).await.unwrap();
@@ -1898,11 +1906,18 @@ async fn slow_and_idle_clients_are_disconnected() {
             if wr.write_all(&[b]).await.is_err() {
                 return;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
     let mut buf = Vec::new();
-    let closed = tokio::time::timeout(BOUND, rd.read_to_end(&mut buf)).await;
+    let closed = tokio::time::timeout(BOUND, async {
+        let mut chunk = [0u8; 1024];
+        // A reset may follow the 408 (the dripper is still writing): what came before counts.
+        while let Ok(n @ 1..) = rd.read(&mut chunk).await {
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
     assert!(closed.is_ok(), "a dripping client was not disconnected");
     assert!(
         !dripper.is_finished(),
@@ -1910,28 +1925,77 @@ async fn slow_and_idle_clients_are_disconnected() {
     );
     dripper.abort();
     if !buf.is_empty() {
-        assert!(parse_response(&buf).status >= 400);
+        parse_response(&buf).assert_error(408, "RequestTimeout");
     }
 
-    // Idle keep-alive: served once, then closed when nothing follows.
+    // A connection that never sends a byte is closed quietly: there is no request to answer.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let sent = wait_closed(&mut silent, "a silent connection").await;
+    assert!(sent.is_empty(), "{:?}", String::from_utf8_lossy(&sent));
+
+    let metrics = client()
+        .get(gate.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ucgate_request_head_timeouts_total "))
+        .expect("the 408 counter");
+    assert!(count.parse::<u64>().unwrap() >= 2, "{count}");
+    let paths: Vec<String> = up.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(
+        paths,
+        ["/api/first"],
+        "no partial request reaches the upstream"
+    );
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_last_idle_timeout_not_the_head_timeout() {
+    let (up, gate) = limits_setup(&[
+        "request_header_timeout = \"500ms\"",
+        "idle_timeout = \"2s\"",
+    ])
+    .await;
+    let addr = gate.addr();
     let mut idle = TcpStream::connect(addr).await.unwrap();
-    idle.write_all(
-        raw_request(
-            "GET",
-            "/api/ka",
-            &[("Connection", "keep-alive"), (X_AUTH_TOKEN, SHARED_TOKEN)],
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let r = read_response(&mut idle).await.expect("a response");
-    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(keep_alive_get(&mut idle, "/api/one").await.status, 200);
+    // Idle for longer than a head may take, but within the idle timeout: still usable.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(keep_alive_get(&mut idle, "/api/two").await.status, 200);
+    // Then idle past the idle timeout: closed without a word.
+    let started = std::time::Instant::now();
     let after = wait_closed(&mut idle, "an idle keep-alive connection").await;
     assert!(after.is_empty(), "{:?}", String::from_utf8_lossy(&after));
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "closed after {:?}: the idle timeout is 2s",
+        started.elapsed()
+    );
+
+    // h2 has no head deadline of its own here: an h2 connection idle past the head timeout
+    // serves its next stream.
+    let h2 = h2_client();
+    let send = |path: &str| {
+        h2.get(gate.url(path))
+            .header(X_AUTH_TOKEN, SHARED_TOKEN)
+            .send()
+    };
+    assert_eq!(send("/api/h2-one").await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = send("/api/h2-two").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
 
     let paths: Vec<String> = up.requests().into_iter().map(|r| r.path).collect();
-    assert_eq!(paths, ["/api/ka"]);
+    assert_eq!(
+        paths,
+        ["/api/one", "/api/two", "/api/h2-one", "/api/h2-two"]
+    );
 }
 
 async fn keep_alive_get(stream: &mut TcpStream, path: &str) -> RawResponse {

@@ -1,0 +1,297 @@
+//! Client-side deadlines of an HTTP/1 connection: a request head must arrive within
+//! `request_header_timeout` (else 408 and close), and a keep-alive connection with no request
+//! under way is closed quietly after `idle_timeout`.
+//!
+//! hyper's own `header_read_timeout` closes without an answer and doubles as the idle timeout,
+//! so a slow client cannot tell that it was cut off and idle connections cannot be kept longer
+//! than a head may take. The deadlines live in the connection's IO ([`DeadlineIo`]); the
+//! service tells it when a request starts and when its response is done ([`RequestTracker`]),
+//! because only the service sees hyper's message boundaries.
+//!
+//! h2 connections (recognised by their preface) are left alone: h2 has its own flow control and
+//! keep-alive pings, and a stream's head arrives in one frame.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Response;
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::error::GateError;
+
+/// The h2 connection preface; a connection that starts with it is h2 by prior knowledge.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub head: Duration,
+    pub idle: Duration,
+}
+
+/// Requests started and responses finished on one connection, counted by the service and read
+/// by the IO. Counters rather than a flag, so that a whole exchange happening between two reads
+/// is not missed.
+#[derive(Debug, Default)]
+struct Exchanges {
+    started: AtomicU32,
+    finished: AtomicU32,
+}
+
+/// What the connection is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// No byte of the next request yet: closed quietly at the deadline.
+    Waiting,
+    /// Part of a request head: 408 at the deadline.
+    Head,
+    /// A request is being served: its body and the upstream have their own bounds.
+    Serving,
+}
+
+/// The connection's IO with the deadlines of [`Timeouts`].
+pub struct DeadlineIo<IO> {
+    inner: IO,
+    exchanges: Arc<Exchanges>,
+    finished_seen: u32,
+    timeouts: Timeouts,
+    phase: Phase,
+    deadline: Instant,
+    /// Armed at or before `deadline`; re-armed when it fires early, so that a keep-alive cycle
+    /// costs no timer-wheel update unless the deadline moves earlier.
+    timer: Pin<Box<Sleep>>,
+    /// Bytes of the h2 preface matched so far; `None` once the connection is known to be HTTP/1.
+    preface_matched: Option<usize>,
+    /// h2: no deadline here.
+    h2: bool,
+    /// The 408 being written, and how much of it is out.
+    refusing: Option<(Bytes, usize)>,
+}
+
+/// The service-side half of [`DeadlineIo`]: marks requests as they start and responses as they
+/// are done.
+#[derive(Clone)]
+pub struct RequestTracker {
+    exchanges: Arc<Exchanges>,
+}
+
+/// A new connection's IO and its request tracker.
+pub fn wrap<IO>(io: IO, timeouts: Timeouts) -> (DeadlineIo<IO>, RequestTracker) {
+    let exchanges = Arc::new(Exchanges::default());
+    // A new connection must send its first head within `head` of being accepted.
+    let deadline = Instant::now() + timeouts.head;
+    let io = DeadlineIo {
+        inner: io,
+        exchanges: exchanges.clone(),
+        finished_seen: 0,
+        timeouts,
+        phase: Phase::Waiting,
+        deadline,
+        timer: Box::pin(tokio::time::sleep_until(deadline)),
+        preface_matched: Some(0),
+        h2: false,
+        refusing: None,
+    };
+    (io, RequestTracker { exchanges })
+}
+
+impl RequestTracker {
+    /// Marks a request started; the response's body marks it finished when it is dropped, which
+    /// hyper does once the response is written.
+    pub fn track<B>(&self, response: Response<B>) -> Response<Tracked<B>> {
+        response.map(|inner| Tracked {
+            inner,
+            exchanges: self.exchanges.clone(),
+        })
+    }
+
+    pub fn started(&self) {
+        self.exchanges.started.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// A response body that marks its exchange finished when dropped.
+pub struct Tracked<B> {
+    inner: B,
+    exchanges: Arc<Exchanges>,
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        self.exchanges.finished.fetch_add(1, Ordering::Release);
+    }
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The 408 answer, written straight to the connection: hyper has no request to answer.
+fn request_timeout_response() -> Bytes {
+    let error = GateError::RequestTimeout;
+    let body = error.json_body();
+    format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncache-control: no-store\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into()
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> DeadlineIo<IO> {
+    /// Follows the service's count of exchanges: a request under way has no deadline here, and
+    /// a finished one starts the idle wait.
+    fn observe_exchanges(&mut self) {
+        let finished = self.exchanges.finished.load(Ordering::Acquire);
+        let started = self.exchanges.started.load(Ordering::Acquire);
+        if started != finished {
+            self.phase = Phase::Serving;
+        } else if finished != self.finished_seen {
+            self.finished_seen = finished;
+            self.phase = Phase::Waiting;
+            self.deadline = Instant::now() + self.timeouts.idle;
+        }
+    }
+
+    fn on_bytes(&mut self, bytes: &[u8]) {
+        if let Some(matched) = self.preface_matched {
+            let n = bytes.len().min(H2_PREFACE.len() - matched);
+            if bytes[..n] != H2_PREFACE[matched..matched + n] {
+                self.preface_matched = None;
+            } else if matched + n == H2_PREFACE.len() {
+                self.h2 = true;
+                return;
+            } else {
+                self.preface_matched = Some(matched + n);
+            }
+        }
+        if self.phase == Phase::Waiting {
+            // A head has `head` from its first byte, and never more than the wait it ends.
+            self.phase = Phase::Head;
+            self.deadline = self.deadline.min(Instant::now() + self.timeouts.head);
+        }
+    }
+
+    /// Polls the deadline of the current phase; ready once it has passed.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if self.timer.deadline() > self.deadline {
+                self.timer.as_mut().reset(self.deadline);
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if self.timer.deadline() >= self.deadline {
+                return Poll::Ready(());
+            }
+            // Fired for an earlier phase: wait for the current deadline.
+            self.timer.as_mut().reset(self.deadline);
+        }
+    }
+
+    /// Writes the 408, then reports the end of the input so that hyper closes the connection.
+    fn poll_refuse(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (response, written) = self
+            .refusing
+            .get_or_insert_with(|| (request_timeout_response(), 0));
+        while *written < response.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &response[*written..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        // A client that does not read is not waited for: the write side closes with the input.
+        let _ = Pin::new(&mut self.inner).poll_flush(cx);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.h2 {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        if this.refusing.is_some() {
+            return this.poll_refuse(cx);
+        }
+        this.observe_exchanges();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.on_bytes(&buf.filled()[before..]);
+                }
+                return Poll::Ready(Ok(()));
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {}
+        }
+        if this.phase == Phase::Serving || this.poll_deadline(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if this.phase == Phase::Head {
+            crate::metrics::metrics().request_head_timeouts.inc();
+            tracing::debug!("request head not received in time: 408");
+            return this.poll_refuse(cx);
+        }
+        // Idle: an end of input, which hyper answers by closing.
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
