@@ -5,6 +5,7 @@ use std::sync::{Arc, LazyLock};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -60,6 +61,9 @@ pub struct Metrics {
     pub reloads: Family<OutcomeLabels, Counter>,
     pub shared_token_previous: Counter,
     pub request_head_timeouts: Counter,
+    pub connections_open: Gauge,
+    /// Set when encoded, from the runtime.
+    tasks_alive: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -82,6 +86,8 @@ impl Metrics {
             reloads: Family::default(),
             shared_token_previous: Counter::default(),
             request_head_timeouts: Counter::default(),
+            connections_open: Gauge::default(),
+            tasks_alive: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -129,11 +135,26 @@ impl Metrics {
             "Connections answered 408: the request head was not received in time",
             m.request_head_timeouts.clone(),
         );
+        registry.register(
+            "connections_open",
+            "Client connections open",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "tasks_alive",
+            "Tokio tasks alive: connections, tunnels, background work",
+            m.tasks_alive.clone(),
+        );
         Self { registry, ..m }
     }
 
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let alive = runtime.metrics().num_alive_tasks();
+            self.tasks_alive
+                .set(i64::try_from(alive).unwrap_or(i64::MAX));
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String");

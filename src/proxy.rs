@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Extensions, Request, Response, StatusCode, Uri, Version, request};
-use http_body_util::{BodyExt, Either};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -223,7 +223,7 @@ async fn small_body_in_one_piece(
         .exact()
         .is_some_and(|n| n <= SMALL_BODY);
     if !small || response.body().is_end_stream() {
-        return Ok(response.map(Either::Left));
+        return Ok(response.map(|body| crate::body::streamed(body, timeout)));
     }
     let (parts, body) = response.into_parts();
     // The head is not sent yet: an upstream that breaks off or stalls mid-body gets the client

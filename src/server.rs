@@ -69,7 +69,7 @@ pub async fn serve(
                 let (gateway, builder, watcher) = (gateway.clone(), builder.clone(), graceful.watcher());
                 let handshake_timeout = config.request_header_timeout;
                 tokio::spawn(async move {
-                    let _permit = permit;
+                    let _slot = Slot::taken(permit);
                     // The acceptor of the current state: a reload brings new certificates to
                     // new connections.
                     let Some(tls) = gateway.state().tls.clone() else {
@@ -143,6 +143,24 @@ fn connection_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .max_concurrent_streams(config.max_concurrent_streams)
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
     builder
+}
+
+/// A connection's place among `max_connections`, counted in `connections_open` while held.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    fn taken(permit: OwnedSemaphorePermit) -> Self {
+        crate::metrics::metrics().connections_open.inc();
+        Slot { _permit: permit }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        crate::metrics::metrics().connections_open.dec();
+    }
 }
 
 /// An accepted connection and its slot among `max_connections`.

@@ -21,7 +21,6 @@ use sha2::{Digest, Sha256, Sha512};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const X_AUTH_TOKEN: &str = "X-Auth-Token";
 const SIGNING_KEY: &str = "adversarial-SIGNING-key-Hq4t7Zp2Lm9Vx3Kc8Rw1";
 
 // ---------------------------------------------------------------------------------------------

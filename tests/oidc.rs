@@ -436,3 +436,36 @@ async fn failures_are_throttled_per_client_address() {
     // A missing bearer is not a failed attempt, but the address stays locked.
     assert_error(exchange(&gate, None).await, 429, "TooManyAttempts").await;
 }
+
+#[tokio::test]
+async fn a_provider_that_never_answers_costs_a_timeout_not_a_connection_each_retry() {
+    use common::faulty::{End, Fault, FaultyUpstream};
+    use std::sync::atomic::Ordering;
+    let silent = FaultyUpstream::start(Fault::Silent(End::Stall)).await;
+    let up = Upstream::start().await;
+    let gate = start_gate(&up.url(), &silent.url(), "timeout = \"300ms\"", "").await;
+
+    // Discovery is asked, times out, and is retried with backoff.
+    gate.wait_log("OpenID provider discovery failed").await;
+    let deadline = Instant::now() + BOUND;
+    while silent.accepted.load(Ordering::SeqCst) < 3 {
+        assert!(Instant::now() < deadline, "discovery was not retried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Each timed-out attempt let go of its connection.
+    assert!(
+        silent.open.load(Ordering::SeqCst) <= 1,
+        "{} connections to the silent provider are still open",
+        silent.open.load(Ordering::SeqCst)
+    );
+    // Meanwhile: not ready, OIDC fails closed at once, and the IdP's silence costs the other
+    // endpoints nothing.
+    let ready = client().get(gate.url("/readyz")).send().await.unwrap();
+    assert_error(ready, 503, "NotReady").await;
+    let header = serde_json::json!({ "alg": "RS256", "kid": "k" });
+    let claims = serde_json::json!({ "preferred_username": "alice" });
+    let refused = bearer(&gate, &assemble(&header, &claims, b"signature")).await;
+    assert_error(refused, 503, "NotReady").await;
+    let health = client().get(gate.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+}

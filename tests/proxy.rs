@@ -9,8 +9,6 @@ use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue, Version};
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
 
-const X_AUTH_TOKEN: &str = "X-Auth-Token";
-
 /// One upstream behind the usual routes:
 /// - `/api/`     accept shared, upstream_auth shared
 /// - `/plain/`   accept shared, upstream_auth none

@@ -5,6 +5,8 @@
 //! it; none of them is an assertion on speed.
 #![allow(dead_code)]
 
+pub mod faulty;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -33,6 +35,9 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 /// The shared token every test ucgate gets by default (`PLAY_AUTH_TOKEN`). Distinctive, so that a
 /// leak into logs, URLs or bodies can be grepped for.
 pub const SHARED_TOKEN: &str = "st-7Qk2vX9pL4mZ8wR1-shared-SECRET";
+
+/// The UC-token header, as clients spell it.
+pub const X_AUTH_TOKEN: &str = "X-Auth-Token";
 
 /// The longest any harness wait lasts before it fails the test.
 pub const BOUND: Duration = Duration::from_secs(10);
