@@ -233,6 +233,7 @@ async fn reloads_under_traffic_never_fail_a_request() {
             .route(route("slow", "/slow/", &held.url()));
     let gate = Ucgate::start(v0.build()).await;
     let config = gate.config_path.clone();
+    let fds_before = gate.open_fds();
 
     let traffic = Arc::new(Traffic::default());
     let new_connections = reqwest::Client::builder()
@@ -242,7 +243,7 @@ async fn reloads_under_traffic_never_fail_a_request() {
         .build()
         .unwrap();
     let url = gate.url("/api/loop");
-    let tasks = [
+    let mut tasks = [
         ("h1 keep-alive 1", client()),
         ("h1 keep-alive 2", client()),
         ("h2", h2_client()),
@@ -360,7 +361,7 @@ async fn reloads_under_traffic_never_fail_a_request() {
     }
 
     traffic.stop.store(true, Ordering::SeqCst);
-    for task in tasks {
+    for task in &mut tasks {
         tokio::time::timeout(BOUND, task).await.unwrap().unwrap();
     }
     let failures = traffic.failures.lock().unwrap().clone();
@@ -394,6 +395,17 @@ async fn reloads_under_traffic_never_fail_a_request() {
     assert_eq!(reloads("success"), Some(13.0), "{text}");
     assert_eq!(reloads("failure"), Some(2.0), "{text}");
     assert!(gate.logs().contains("cause=\"SIGHUP\""), "{}", gate.logs());
+    // Nothing held for the old configurations: once the clients are gone, what is left open
+    // beyond the start is the current upstream pool, one idle connection per hammer at most.
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while gate.open_fds() > fds_before + tasks.len() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        gate.open_fds() <= fds_before + tasks.len(),
+        "{fds_before} file descriptors at the start, {} after 15 reloads",
+        gate.open_fds()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
