@@ -34,6 +34,8 @@ pub enum GateError {
     InvalidCredentials,
     #[error("the body is not the expected JSON")]
     InvalidJson,
+    #[error("the request body is malformed or was cut off")]
+    InvalidBody,
     #[error("the request body is too large")]
     BodyTooLarge,
     #[error("too many failed attempts, retry later")]
@@ -70,7 +72,7 @@ impl GateError {
     pub fn status(&self) -> StatusCode {
         use GateError::*;
         match self {
-            InvalidPath(_) | InvalidTarget | AmbiguousToken | InvalidJson => {
+            InvalidPath(_) | InvalidTarget | AmbiguousToken | InvalidJson | InvalidBody => {
                 StatusCode::BAD_REQUEST
             }
             TokenMissing | TokenInvalid | TokenExpired | InvalidCredentials => {
@@ -110,6 +112,7 @@ impl GateError {
             TokenExpired => "TokenExpired",
             InvalidCredentials => "InvalidCredentials",
             InvalidJson => "InvalidJson",
+            InvalidBody => "InvalidBody",
             BodyTooLarge => "RequestTooLarge",
             TooManyAttempts(_) => "TooManyAttempts",
             MethodNotAllowed(_) => "MethodNotAllowed",
@@ -135,7 +138,7 @@ impl GateError {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
             }
             // The body was not read to its end: the connection cannot carry another request.
-            GateError::BodyTooLarge => {
+            GateError::BodyTooLarge | GateError::InvalidBody => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             GateError::MethodNotAllowed(allow) => {

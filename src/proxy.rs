@@ -117,6 +117,12 @@ impl Forward<'_> {
         let mut response = match self.upstream.service.clone().oneshot(request).await {
             Ok(response) => response,
             Err(e) if e.is::<Elapsed>() => return Err(GateError::UpstreamTimeout),
+            // The client's own body broke (bad chunked framing, a cut-off upload): its fault,
+            // not the upstream's.
+            Err(e) if request_body_failed(&*e) => {
+                tracing::debug!(error = %e, "request body broke off");
+                return Err(GateError::InvalidBody);
+            }
             Err(e) => {
                 tracing::debug!(error = %e, upstream = %self.upstream.authority, "upstream request failed");
                 return Err(GateError::UpstreamUnavailable);
@@ -200,6 +206,21 @@ impl Forward<'_> {
             None => headers.remove(X_FORWARDED_HOST),
         };
     }
+}
+
+/// Whether hyper's client failed because the request body it was streaming failed. The only
+/// "user" error the client can meet here: ucgate builds every request head itself.
+fn request_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = e.source();
+    while let Some(e) = source {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn proto_value(tls: bool) -> HeaderValue {

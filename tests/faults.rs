@@ -358,3 +358,36 @@ fn fd_targets(pid: u32) -> Vec<String> {
         .map(|t| t.display().to_string())
         .collect()
 }
+
+#[tokio::test]
+async fn a_client_that_cuts_off_its_upload_gets_400_not_a_blame_on_the_upstream() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start().await;
+    let gate = Ucgate::start(
+        ConfigBuilder::new()
+            .route(route("api", "/api/", &up.url()))
+            .build(),
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(gate.addr()).await.unwrap();
+    let head = format!(
+        "POST /api/upload HTTP/1.1\r\nHost: gate\r\n{X_AUTH_TOKEN}: {SHARED_TOKEN}\r\nContent-Length: 100000\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&[b'x'; 1000]).await.unwrap();
+    // The write side closes with 99,000 bytes still owed; the read side waits for the answer.
+    stream.shutdown().await.unwrap();
+    let answer = tokio::time::timeout(BOUND, async {
+        let mut buf = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut buf).await;
+        buf
+    })
+    .await
+    .expect("no end to the exchange");
+    parse_response(&answer).assert_error(400, "InvalidBody");
+    assert!(
+        up.requests().iter().all(|r| r.body.len() < 100_000),
+        "the upstream got a complete request"
+    );
+    gate.wait_log("status=400").await;
+}
