@@ -492,6 +492,8 @@ impl Config {
         files.extend(self.users.as_ref().map(|u| u.file.clone()));
         files.extend(self.shared_token.env_files.iter().cloned());
         files.extend(self.oidc.as_ref().and_then(|o| o.ca_bundle.clone()));
+        files.extend(self.cas.as_ref().and_then(|c| c.ca_bundle.clone()));
+        files.extend(self.kerberos.as_ref().map(|k| k.keytab.clone()));
         if let Some(tls) = &self.server.tls {
             files.extend([tls.cert.clone(), tls.key.clone()]);
         }

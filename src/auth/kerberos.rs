@@ -125,6 +125,12 @@ impl PrincipalMap {
 pub struct Kerberos {
     #[cfg(feature = "kerberos")]
     acceptor: gss::Acceptor,
+    /// The keys the acceptor reads: MIT reads a `FILE:` keytab again at every acceptance, so
+    /// the acceptor gets a private copy of the keytab as validated. Replacing the operator's
+    /// file then changes nothing until a reload checks the new one, and a broken replacement is
+    /// refused without breaking logins. Removed when this configuration is dropped.
+    #[cfg(feature = "kerberos")]
+    _keys: tempfile::NamedTempFile,
     #[cfg(feature = "kerberos")]
     names: PrincipalMap,
     /// Built without the feature, no value of this type exists.
@@ -149,7 +155,6 @@ impl Kerberos {
         let path = config.keytab.display();
         let data = std::fs::read(&config.keytab).map_err(|e| format!("keytab {path}: {e}"))?;
         let principals = keytab::principals(&data).map_err(|e| format!("keytab {path}: {e}"))?;
-        drop(data);
         if principals.is_empty() {
             return Err(format!("keytab {path}: has no keys"));
         }
@@ -192,19 +197,34 @@ impl Kerberos {
                 ));
             }
         }
+        let keys = private_copy(&data)
+            .map_err(|e| format!("keytab {path}: cannot make its private copy: {e}"))?;
         let acceptor = gss::Acceptor::acquire(
-            &config.keytab,
+            keys.path(),
             config.principal.as_deref(),
             config.replay_cache.as_deref(),
         )?;
         Ok(Self {
             acceptor,
+            _keys: keys,
             names: PrincipalMap {
                 realms,
                 map: config.principal_map.clone(),
             },
         })
     }
+}
+
+/// `data` in a new file readable by this user only (0600, in `TMPDIR`: a tmpfs in the container).
+#[cfg(feature = "kerberos")]
+fn private_copy(data: &[u8]) -> std::io::Result<tempfile::NamedTempFile> {
+    use std::io::Write;
+    let mut file = tempfile::Builder::new()
+        .prefix("ucgate-keytab-")
+        .tempfile()?;
+    file.write_all(data)?;
+    file.flush()?;
+    Ok(file)
 }
 
 /// The code XiVO's xuc answers a failed SSO with.
