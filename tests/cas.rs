@@ -5,8 +5,10 @@
 mod cas_support;
 mod common;
 
-use cas_support::{CasServer, FakeCas, Pki, Silent, TlsCas, http_200, http_response};
-use common::{Ucgate, Upstream, assert_error, client, closed_url, route, toml_str};
+use cas_support::{CasServer, FakeCas, Pki, TlsCas, http_200, http_response};
+use common::faulty::{End, Fault, FaultyUpstream};
+use common::{BOUND, Ucgate, Upstream, assert_error, client, closed_url, route, toml_str};
+use std::sync::atomic::Ordering;
 
 const SIGNING_KEY: &str = "test-signing-key-cas-0123456789abcdef01234";
 const CAS_PATH: &str = "/xuc/api/2.0/auth/cas";
@@ -285,8 +287,14 @@ async fn cas_down_is_502_and_cas_silent_is_504() {
     .await;
     assert!(!body.to_string().contains("ST-1-down"), "{body}");
 
-    let silent = Silent::start();
-    let slow = ucgate(&up, &cas_config(&silent.base(), "timeout = \"500ms\"")).await;
+    // CAS accepts, reads the request and never answers.
+    let silent = FaultyUpstream::start(Fault::Silent(End::Stall)).await;
+    let slow = ucgate(
+        &up,
+        &cas_config(&format!("{}/cas", silent.url()), "timeout = \"500ms\""),
+    )
+    .await;
+    let fds_before = slow.open_fds();
     let body = assert_error(
         exchange(&slow, SERVICE, "ST-1-slow").await,
         504,
@@ -294,6 +302,48 @@ async fn cas_down_is_502_and_cas_silent_is_504() {
     )
     .await;
     assert!(!body.to_string().contains("ST-1-slow"), "{body}");
+    // Many at once: each waits its own timeout, none holds its connection after, and the
+    // routes keep serving meanwhile.
+    let waits: Vec<_> = (0..16)
+        .map(|i| {
+            let url = slow.url(CAS_PATH);
+            tokio::spawn(async move {
+                client()
+                    .get(url)
+                    .query(&[("service", SERVICE), ("ticket", &format!("ST-{i}-slow"))])
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    // Answered at once, CAS or not: the route refuses a request without a token.
+    let served = client()
+        .get(slow.url("/uconly/during"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(served, 401, "TokenMissing").await;
+    for wait in waits {
+        assert_eq!(wait.await.unwrap(), 504);
+    }
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while (silent.open.load(Ordering::SeqCst) > 0 || slow.open_fds() > fds_before)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        silent.open.load(Ordering::SeqCst),
+        0,
+        "connections to CAS left open"
+    );
+    assert!(
+        slow.open_fds() <= fds_before,
+        "{fds_before} fds before, {} after",
+        slow.open_fds()
+    );
 
     assert_not_logged(&down, &["ST-1-down"]);
     assert_not_logged(&slow, &["ST-1-slow"]);

@@ -229,23 +229,6 @@ pub fn http_response(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec
     out
 }
 
-/// A listener that accepts TCP connections (through the kernel backlog) and never answers.
-pub struct Silent {
-    listener: StdListener,
-}
-
-impl Silent {
-    pub fn start() -> Self {
-        Self {
-            listener: StdListener::bind("127.0.0.1:0").unwrap(),
-        }
-    }
-
-    pub fn base(&self) -> String {
-        format!("http://{}/cas", self.listener.local_addr().unwrap())
-    }
-}
-
 /// The TLS peer: Python's stdlib HTTPS server answering every GET with a fixed body. CAS over
 /// TLS with a private CA is the case under test; django's runserver has no TLS.
 const TLS_SERVER: &str = r#"
