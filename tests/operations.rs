@@ -1329,3 +1329,45 @@ fn a_sighup_right_after_start_reloads_instead_of_killing() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_slow_head_over_tls_is_408_too() {
+    let up = Upstream::start().await;
+    let ca1 = ca("ucgate test CA");
+    let cert = leaf(&ca1, "ucgate", 1);
+    let config = ConfigBuilder::new()
+        .server("tls = { cert = \"cert.pem\", key = \"key.pem\" }")
+        .server("request_header_timeout = \"1s\"")
+        .route(route("api", "/api/", &up.url()))
+        .build();
+    let gate = Ucgate::builder(config)
+        .file("cert.pem", &cert.cert_pem)
+        .file("key.pem", &cert.key_pem)
+        .start()
+        .await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca1.der().clone()).unwrap();
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(gate.addr()).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    // The handshake is done; half a head follows, then nothing.
+    stream
+        .write_all(
+            format!("GET /api/x HTTP/1.1\r\nHost: gate\r\n{X_AUTH_TOKEN}: {SHARED_TOKEN}\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(BOUND, stream.read_to_end(&mut answer))
+        .await
+        .expect("the connection stayed open");
+    parse_response(&answer).assert_error(408, "RequestTimeout");
+    assert_eq!(up.count(), 0);
+}
