@@ -143,12 +143,13 @@ impl Forward<'_> {
     }
 
     fn rewrite(&self, parts: &mut request::Parts, upgrade: bool) -> Result<(), GateError> {
-        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        // An absolute-form target's authority wins over Host (RFC 9112 §3.2.2); h2's
+        // :authority arrives there too.
+        let original_host = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .or_else(|| parts.headers.get(header::HOST).cloned());
         let upgrade_protocol = parts.headers.get(header::UPGRADE).cloned();
         let headers = &mut parts.headers;
         strip_hop_by_hop(headers, false);
