@@ -2212,3 +2212,131 @@ async fn transfer_codings_other_than_chunked_are_not_silently_dropped() {
         "only the chunked request reached the upstream"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// h2 abuse: rapid reset (CVE-2023-44487)
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn h2_rapid_reset_is_cut_off_and_costs_the_upstream_little() {
+    let (up, gate) = limits_setup(&[]).await;
+    let tcp = TcpStream::connect(gate.addr()).await.unwrap();
+    let (mut h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    // Streams opened and cancelled at once, as fast as the client can write them.
+    const STREAMS: u32 = 20_000;
+    let mut opened = 0;
+    while opened < STREAMS {
+        let Ok(ready) = h2.ready().await else { break };
+        h2 = ready;
+        let request = http::Request::get(format!("http://gate/api/rr{opened}"))
+            .header(X_AUTH_TOKEN, SHARED_TOKEN)
+            .body(())
+            .unwrap();
+        let Ok((_, mut stream)) = h2.send_request(request, false) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        opened += 1;
+    }
+    // ucgate ends the connection (h2's reset limit: GOAWAY ENHANCE_YOUR_CALM) ...
+    let ended = tokio::time::timeout(BOUND, connection)
+        .await
+        .expect("ucgate kept the connection of a rapid-reset client open")
+        .unwrap();
+    assert!(ended.is_err(), "the connection ended cleanly: {ended:?}");
+    // ... having forwarded few of the cancelled streams, and keeps serving everyone else.
+    let r = h2_client()
+        .get(gate.url("/api/after"))
+        .header(X_AUTH_TOKEN, SHARED_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let forwarded = up.count() - 1;
+    assert!(
+        forwarded < 1_000,
+        "{forwarded} of {opened} cancelled streams reached the upstream"
+    );
+}
+
+/// An h2 frame: 9-byte header, then the payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut frame = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+#[tokio::test]
+async fn h2_continuation_flood_is_cut_off() {
+    const HEADERS: u8 = 0x1;
+    const SETTINGS: u8 = 0x4;
+    const CONTINUATION: u8 = 0x9;
+    let (up, gate) = limits_setup(&[]).await;
+    let stream = TcpStream::connect(gate.addr()).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    // A request head that never ends: HEADERS without END_HEADERS, then CONTINUATION frames of
+    // literal headers (HPACK: literal without indexing, new name), never the last one.
+    let mut literal = vec![0x00, 3];
+    literal.extend_from_slice(b"x-a");
+    literal.push(100);
+    literal.extend_from_slice(&[b'a'; 100]);
+    let block: Vec<u8> = literal
+        .iter()
+        .copied()
+        .cycle()
+        .take(literal.len() * 150)
+        .collect();
+    let flood = tokio::spawn(async move {
+        let mut sent = 0usize;
+        let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        start.extend(h2_frame(SETTINGS, 0, 0, &[]));
+        start.extend(h2_frame(HEADERS, 0x0, 1, &[0x82, 0x87, 0x84])); // GET https /
+        if wr.write_all(&start).await.is_err() {
+            return sent;
+        }
+        // Up to 64 MiB of header block.
+        while sent < 64 << 20 {
+            if wr
+                .write_all(&h2_frame(CONTINUATION, 0, 1, &block))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            sent += block.len();
+        }
+        sent
+    });
+    // ucgate ends the connection, with a GOAWAY.
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(BOUND, async {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = rd.read(&mut chunk).await {
+            answer.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "ucgate kept reading an endless header block"
+    );
+    // Loopback socket buffers hold a few MiB written but never read; an unbounded server would
+    // take all 64.
+    let sent = flood.await.unwrap();
+    assert!(
+        sent < 16 << 20,
+        "ucgate took {sent} bytes of one header block before closing"
+    );
+    assert_eq!(up.count(), 0);
+    // Still serving.
+    let r = h2_client()
+        .get(gate.url("/api/after"))
+        .header(X_AUTH_TOKEN, SHARED_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
