@@ -1,4 +1,4 @@
-//! Client-side deadlines of an HTTP/1 connection: a request head must arrive within
+//! Client-side deadlines of a connection: a request head must arrive within
 //! `request_header_timeout` (else 408 and close), and a keep-alive connection with no request
 //! under way is closed quietly after `idle_timeout`.
 //!
@@ -8,8 +8,12 @@
 //! service tells it when a request starts and when its response is done ([`RequestTracker`]),
 //! because only the service sees hyper's message boundaries.
 //!
-//! h2 connections (recognised by their preface) are left alone: h2 has its own flow control and
-//! keep-alive pings, and a stream's head arrives in one frame.
+//! h2 connections (recognised by their preface) have no head or idle deadline here: h2 has its
+//! own keep-alive pings, and a stream's head arrives in one frame.
+//!
+//! On every connection, HTTP/1 or h2, a write that stays pending for `send_timeout` (a client
+//! that stopped reading) ends the connection, as nginx's `send_timeout` does. (An h2 client that
+//! stops reading one stream only holds that stream: its flow-control window stops the writes.)
 
 use std::io;
 use std::pin::Pin;
@@ -33,6 +37,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub struct Timeouts {
     pub head: Duration,
     pub idle: Duration,
+    /// Longest a write may stay pending.
+    pub send: Duration,
 }
 
 /// Requests started and responses finished on one connection, counted by the service and read
@@ -72,6 +78,8 @@ pub struct DeadlineIo<IO> {
     h2: bool,
     /// The 408 being written, and how much of it is out.
     refusing: Option<(Bytes, usize)>,
+    /// Armed while a write is pending: the client is not reading.
+    write_stall: Option<Pin<Box<Sleep>>>,
 }
 
 /// The service-side half of [`DeadlineIo`]: marks requests as they start and responses as they
@@ -97,6 +105,7 @@ pub fn wrap<IO>(io: IO, timeouts: Timeouts) -> (DeadlineIo<IO>, RequestTracker) 
         preface_matched: Some(0),
         h2: false,
         refusing: None,
+        write_stall: None,
     };
     (io, RequestTracker { exchanges })
 }
@@ -266,13 +275,38 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<IO> {
     }
 }
 
+impl<IO> DeadlineIo<IO> {
+    /// Passes a write's outcome through; a write pending for longer than `send` (a client that
+    /// does not read its response) becomes an error, on which hyper drops the connection.
+    fn bound_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        outcome: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if outcome.is_ready() {
+            self.write_stall = None;
+            return outcome;
+        }
+        let send = self.timeouts.send;
+        let timer = self
+            .write_stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(send)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        tracing::debug!("client not reading: connection closed");
+        Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+    }
+}
+
 impl<IO: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let outcome = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.bound_write(cx, outcome)
     }
 
     fn poll_write_vectored(
@@ -280,7 +314,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let outcome = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.bound_write(cx, outcome)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -288,7 +323,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<IO> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let outcome = Pin::new(&mut self.inner).poll_flush(cx);
+        self.bound_write(cx, outcome)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

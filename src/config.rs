@@ -61,6 +61,10 @@ pub struct ServerConfig {
     /// A keep-alive connection with no request under way is closed after this time.
     #[serde(deserialize_with = "duration")]
     pub idle_timeout: Duration,
+    /// A write to a client may stay pending this long (a client that stopped reading its
+    /// response); the connection is closed after.
+    #[serde(deserialize_with = "duration")]
+    pub send_timeout: Duration,
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
     /// Keep and extend client-sent `X-Forwarded-*` headers. Only safe behind a trusted proxy;
@@ -93,6 +97,7 @@ impl Default for ServerConfig {
             workers: 0,
             request_header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             trust_forwarded_headers: false,
             log_format: LogFormat::Text,
@@ -520,9 +525,13 @@ impl Config {
                 "server.max_headers, max_uri_length, max_connections, max_concurrent_streams: must be more than zero".into(),
             );
         }
-        if s.request_header_timeout.is_zero() || s.idle_timeout.is_zero() {
+        if s.request_header_timeout.is_zero()
+            || s.idle_timeout.is_zero()
+            || s.send_timeout.is_zero()
+        {
             return Err(
-                "server.request_header_timeout, idle_timeout: must be more than zero".into(),
+                "server.request_header_timeout, idle_timeout, send_timeout: must be more than zero"
+                    .into(),
             );
         }
         Ok(())

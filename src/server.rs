@@ -46,6 +46,7 @@ pub async fn serve(
     let timeouts = Timeouts {
         head: config.request_header_timeout,
         idle: config.idle_timeout,
+        send: config.send_timeout,
     };
     let graceful = GracefulShutdown::new();
     let (accepted_tx, mut accepted) = mpsc::channel::<Accepted>(64);

@@ -2340,3 +2340,48 @@ async fn h2_continuation_flood_is_cut_off() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_after_send_timeout() {
+    let (up, gate) = limits_setup(&["send_timeout = \"1s\""]).await;
+    up.on("/api/huge", Behavior::stream(1 << 30));
+    let mut reader = TcpStream::connect(gate.addr()).await.unwrap();
+    reader
+        .write_all(raw_request("GET", "/api/huge", &[(X_AUTH_TOKEN, SHARED_TOKEN)]).as_bytes())
+        .await
+        .unwrap();
+    // Never read: the socket buffers fill, ucgate's writes stay pending, and it gives up.
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        let metrics = client()
+            .get(gate.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let open = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("ucgate_connections_open "))
+            .map(str::to_owned);
+        // Only this /metrics request's own connection left.
+        if open.as_deref() == Some("1") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the non-reading client is still connected: {open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(reader);
+    // The others are served all along.
+    let r = client()
+        .get(gate.url("/api/after"))
+        .header(X_AUTH_TOKEN, SHARED_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
