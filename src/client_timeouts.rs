@@ -331,3 +331,88 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<IO> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    const TIMEOUTS: Timeouts = Timeouts {
+        head: Duration::from_secs(10),
+        idle: Duration::from_secs(60),
+        send: Duration::from_secs(60),
+    };
+
+    /// What the wrapped side reads until its end of input.
+    async fn read_all(io: &mut DeadlineIo<tokio::io::DuplexStream>) -> Vec<u8> {
+        let mut got = Vec::new();
+        io.read_to_end(&mut got).await.unwrap();
+        got
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_head_gets_a_408_at_the_deadline() {
+        let (mut client, server) = duplex(4096);
+        let (mut io, _tracker) = wrap(server, TIMEOUTS);
+        client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        let started = Instant::now();
+        assert_eq!(read_all(&mut io).await, b"GET / HTTP/1.1\r\nHo");
+        assert_eq!(started.elapsed(), TIMEOUTS.head);
+        let mut answer = vec![0; 4096];
+        let n = client.read(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(
+            answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains(r#""error":"RequestTimeout""#), "{answer}");
+        assert!(answer.contains("connection: close\r\n"), "{answer}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_under_way_has_no_deadline_and_then_the_idle_one_applies() {
+        let (mut client, server) = duplex(4096);
+        let (mut io, tracker) = wrap(server, TIMEOUTS);
+        let head = b"GET / HTTP/1.1\r\n\r\n";
+        client.write_all(head).await.unwrap();
+        let mut buf = [0u8; 64];
+        io.read_exact(&mut buf[..head.len()]).await.unwrap();
+        tracker.started();
+        // Served for longer than both deadlines: no end of input meanwhile.
+        let waited = tokio::time::timeout(TIMEOUTS.idle * 2, io.read(&mut buf)).await;
+        assert!(waited.is_err(), "a request under way was cut off");
+        // The response is done: the idle deadline, and a quiet close.
+        drop(tracker.track(http::Response::new(())));
+        let started = Instant::now();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(started.elapsed(), TIMEOUTS.idle);
+        drop(io);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "an idle close says nothing");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_h2_preface_split_over_reads_turns_the_deadlines_off() {
+        let (mut client, server) = duplex(4096);
+        let (mut io, _tracker) = wrap(server, TIMEOUTS);
+        let mut buf = [0u8; 64];
+        for part in [&H2_PREFACE[..5], &H2_PREFACE[5..]] {
+            client.write_all(part).await.unwrap();
+            let n = io.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], part);
+        }
+        let waited = tokio::time::timeout(TIMEOUTS.idle * 2, io.read(&mut buf)).await;
+        assert!(waited.is_err(), "an h2 connection got an HTTP/1 deadline");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_client_never_takes_fails_after_the_send_timeout() {
+        let (_client, server) = duplex(16);
+        let (mut io, _tracker) = wrap(server, TIMEOUTS);
+        let started = Instant::now();
+        let err = io.write_all(&[0u8; 64]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), TIMEOUTS.send);
+    }
+}
