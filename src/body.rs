@@ -1,13 +1,15 @@
-//! The response body type: an upstream body streamed through, or a small body made here.
+//! Bodies: the response body type (an upstream body streamed through, or a small body made
+//! here), and the request body on its way upstream.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 pub type Body = Either<Streamed, Full<Bytes>>;
@@ -21,17 +23,12 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 }
 
 pub fn streamed(body: Incoming, stall: Duration) -> Body {
-    Either::Left(Streamed {
-        body,
-        stall,
-        last_frame: Instant::now(),
-        timer: None,
-    })
+    Either::Left(Streamed::new(body, stall))
 }
 
-/// An upstream body streamed to the client, cut off when the upstream goes silent for `stall`
-/// mid-body: the client sees a broken response (an incomplete body, an h2 reset), never a
-/// connection held open forever.
+/// A body streamed through, cut off when its sender goes silent for `stall` mid-body. Upstream
+/// to client: the client sees a broken response (an incomplete body, an h2 reset), never a
+/// connection held open forever. Client to upstream: see [`Upload`].
 pub struct Streamed {
     body: Incoming,
     stall: Duration,
@@ -43,10 +40,21 @@ pub struct Streamed {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    #[error("the upstream body broke off: {0}")]
-    Upstream(#[from] hyper::Error),
-    #[error("the upstream went silent mid-body")]
+    #[error("the body broke off: {0}")]
+    Broken(#[from] hyper::Error),
+    #[error("the body's sender went silent mid-body")]
     Stalled,
+}
+
+impl Streamed {
+    fn new(body: Incoming, stall: Duration) -> Self {
+        Self {
+            body,
+            stall,
+            last_frame: Instant::now(),
+            timer: None,
+        }
+    }
 }
 
 impl http_body::Body for Streamed {
@@ -71,11 +79,69 @@ impl http_body::Body for Streamed {
                 return Poll::Pending;
             }
             if timer.deadline() >= deadline {
-                tracing::debug!(stall = ?this.stall, "upstream body stalled");
+                tracing::debug!(stall = ?this.stall, "body stalled");
                 return Poll::Ready(Some(Err(StreamError::Stalled)));
             }
             timer.as_mut().reset(deadline);
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A client's request body on its way upstream: cut off when the client goes silent for
+/// `stall` mid-body, and telling [`UploadEnd`] when it is over, so that the route's timeout for
+/// the upstream's answer starts then, not while a long upload is still going.
+pub struct Upload {
+    body: Streamed,
+    ended: Option<oneshot::Sender<()>>,
+}
+
+/// Resolves once the request body has been sent whole (or dropped).
+pub struct UploadEnd(Option<oneshot::Receiver<()>>);
+
+impl UploadEnd {
+    pub async fn wait(self) {
+        if let Some(ended) = self.0 {
+            let _ = ended.await;
+        }
+    }
+}
+
+pub fn upload(body: Incoming, stall: Duration) -> (Upload, UploadEnd) {
+    // A request without a body (most of them) needs no channel.
+    let (ended, end) = match body.is_end_stream() {
+        true => (None, UploadEnd(None)),
+        false => {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), UploadEnd(Some(rx)))
+        }
+    };
+    let body = Streamed::new(body, stall);
+    (Upload { body, ended }, end)
+}
+
+impl http_body::Body for Upload {
+    type Data = Bytes;
+    type Error = StreamError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None) = frame
+            && let Some(ended) = self.ended.take()
+        {
+            let _ = ended.send(());
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

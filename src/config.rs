@@ -61,6 +61,9 @@ pub struct ServerConfig {
     /// A keep-alive connection with no request under way is closed after this time.
     #[serde(deserialize_with = "duration")]
     pub idle_timeout: Duration,
+    /// A client uploading a body may go silent this long between two pieces of it: 408 after.
+    #[serde(deserialize_with = "duration")]
+    pub request_body_timeout: Duration,
     /// A write to a client may stay pending this long (a client that stopped reading its
     /// response); the connection is closed after.
     #[serde(deserialize_with = "duration")]
@@ -97,6 +100,7 @@ impl Default for ServerConfig {
             workers: 0,
             request_header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            request_body_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             trust_forwarded_headers: false,

@@ -46,7 +46,7 @@ pub enum GateError {
     Unhandled,
     #[error("the request target is too long")]
     UriTooLong,
-    #[error("the request head was not received in time")]
+    #[error("the request was not received in time")]
     RequestTimeout,
     #[error("only the chunked transfer coding is supported")]
     UnsupportedTransferCoding,
@@ -138,7 +138,7 @@ impl GateError {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
             }
             // The body was not read to its end: the connection cannot carry another request.
-            GateError::BodyTooLarge | GateError::InvalidBody => {
+            GateError::BodyTooLarge | GateError::InvalidBody | GateError::RequestTimeout => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             GateError::MethodNotAllowed(allow) => {

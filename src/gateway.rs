@@ -112,7 +112,12 @@ impl State {
             .routes
             .iter()
             .map(|r| Route {
-                upstream: Upstream::new(&r.upstream, r.timeout, client.clone()),
+                upstream: Upstream::new(
+                    &r.upstream,
+                    r.timeout,
+                    config.server.request_body_timeout,
+                    client.clone(),
+                ),
                 config: r.clone(),
             })
             .collect();

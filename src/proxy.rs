@@ -4,6 +4,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::body::{Body, StreamError, Upload};
+use crate::config::UpstreamUrl;
+use crate::error::GateError;
+use crate::tls;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Extensions, Request, Response, StatusCode, Uri, Version, request};
@@ -14,16 +18,8 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tower::ServiceExt;
-use tower::timeout::Timeout;
-use tower::timeout::error::Elapsed;
 
-use crate::body::Body;
-use crate::config::UpstreamUrl;
-use crate::error::GateError;
-use crate::tls;
-
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Upload>;
 
 /// Identity headers ucgate sets upstream: whatever the client sent under these names (or their
 /// `_`/`.` aliases, which some frameworks read as the same header) never reaches an upstream.
@@ -65,25 +61,34 @@ pub fn http_client(ca_bundle: Option<&Path>) -> Result<HttpClient, String> {
         .build(connector))
 }
 
-/// The upstream of one route: its origin and the client wrapped in the route's timeout.
+/// The upstream of one route: its origin, the route's timeout and the shared client.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     scheme: Scheme,
     authority: Authority,
     host: HeaderValue,
+    /// For the response head once the request body is sent, and for any silence mid-body.
     timeout: Duration,
-    service: Timeout<HttpClient>,
+    /// For a client's silence mid-upload.
+    upload_stall: Duration,
+    client: HttpClient,
 }
 
 impl Upstream {
-    pub fn new(url: &UpstreamUrl, timeout: Duration, client: HttpClient) -> Self {
+    pub fn new(
+        url: &UpstreamUrl,
+        timeout: Duration,
+        upload_stall: Duration,
+        client: HttpClient,
+    ) -> Self {
         Self {
             scheme: url.scheme.clone(),
             authority: url.authority.clone(),
             host: HeaderValue::from_str(url.authority.as_str())
                 .expect("an authority is a valid header"),
             timeout,
-            service: Timeout::new(client, timeout),
+            upload_stall,
+            client,
         }
     }
 }
@@ -113,20 +118,27 @@ impl Forward<'_> {
             .then(|| parts.extensions.remove::<OnUpgrade>())
             .flatten();
         self.rewrite(&mut parts, upgrade.is_some())?;
-        let request = Request::from_parts(parts, body);
-        let mut response = match self.upstream.service.clone().oneshot(request).await {
+        let (body, upload_end) = crate::body::upload(body, self.upstream.upload_stall);
+        let response = self
+            .upstream
+            .client
+            .request(Request::from_parts(parts, body));
+        // The route's timeout runs from the end of the upload, not from its start: a long upload
+        // is bounded by its stall limit instead. (So not tower's Timeout, which would start the
+        // clock with the call.)
+        let timeout = self.upstream.timeout;
+        let answer_due = async move {
+            upload_end.wait().await;
+            tokio::time::sleep(timeout).await;
+        };
+        let result = tokio::select! {
+            biased;
+            result = response => result,
+            () = answer_due => return Err(GateError::UpstreamTimeout),
+        };
+        let mut response = match result {
             Ok(response) => response,
-            Err(e) if e.is::<Elapsed>() => return Err(GateError::UpstreamTimeout),
-            // The client's own body broke (bad chunked framing, a cut-off upload): its fault,
-            // not the upstream's.
-            Err(e) if request_body_failed(&*e) => {
-                tracing::debug!(error = %e, "request body broke off");
-                return Err(GateError::InvalidBody);
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, upstream = %self.upstream.authority, "upstream request failed");
-                return Err(GateError::UpstreamUnavailable);
-            }
+            Err(e) => return Err(self.failure(&e)),
         };
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         match (switching, upgrade) {
@@ -140,6 +152,25 @@ impl Forward<'_> {
         }
         strip_hop_by_hop(response.headers_mut(), switching);
         small_body_in_one_piece(response, self.upstream.timeout).await
+    }
+
+    /// Whose fault a failed exchange is: the client's body (silent: 408; malformed or cut off:
+    /// 400), or the upstream's (502).
+    fn failure(&self, e: &hyper_util::client::legacy::Error) -> GateError {
+        match request_body_error(e) {
+            Some(StreamError::Stalled) => {
+                tracing::debug!("the client went silent mid-upload");
+                GateError::RequestTimeout
+            }
+            Some(StreamError::Broken(_)) => {
+                tracing::debug!(error = %e, "request body broke off");
+                GateError::InvalidBody
+            }
+            None => {
+                tracing::debug!(error = %e, upstream = %self.upstream.authority, "upstream request failed");
+                GateError::UpstreamUnavailable
+            }
+        }
     }
 
     fn rewrite(&self, parts: &mut request::Parts, upgrade: bool) -> Result<(), GateError> {
@@ -209,19 +240,16 @@ impl Forward<'_> {
     }
 }
 
-/// Whether hyper's client failed because the request body it was streaming failed. The only
-/// "user" error the client can meet here: ucgate builds every request head itself.
-fn request_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+/// The request body's own failure, if that is why hyper's client failed.
+fn request_body_error<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e StreamError> {
     let mut source = e.source();
     while let Some(e) = source {
-        if e.downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_user)
-        {
-            return true;
+        if let Some(body) = e.downcast_ref::<StreamError>() {
+            return Some(body);
         }
         source = e.source();
     }
-    false
+    None
 }
 
 fn proto_value(tls: bool) -> HeaderValue {

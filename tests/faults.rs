@@ -391,3 +391,96 @@ async fn a_client_that_cuts_off_its_upload_gets_400_not_a_blame_on_the_upstream(
     );
     gate.wait_log("status=400").await;
 }
+
+/// A route with a short answer timeout, and a short limit on a client's silence mid-upload.
+async fn upload_setup() -> (Upstream, Ucgate) {
+    let up = Upstream::start().await;
+    let gate = Ucgate::start(
+        ConfigBuilder::new()
+            .server("request_body_timeout = \"1s\"")
+            .route(route("api", "/api/", &up.url()).timeout("500ms"))
+            .build(),
+    )
+    .await;
+    (up, gate)
+}
+
+/// Sends a chunked upload in `pieces`, `gap` apart; returns ucgate's answer.
+async fn paced_upload(gate: &Ucgate, pieces: usize, gap: Duration, then_stall: bool) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(gate.addr()).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let head = format!(
+        "POST /api/upload HTTP/1.1\r\nHost: gate\r\n{X_AUTH_TOKEN}: {SHARED_TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    let writer = tokio::spawn(async move {
+        wr.write_all(head.as_bytes()).await.unwrap();
+        for _ in 0..pieces {
+            if wr.write_all(b"400\r\n").await.is_err()
+                || wr.write_all(&[b'u'; 0x400]).await.is_err()
+            {
+                return wr;
+            }
+            let _ = wr.write_all(b"\r\n").await;
+            tokio::time::sleep(gap).await;
+        }
+        if !then_stall {
+            let _ = wr.write_all(b"0\r\n\r\n").await;
+        }
+        wr
+    });
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = tokio::time::timeout(BOUND, async {
+        // One answer: a head and its (small, sized) JSON body.
+        while let Ok(n @ 1..) = rd.read(&mut chunk).await {
+            answer.extend_from_slice(&chunk[..n]);
+            let parsed = std::str::from_utf8(&answer).unwrap_or("");
+            if let Some((head, body)) = parsed.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(str::to_owned)
+                    })
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                if length.is_some_and(|n| body.len() >= n) {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "no answer: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    drop(writer.await);
+    answer
+}
+
+#[tokio::test]
+async fn a_long_steady_upload_is_not_cut_by_the_answer_timeout() {
+    let (up, gate) = upload_setup().await;
+    // Ten pieces 200 ms apart: four times the route's 500 ms, never silent for 1 s.
+    let answer = paced_upload(&gate, 10, Duration::from_millis(200), false).await;
+    let r = parse_response(&answer);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["body_len"], 10 * 0x400);
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn a_client_silent_mid_upload_gets_408() {
+    let (up, gate) = upload_setup().await;
+    let answer = paced_upload(&gate, 2, Duration::from_millis(10), true).await;
+    let r = parse_response(&answer);
+    r.assert_error(408, "RequestTimeout");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(
+        up.requests().iter().all(|r| r.body.len() < 2 * 0x400),
+        "the upstream got a complete request"
+    );
+}
