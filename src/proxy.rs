@@ -4,10 +4,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::body::{Body, StreamError, Upload};
-use crate::config::UpstreamUrl;
-use crate::error::GateError;
-use crate::tls;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Extensions, Request, Response, StatusCode, Uri, Version, request};
@@ -18,6 +14,11 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::body::{Body, StreamError, Upload};
+use crate::config::UpstreamUrl;
+use crate::error::GateError;
+use crate::tls;
 
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Upload>;
 
