@@ -1936,19 +1936,8 @@ async fn a_slow_request_head_is_408_and_closed() {
     let sent = wait_closed(&mut silent, "a silent connection").await;
     assert!(sent.is_empty(), "{:?}", String::from_utf8_lossy(&sent));
 
-    let metrics = client()
-        .get(gate.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let count = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("ucgate_request_head_timeouts_total "))
-        .expect("the 408 counter");
-    assert!(count.parse::<u64>().unwrap() >= 2, "{count}");
+    let count = metric(&gate, "ucgate_request_head_timeouts_total").await;
+    assert!(count >= 2, "{count}");
     let paths: Vec<String> = up.requests().into_iter().map(|r| r.path).collect();
     assert_eq!(
         paths,
@@ -2353,20 +2342,9 @@ async fn a_client_that_stops_reading_is_disconnected_after_send_timeout() {
     // Never read: the socket buffers fill, ucgate's writes stay pending, and it gives up.
     let deadline = tokio::time::Instant::now() + BOUND;
     loop {
-        let metrics = client()
-            .get(gate.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let open = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("ucgate_connections_open "))
-            .map(str::to_owned);
+        let open = metric(&gate, "ucgate_connections_open").await;
         // Only this /metrics request's own connection left.
-        if open.as_deref() == Some("1") {
+        if open == 1 {
             break;
         }
         assert!(

@@ -254,9 +254,9 @@ async fn upstream_faults_get_their_answer_and_leave_nothing_behind() {
         "ucgate holds a faulty upstream's connection"
     );
     let fds_before = steady(|| gate.open_fds()).await;
-    let tasks_before = gauge(&gate, "tasks_alive").await;
+    let tasks_before = metric(&gate, "ucgate_tasks_alive").await;
     assert_eq!(
-        gauge(&gate, "connections_open").await,
+        metric(&gate, "ucgate_connections_open").await,
         1,
         "the /metrics request's own"
     );
@@ -301,8 +301,8 @@ async fn upstream_faults_get_their_answer_and_leave_nothing_behind() {
         "file descriptors: {fds_before} before the faults, {fds_after} after: {:?}",
         fd_targets(gate.pid())
     );
-    assert_eq!(gauge(&gate, "connections_open").await, 1);
-    let tasks_after = gauge(&gate, "tasks_alive").await;
+    assert_eq!(metric(&gate, "ucgate_connections_open").await, 1);
+    let tasks_after = metric(&gate, "ucgate_tasks_alive").await;
     assert!(
         tasks_after <= tasks_before,
         "tasks alive: {tasks_before} before the faults, {tasks_after} after"
@@ -329,23 +329,6 @@ async fn upstream_faults_get_their_answer_and_leave_nothing_behind() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(!gate.logs().contains(SHARED_TOKEN));
-}
-
-/// A gauge of `/metrics`, read on a connection of its own.
-async fn gauge(gate: &Ucgate, name: &str) -> i64 {
-    let text = client()
-        .get(gate.url("/metrics"))
-        .header("connection", "close")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let prefix = format!("ucgate_{name} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
 }
 
 /// What a process's descriptors point at, for a failure message.

@@ -314,22 +314,6 @@ fn assert_no_secret(text: &str, secrets: &[&str], what: &str) {
     }
 }
 
-/// The value of one sample of `/metrics`, 0 when absent. `series` is the name with its labels
-/// as printed, e.g. `ucgate_logins_total{method="password",outcome="success"}`.
-async fn metric(gate: &Ucgate, series: &str) -> u64 {
-    let text = client()
-        .get(gate.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0, |v| v.trim().parse().unwrap())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Login
 // ---------------------------------------------------------------------------------------------

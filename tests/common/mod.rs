@@ -1110,6 +1110,24 @@ pub fn h2_client() -> reqwest::Client {
         .unwrap()
 }
 
+/// The value of one sample of `/metrics`, 0 when absent, read on a connection of its own.
+/// `series` is the name with its labels as printed, e.g.
+/// `ucgate_logins_total{method="password",outcome="success"}`.
+pub async fn metric(gate: &Ucgate, series: &str) -> u64 {
+    let text = client()
+        .get(gate.url("/metrics"))
+        .header(header::CONNECTION, "close")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
 /// Checks an error made by ucgate: status, JSON content type, `error` code, a `message`.
 /// Returns the body.
 pub async fn assert_error(
