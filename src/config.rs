@@ -529,14 +529,14 @@ impl Config {
                 "server.max_headers, max_uri_length, max_connections, max_concurrent_streams: must be more than zero".into(),
             );
         }
-        if s.request_header_timeout.is_zero()
-            || s.idle_timeout.is_zero()
-            || s.send_timeout.is_zero()
-        {
-            return Err(
-                "server.request_header_timeout, idle_timeout, send_timeout: must be more than zero"
-                    .into(),
-            );
+        let timeouts = [
+            ("request_header_timeout", s.request_header_timeout),
+            ("request_body_timeout", s.request_body_timeout),
+            ("idle_timeout", s.idle_timeout),
+            ("send_timeout", s.send_timeout),
+        ];
+        if let Some((key, _)) = timeouts.iter().find(|(_, t)| t.is_zero()) {
+            return Err(format!("server.{key}: must be more than zero"));
         }
         Ok(())
     }
@@ -704,6 +704,29 @@ upstream = "http://127.0.0.1:9100"
 accept = ["shared", "uc"]
 upstream_auth = "shared"
 "#;
+
+    #[test]
+    fn client_timeouts_have_defaults_and_must_not_be_zero() {
+        let c = parse(ROUTE).unwrap();
+        assert_eq!(c.server.request_header_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.request_body_timeout, Duration::from_secs(60));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.server.send_timeout, Duration::from_secs(60));
+        for key in [
+            "request_header_timeout",
+            "request_body_timeout",
+            "idle_timeout",
+            "send_timeout",
+        ] {
+            let err = parse(&format!("[server]\n{key} = \"0s\"\n{ROUTE}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("server.{key}: must be more than zero")),
+                "{err}"
+            );
+        }
+    }
 
     #[test]
     fn defaults_and_route() {
