@@ -120,8 +120,9 @@ impl RequestTracker {
         })
     }
 
-    pub fn started(&self) {
-        self.exchanges.started.fetch_add(1, Ordering::Release);
+    /// Counts a request started; returns how many the connection has carried, this one included.
+    pub fn started(&self) -> u32 {
+        self.exchanges.started.fetch_add(1, Ordering::Release) + 1
     }
 }
 

@@ -49,6 +49,9 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
+/// Far beyond any file-descriptor limit; keeps the count of connection slots a `u32`.
+const MAX_CONNECTIONS: usize = 1_000_000;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
@@ -88,6 +91,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Concurrent h2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// Requests (h2 streams included) one connection may carry; then it is closed gracefully and
+    /// the client opens another.
+    pub max_requests_per_connection: u32,
     /// How often watched files are checked for changes; "0s" turns watching off (SIGHUP still works).
     #[serde(deserialize_with = "duration")]
     pub watch_interval: Duration,
@@ -113,6 +119,7 @@ impl Default for ServerConfig {
             max_uri_length: 8 * 1024,
             max_connections: 10_000,
             max_concurrent_streams: 256,
+            max_requests_per_connection: 1000,
         }
     }
 }
@@ -524,10 +531,14 @@ impl Config {
             || s.max_uri_length == 0
             || s.max_connections == 0
             || s.max_concurrent_streams == 0
+            || s.max_requests_per_connection == 0
         {
             return Err(
-                "server.max_headers, max_uri_length, max_connections, max_concurrent_streams: must be more than zero".into(),
+                "server.max_headers, max_uri_length, max_connections, max_concurrent_streams, max_requests_per_connection: must be more than zero".into(),
             );
+        }
+        if s.max_connections > MAX_CONNECTIONS {
+            return Err(format!("server.max_connections: at most {MAX_CONNECTIONS}"));
         }
         let timeouts = [
             ("request_header_timeout", s.request_header_timeout),

@@ -6,13 +6,12 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceBuilder;
 
@@ -48,7 +47,12 @@ pub async fn serve(
         idle: config.idle_timeout,
         send: config.send_timeout,
     };
-    let graceful = GracefulShutdown::new();
+    let limits = ConnLimits {
+        timeouts,
+        max_requests: config.max_requests_per_connection,
+    };
+    // Connections drain when this turns true; they are all gone when every slot is back.
+    let (drain, draining) = watch::channel(false);
     let (accepted_tx, mut accepted) = mpsc::channel::<Accepted>(64);
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let mut acceptors = tokio::task::JoinSet::new();
@@ -67,18 +71,18 @@ pub async fn serve(
     loop {
         tokio::select! {
             Some((stream, remote, permit)) = accepted.recv() => {
-                let (gateway, builder, watcher) = (gateway.clone(), builder.clone(), graceful.watcher());
+                let (gateway, builder, draining) = (gateway.clone(), builder.clone(), draining.clone());
                 let handshake_timeout = config.request_header_timeout;
                 tokio::spawn(async move {
                     let _slot = Slot::taken(permit);
                     // The acceptor of the current state: a reload brings new certificates to
                     // new connections.
                     let Some(tls) = gateway.state().tls.clone() else {
-                        return serve_connection(&builder, timeouts, watcher, &gateway, stream, ConnInfo { remote, tls: false }).await;
+                        return serve_connection(&builder, limits, draining, &gateway, stream, ConnInfo { remote, tls: false }).await;
                     };
                     match tokio::time::timeout(handshake_timeout, TlsAcceptor::from(tls).accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            serve_connection(&builder, timeouts, watcher, &gateway, stream, ConnInfo { remote, tls: true }).await;
+                            serve_connection(&builder, limits, draining, &gateway, stream, ConnInfo { remote, tls: true }).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
@@ -91,31 +95,47 @@ pub async fn serve(
     // Closing the listeners first: new connections are refused while the old ones drain.
     acceptors.shutdown().await;
     drop(accepted);
-    let open = graceful.count();
+    let open = config.max_connections - connections.available_permits();
     tracing::info!(open_connections = open, grace = ?config.shutdown_grace, "shutting down");
+    drain.send_replace(true);
+    let every_slot = u32::try_from(config.max_connections).expect("max_connections is bounded");
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = connections.acquire_many(every_slot) => tracing::info!("all connections closed"),
         () = tokio::time::sleep(config.shutdown_grace) => {
             tracing::warn!("grace period over, closing the remaining connections");
         }
     }
 }
 
+/// What bounds one client connection.
+#[derive(Debug, Clone, Copy)]
+struct ConnLimits {
+    timeouts: Timeouts,
+    max_requests: u32,
+}
+
+/// Serves one connection until it ends. It ends gracefully (requests under way finish, then
+/// the close or an h2 GOAWAY) when ucgate drains, or once it has carried `max_requests`: a
+/// client cannot keep one connection forever, nor open and cancel h2 streams without end.
 async fn serve_connection<S>(
     builder: &auto::Builder<TokioExecutor>,
-    timeouts: Timeouts,
-    watcher: Watcher,
+    limits: ConnLimits,
+    mut draining: watch::Receiver<bool>,
     gateway: &Gateway,
     stream: S,
     conn: ConnInfo,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (stream, tracker) = client_timeouts::wrap(stream, timeouts);
+    let (stream, tracker) = client_timeouts::wrap(stream, limits.timeouts);
     let finished = tracker.clone();
+    let enough = Arc::new(Notify::new());
+    let reached = enough.clone();
     let service = ServiceBuilder::new()
         .map_request(move |req| {
-            tracker.started();
+            if tracker.started() == limits.max_requests {
+                reached.notify_one();
+            }
             req
         })
         .map_response(move |response| finished.track(response))
@@ -123,7 +143,25 @@ async fn serve_connection<S>(
         .service(gateway.service(conn));
     let connection = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
-    if let Err(e) = watcher.watch(connection).await {
+    tokio::pin!(connection);
+    let closing = async {
+        tokio::select! {
+            _ = draining.wait_for(|drain| *drain) => {}
+            () = enough.notified() => {}
+        }
+    };
+    tokio::pin!(closing);
+    let mut closed = false;
+    let ended = loop {
+        tokio::select! {
+            ended = connection.as_mut() => break ended,
+            () = &mut closing, if !closed => {
+                closed = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(remote = %conn.remote, error = %e, "connection ended with an error");
     }
 }

@@ -2350,3 +2350,51 @@ async fn a_client_that_stops_reading_is_disconnected_after_send_timeout() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn a_connection_is_closed_gracefully_after_max_requests() {
+    let (up, gate) = limits_setup(&["max_requests_per_connection = 3"]).await;
+    // HTTP/1.1: the third answer says it closes, and the connection ends after it.
+    let mut stream = TcpStream::connect(gate.addr()).await.unwrap();
+    for (i, expected) in [None, None, Some("close")].into_iter().enumerate() {
+        let r = keep_alive_get(&mut stream, &format!("/api/h1-{i}")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("connection"), expected, "request {i}");
+    }
+    let after = wait_closed(&mut stream, "a connection past its requests").await;
+    assert!(after.is_empty(), "{:?}", String::from_utf8_lossy(&after));
+
+    // h2: a GOAWAY after the third stream; the client moves to a new connection unharmed.
+    let h2 = h2_client();
+    for i in 0..7 {
+        let r = h2
+            .get(gate.url(&format!("/api/h2-{i}")))
+            .header(X_AUTH_TOKEN, SHARED_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "stream {i}");
+    }
+    assert_eq!(up.count(), 10);
+
+    // The same seen from the h2 connection: after three streams the server says GOAWAY, and the
+    // connection ends cleanly once they are answered.
+    let tcp = TcpStream::connect(gate.addr()).await.unwrap();
+    let (mut sender, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    for i in 0..3 {
+        sender = sender.ready().await.unwrap();
+        let request = http::Request::get(format!("http://gate/api/raw-{i}"))
+            .header(X_AUTH_TOKEN, SHARED_TOKEN)
+            .body(())
+            .unwrap();
+        let (response, _) = sender.send_request(request, true).unwrap();
+        assert_eq!(response.await.unwrap().status(), 200);
+    }
+    let ended = tokio::time::timeout(BOUND, connection)
+        .await
+        .expect("the connection outlived its requests")
+        .unwrap();
+    assert!(ended.is_ok(), "{ended:?}");
+    assert_eq!(up.count(), 13);
+}
