@@ -7,7 +7,6 @@
 
 mod xml;
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -459,28 +458,7 @@ pub async fn handle(
             return Err(refusal.into());
         }
     };
-    issue(&state, throttle, &login, addr)
-}
-
-fn issue(
-    state: &State,
-    throttle: &Throttle,
-    login: &str,
-    addr: IpAddr,
-) -> Result<Response<Body>, GateError> {
-    match login::issue_for(state, login, Method::Cas) {
-        Ok(response) => {
-            throttle.record_success(login);
-            Ok(response)
-        }
-        Err(e) => {
-            if matches!(e, GateError::UserNotFound) {
-                throttle.record_failure(login, addr, &state.config.login);
-            }
-            tracing::info!(client = %addr, method = "cas", login, "login refused: not allowed in the directory");
-            Err(e)
-        }
-    }
+    login::issue_proven(&state, throttle, &login, Method::Cas, addr)
 }
 
 #[cfg(test)]

@@ -363,26 +363,15 @@ mod accept {
         throttle
             .check(&login, addr)
             .map_err(GateError::locked_out)?;
-        match login::issue_for(state, &login, Method::Kerberos) {
-            Ok(mut response) => {
-                throttle.record_success(&login);
-                if let Some(reply) = accepted.reply {
-                    let value =
-                        HeaderValue::try_from(format!("Negotiate {}", STANDARD.encode(reply)))
-                            .map_err(|_| GateError::Unhandled)?;
-                    response
-                        .headers_mut()
-                        .insert(header::WWW_AUTHENTICATE, value);
-                }
-                Ok(response)
-            }
-            Err(GateError::UserNotFound) => {
-                tracing::info!(client = %addr, method = "kerberos", login, "sso refused: not a CTI user");
-                throttle.record_failure(&login, addr, &state.config.login);
-                Err(GateError::UserNotFound)
-            }
-            Err(e) => Err(e),
+        let mut response = login::issue_proven(state, throttle, &login, Method::Kerberos, addr)?;
+        if let Some(reply) = accepted.reply {
+            let value = HeaderValue::try_from(format!("Negotiate {}", STANDARD.encode(reply)))
+                .map_err(|_| GateError::Unhandled)?;
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
         }
+        Ok(response)
     }
 
     fn unmapped(

@@ -1,5 +1,6 @@
 //! `POST /xuc/api/2.0/auth/login`: login and password for a UC token.
 
+use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
@@ -91,17 +92,27 @@ pub async fn handle(
     }
 }
 
-/// The answer of the single sign-on endpoints once the identity is proven: the login must be in
-/// the directory with CTI login enabled and a profile, else `UserNotFound`.
-pub fn issue_for(state: &State, login: &str, method: Method) -> Result<Response<Body>, GateError> {
+/// The answer of the single sign-on endpoints once an identity provider proved `login`: the
+/// login must be in the directory with CTI login enabled and a profile, else `UserNotFound`,
+/// which counts as a failure for the brute-force protection.
+pub fn issue_proven(
+    state: &State,
+    throttle: &Throttle,
+    login: &str,
+    method: Method,
+    addr: IpAddr,
+) -> Result<Response<Body>, GateError> {
     let (Some(tokens), Some(users)) = (&state.tokens, &state.users) else {
         return Err(GateError::NoRoute);
     };
-    let profile = users
-        .get(login)
-        .and_then(|u| u.login_profile())
-        .ok_or(GateError::UserNotFound)?;
-    issue(tokens, login, profile, method, None)
+    let Some(profile) = users.get(login).and_then(|u| u.login_profile()) else {
+        throttle.record_failure(login, addr, &state.config.login);
+        tracing::info!(client = %addr, method = method.as_str(), login, "login refused: not in the directory or not allowed");
+        return Err(GateError::UserNotFound);
+    };
+    let response = issue(tokens, login, profile, method, None)?;
+    throttle.record_success(login);
+    Ok(response)
 }
 
 /// The answer of every exchange endpoint: `{"login", "token", "TTL"}`.

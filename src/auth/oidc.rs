@@ -245,19 +245,7 @@ pub async fn handle(
             return Err(authentication_failed(reason));
         }
     };
-    let login = &*verified.login;
-    match login::issue_for(&state, login, Method::Oidc) {
-        Ok(response) => {
-            throttle.record_success(login);
-            Ok(response)
-        }
-        Err(GateError::UserNotFound) => {
-            throttle.record_failure(login, addr, &state.config.login);
-            tracing::info!(client = %addr, login, method = "oidc", "login refused: not in the directory or not allowed");
-            Err(GateError::UserNotFound)
-        }
-        Err(e) => Err(e),
-    }
+    login::issue_proven(&state, throttle, &verified.login, Method::Oidc, addr)
 }
 
 fn refused_by(throttle: &Throttle, state: &State, addr: IpAddr, reason: &str) {
