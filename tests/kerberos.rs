@@ -415,24 +415,10 @@ async fn a_changed_keytab_is_reloaded_and_a_broken_one_refused_while_serving_goe
     let kdc = Kdc::start();
     kdc.kinit("alice", "alicepw");
     let upstream = Upstream::start().await;
-    let keytab = std::fs::read(kdc.path("http.keytab")).unwrap();
-    let config = ConfigBuilder::new()
-        .server("watch_interval = \"200ms\"")
-        .raw("[tokens]\n\n[users]\nfile = \"users.toml\"\n")
-        .raw("[kerberos]\nkeytab = \"http.keytab\"\nreplay_cache = \"krb5.rcache2\"\n")
-        .route(
-            route("api", "/api/", &upstream.url())
-                .accept(&["uc"])
-                .upstream_auth("none"),
-        )
-        .build();
-    let gate = Ucgate::builder(config)
-        .file("users.toml", USERS)
-        .file("http.keytab", &keytab)
-        .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
-        .env("KRB5_CONFIG", kdc.krb5_config())
-        .start()
-        .await;
+    // The keytab is the realm's own: nothing but ucgate reads it once the tickets are issued.
+    let gate = ucgate(&kdc, config(&kdc, &upstream.url(), "")).await;
+    let path = kdc.path("http.keytab");
+    let keytab = std::fs::read(&path).unwrap();
     let sso_works = || {
         let curl = kdc.curl_negotiate("alice", &localhost_url(&gate, SSO), &[]);
         assert_eq!(curl.status, 200, "{curl:?}\n{}", gate.logs());
@@ -441,19 +427,13 @@ async fn a_changed_keytab_is_reloaded_and_a_broken_one_refused_while_serving_goe
 
     // Replaced by something that is not a keytab: the watcher notices, the reload is refused
     // with the reason, and the keys already loaded keep serving.
-    let path = gate.dir().join("http.keytab");
-    let replace = |contents: &[u8]| {
-        let staged = gate.dir().join("http.keytab.new");
-        std::fs::write(&staged, contents).unwrap();
-        std::fs::rename(&staged, &path).unwrap();
-    };
-    replace(b"not a keytab");
+    write_atomic(&path, b"not a keytab");
     let refused = gate.wait_log("reload refused").await;
     assert!(refused.contains("keytab"), "{refused}");
     sso_works();
 
     // Put back: reloaded.
-    replace(&keytab);
+    write_atomic(&path, &keytab);
     gate.wait_log("configuration reloaded").await;
     sso_works();
 }

@@ -25,14 +25,6 @@ use tokio::net::TcpListener;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Replaces a file in one step (write beside it, rename), as editors and config managers do:
-/// ucgate never reads half a file.
-fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) {
-    let tmp = path.with_extension("tmp-write");
-    std::fs::write(&tmp, contents).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 /// How many log lines contain `needle`.
 fn log_count(gate: &Ucgate, needle: &str) -> usize {
     gate.logs().lines().filter(|l| l.contains(needle)).count()

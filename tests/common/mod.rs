@@ -1110,6 +1110,14 @@ pub fn h2_client() -> reqwest::Client {
         .unwrap()
 }
 
+/// Replaces a file in one step (write beside it, rename), as editors and config managers do:
+/// ucgate never reads half a file.
+pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 /// The value of one sample of `/metrics`, 0 when absent, read on a connection of its own.
 /// `series` is the name with its labels as printed, e.g.
 /// `ucgate_logins_total{method="password",outcome="success"}`.
