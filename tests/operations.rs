@@ -827,6 +827,21 @@ fn tls_client(ca: &CertifiedIssuer<'static, KeyPair>) -> reqwest::ClientBuilder 
         .timeout(Duration::from_secs(60))
 }
 
+/// ucgate serving HTTPS with `leaf` (`cert.pem`, `key.pem`, watched), `/api/` to `up`, and one
+/// more `[server]` line.
+async fn tls_gate(up: &Upstream, leaf: &Leaf, server_line: &str) -> Ucgate {
+    let config = ConfigBuilder::new()
+        .server("tls = { cert = \"cert.pem\", key = \"key.pem\" }")
+        .server(server_line)
+        .route(route("api", "/api/", &up.url()))
+        .build();
+    Ucgate::builder(config)
+        .file("cert.pem", &leaf.cert_pem)
+        .file("key.pem", &leaf.key_pem)
+        .start()
+        .await
+}
+
 fn peer_certificate(response: &reqwest::Response) -> Vec<u8> {
     response
         .extensions()
@@ -841,16 +856,7 @@ async fn the_tls_listener_serves_h1_and_h2_and_picks_up_new_certificates() {
     let up = Upstream::start().await;
     let (ca1, ca2) = (ca("ucgate test CA 1"), ca("ucgate test CA 2"));
     let first = leaf(&ca1, "ucgate-first", 1);
-    let config = ConfigBuilder::new()
-        .server("watch_interval = \"200ms\"")
-        .server("tls = { cert = \"cert.pem\", key = \"key.pem\" }")
-        .route(route("api", "/api/", &up.url()))
-        .build();
-    let gate = Ucgate::builder(config)
-        .file("cert.pem", &first.cert_pem)
-        .file("key.pem", &first.key_pem)
-        .start()
-        .await;
+    let gate = tls_gate(&up, &first, "watch_interval = \"200ms\"").await;
     let https = |path: &str| format!("https://{}{path}", gate.addr());
 
     for (builder, version) in [
@@ -1326,17 +1332,12 @@ fn a_sighup_right_after_start_reloads_instead_of_killing() {
 async fn a_slow_head_over_tls_is_408_too() {
     let up = Upstream::start().await;
     let ca1 = ca("ucgate test CA");
-    let cert = leaf(&ca1, "ucgate", 1);
-    let config = ConfigBuilder::new()
-        .server("tls = { cert = \"cert.pem\", key = \"key.pem\" }")
-        .server("request_header_timeout = \"1s\"")
-        .route(route("api", "/api/", &up.url()))
-        .build();
-    let gate = Ucgate::builder(config)
-        .file("cert.pem", &cert.cert_pem)
-        .file("key.pem", &cert.key_pem)
-        .start()
-        .await;
+    let gate = tls_gate(
+        &up,
+        &leaf(&ca1, "ucgate", 1),
+        "request_header_timeout = \"1s\"",
+    )
+    .await;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca1.der().clone()).unwrap();
     let tls = rustls::ClientConfig::builder()
