@@ -7,7 +7,9 @@ mod common;
 
 use cas_support::{CasServer, FakeCas, Pki, TlsCas, http_200, http_response};
 use common::faulty::{End, Fault, FaultyUpstream};
-use common::{BOUND, Ucgate, Upstream, assert_error, client, closed_url, route, toml_str};
+use common::{
+    BOUND, SSO_USERS, Ucgate, Upstream, assert_error, client, closed_url, route, toml_str,
+};
 use std::sync::atomic::Ordering;
 
 const SIGNING_KEY: &str = "test-signing-key-cas-0123456789abcdef01234";
@@ -18,18 +20,6 @@ const OTHER_SERVICE: &str = "http://localhost:8081/ucassistant/";
 /// Starts with an allowed pattern as text, but is another path: a naive prefix match admits it.
 const EVIL_SERVICE: &str = "http://127.0.0.1:8081/ucassistant.evil/";
 const NS: &str = r#"xmlns:cas="http://www.yale.edu/tp/cas""#;
-
-const USERS: &str = r#"
-[[user]]
-login = "alice"
-cti_enabled = true
-profile = "agent"
-
-[[user]]
-login = "bob"
-cti_enabled = false
-profile = "agent"
-"#;
 
 /// ucgate with `[cas]` (the given lines), the directory above, and `/uconly/` opened by UC tokens.
 async fn ucgate(up: &Upstream, cas_lines: &str) -> Ucgate {
@@ -45,7 +35,7 @@ async fn ucgate(up: &Upstream, cas_lines: &str) -> Ucgate {
         .build();
     Ucgate::builder(config)
         .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
-        .file("users.toml", USERS)
+        .file("users.toml", SSO_USERS)
         .start()
         .await
 }
@@ -495,7 +485,7 @@ fn a_bad_cas_section_refuses_to_start() {
     ] {
         let finished = Ucgate::builder(format!("{base}{cas}"))
             .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
-            .file("users.toml", USERS)
+            .file("users.toml", SSO_USERS)
             .run(&["check-config"]);
         assert_eq!(finished.code(), Some(2), "{cas}: {}", finished.stderr);
         assert!(
@@ -524,7 +514,7 @@ async fn tls_to_cas_is_checked_against_the_ca_bundle() {
             .build();
         let mut builder = Ucgate::builder(config)
             .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
-            .file("users.toml", USERS);
+            .file("users.toml", SSO_USERS);
         if let Some(name) = bundle {
             builder = builder.file("cas-ca.pem", pki.pem(name));
         }

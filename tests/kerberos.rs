@@ -9,17 +9,6 @@ use kerberos_support::*;
 
 const SSO: &str = "/xuc/api/2.0/auth/sso";
 const SIGNING_KEY: &str = "kerberos-test-signing-key-0123456789abcdef-SECRET";
-const USERS: &str = r#"
-[[user]]
-login = "alice"
-cti_enabled = true
-profile = "agent"
-
-[[user]]
-login = "bob"
-cti_enabled = false
-profile = "agent"
-"#;
 /// A base64 NTLMSSP NEGOTIATE message, as a Windows client offers when it has no ticket.
 const NTLM_NEGOTIATE: &str = "TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAKAGFKAAAADw==";
 
@@ -46,7 +35,7 @@ fn config(kdc: &Kdc, upstream: &str, kerberos_extra: &str) -> String {
 
 async fn ucgate(kdc: &Kdc, config: String) -> Ucgate {
     Ucgate::builder(config)
-        .file("users.toml", USERS)
+        .file("users.toml", SSO_USERS)
         .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
         .env("KRB5_CONFIG", kdc.krb5_config())
         .start()
@@ -342,7 +331,7 @@ async fn a_bad_keytab_refuses_to_start() {
                 .raw(&kerberos)
                 .build(),
         )
-        .file("users.toml", USERS)
+        .file("users.toml", SSO_USERS)
         .file("empty.keytab", [0x05, 0x02])
         .file("garbage.keytab", "not a keytab")
         .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
@@ -394,7 +383,7 @@ async fn without_a_kerberos_section_the_endpoint_is_404() {
             .raw("[tokens]\n\n[users]\nfile = \"users.toml\"\n")
             .build(),
     )
-    .file("users.toml", USERS)
+    .file("users.toml", SSO_USERS)
     .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
     .start()
     .await;

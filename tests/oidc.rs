@@ -15,19 +15,6 @@ const OIDC: &str = "/xuc/api/2.0/auth/oidc";
 const CHALLENGE: &str = "Bearer error=\"invalid_token\"";
 const REFETCH_LOG: &str = "unknown key id; fetching the provider's keys again";
 
-/// alice may log in; bob has CTI login disabled; carol (known to the provider) is not here.
-const USERS: &str = r#"
-[[user]]
-login = "alice"
-cti_enabled = true
-profile = "agent"
-
-[[user]]
-login = "bob"
-cti_enabled = false
-profile = "agent"
-"#;
-
 /// A UC-only route to `up`, UC tokens, the users above, and `[oidc]` for `issuer` with `extra`
 /// lines. The lockout is out of the way unless a test sets `[login]` itself.
 fn config(up_url: &str, issuer: &str, extra: &str, login: &str) -> String {
@@ -56,7 +43,7 @@ fn config(up_url: &str, issuer: &str, extra: &str, login: &str) -> String {
 async fn start_gate(up_url: &str, issuer: &str, extra: &str, login: &str) -> Ucgate {
     Ucgate::builder(config(up_url, issuer, extra, login))
         .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
-        .file("users.toml", USERS)
+        .file("users.toml", SSO_USERS)
         .start()
         .await
 }

@@ -36,6 +36,20 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 /// leak into logs, URLs or bodies can be grepped for.
 pub const SHARED_TOKEN: &str = "st-7Qk2vX9pL4mZ8wR1-shared-SECRET";
 
+/// The directory of the single sign-on tests: alice may log in; bob has CTI login disabled;
+/// anyone else (carol, known to the identity providers) is not in it.
+pub const SSO_USERS: &str = r#"
+[[user]]
+login = "alice"
+cti_enabled = true
+profile = "agent"
+
+[[user]]
+login = "bob"
+cti_enabled = false
+profile = "agent"
+"#;
+
 /// The UC-token header, as clients spell it.
 pub const X_AUTH_TOKEN: &str = "X-Auth-Token";
 
