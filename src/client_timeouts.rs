@@ -73,9 +73,8 @@ pub struct DeadlineIo<IO> {
     /// costs no timer-wheel update unless the deadline moves earlier.
     timer: Pin<Box<Sleep>>,
     /// Bytes of the h2 preface matched so far; `None` once the connection is known to be HTTP/1.
+    /// All of it: h2, no deadline here.
     preface_matched: Option<usize>,
-    /// h2: no deadline here.
-    h2: bool,
     /// The 408 being written, and how much of it is out.
     refusing: Option<(Bytes, usize)>,
     /// Armed while a write is pending: the client is not reading.
@@ -103,7 +102,6 @@ pub fn wrap<IO>(io: IO, timeouts: Timeouts) -> (DeadlineIo<IO>, RequestTracker) 
         deadline,
         timer: Box::pin(tokio::time::sleep_until(deadline)),
         preface_matched: Some(0),
-        h2: false,
         refusing: None,
         write_stall: None,
     };
@@ -184,16 +182,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> DeadlineIo<IO> {
         }
     }
 
+    fn is_h2(&self) -> bool {
+        self.preface_matched == Some(H2_PREFACE.len())
+    }
+
     fn on_bytes(&mut self, bytes: &[u8]) {
         if let Some(matched) = self.preface_matched {
             let n = bytes.len().min(H2_PREFACE.len() - matched);
-            if bytes[..n] != H2_PREFACE[matched..matched + n] {
-                self.preface_matched = None;
-            } else if matched + n == H2_PREFACE.len() {
-                self.h2 = true;
+            self.preface_matched =
+                (bytes[..n] == H2_PREFACE[matched..matched + n]).then_some(matched + n);
+            if self.is_h2() {
                 return;
-            } else {
-                self.preface_matched = Some(matched + n);
             }
         }
         if self.phase == Phase::Waiting {
@@ -245,7 +244,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.h2 {
+        if this.is_h2() {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
         if this.refusing.is_some() {
