@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -75,8 +75,8 @@ pub struct DeadlineIo<IO> {
     /// Bytes of the h2 preface matched so far; `None` once the connection is known to be HTTP/1.
     /// All of it: h2, no deadline here.
     preface_matched: Option<usize>,
-    /// The 408 being written, and how much of it is out.
-    refusing: Option<(Bytes, usize)>,
+    /// Set once the head's deadline passed: what of the 408 is still to write.
+    refusing: Option<Bytes>,
     /// Armed while a write is pending: the client is not reading.
     write_stall: Option<Pin<Box<Sleep>>>,
 }
@@ -220,18 +220,26 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> DeadlineIo<IO> {
     }
 
     /// Writes the 408, then reports the end of the input so that hyper closes the connection.
+    /// The write is bounded by `send` like any other: a client that reads nothing does not hold
+    /// the connection open.
     fn poll_refuse(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let (response, written) = self
+        let mut rest = self
             .refusing
-            .get_or_insert_with(|| (request_timeout_response(), 0));
-        while *written < response.len() {
-            match Pin::new(&mut self.inner).poll_write(cx, &response[*written..]) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
-                Poll::Ready(Ok(n)) => *written += n,
-                Poll::Pending => return Poll::Pending,
+            .take()
+            .unwrap_or_else(request_timeout_response);
+        while !rest.is_empty() {
+            let outcome = Pin::new(&mut self.inner).poll_write(cx, &rest);
+            match self.bound_write(cx, outcome) {
+                Poll::Ready(Ok(n)) if n > 0 => rest.advance(n),
+                // Closed, or not read in time: given up, the input ends all the same.
+                Poll::Ready(_) => rest.clear(),
+                Poll::Pending => {
+                    self.refusing = Some(rest);
+                    return Poll::Pending;
+                }
             }
         }
-        // A client that does not read is not waited for: the write side closes with the input.
+        self.refusing = Some(rest);
         let _ = Pin::new(&mut self.inner).poll_flush(cx);
         Poll::Ready(Ok(()))
     }
@@ -404,6 +412,17 @@ mod tests {
         }
         let waited = tokio::time::timeout(TIMEOUTS.idle * 2, io.read(&mut buf)).await;
         assert!(waited.is_err(), "an h2 connection got an HTTP/1 deadline");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_408_the_client_never_takes_ends_the_input_after_the_send_timeout() {
+        // Too small a buffer for the 408, and a client that never reads it.
+        let (mut client, server) = duplex(16);
+        let (mut io, _tracker) = wrap(server, TIMEOUTS);
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let started = Instant::now();
+        assert_eq!(read_all(&mut io).await, b"GET / HTTP/1.1\r\n");
+        assert_eq!(started.elapsed(), TIMEOUTS.head + TIMEOUTS.send);
     }
 
     #[tokio::test(start_paused = true)]
