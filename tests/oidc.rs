@@ -4,7 +4,7 @@
 mod common;
 mod oidc_support;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey};
@@ -111,13 +111,6 @@ fn assert_not_logged(gate: &Ucgate, secrets: &[&str]) {
             "a credential is in the logs:\n{logs}"
         );
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 #[tokio::test]

@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -408,16 +407,7 @@ const SIGNING_KEY: &str = "test-signing-key-0123456789abcdef0123456789";
 
 /// `ucgate hash-password` with the password on stdin.
 fn hash_password(password: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ucgate"))
-        .arg("hash-password")
-        .env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = hash_password_run(&format!("{password}\n"));
     assert!(output.status.success(), "{output:?}");
     let hash = String::from_utf8(output.stdout).unwrap().trim().to_owned();
     assert!(hash.starts_with("$argon2id$"), "{hash}");

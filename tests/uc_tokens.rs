@@ -5,9 +5,8 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -247,16 +246,9 @@ fn hs256(secret: &[u8], claims: &Value) -> String {
     sign(Algorithm::HS256, &EncodingKey::from_secret(secret), claims)
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 /// Claims as ucgate issues them, for `sub` with `profile`, expiring in an hour.
 fn claims(sub: &str, profile: &str) -> Value {
-    let iat = now();
+    let iat = unix_now();
     json!({
         "iss": "ucgate", "sub": sub, "profile": profile, "method": "password",
         "iat": iat, "exp": iat + 3600, "jti": "0123456789abcdef0123456789abcdef",
@@ -334,7 +326,7 @@ async fn login_issues_a_signed_token_with_the_expected_claims_and_ttl() {
     assert_eq!(c["method"], "password");
     let (iat, exp) = (c["iat"].as_u64().unwrap(), c["exp"].as_u64().unwrap());
     assert_eq!(exp - iat, 3600, "{c}");
-    assert!(iat.abs_diff(now()) < 60, "{c}");
+    assert!(iat.abs_diff(unix_now()) < 60, "{c}");
     let jti = c["jti"].as_str().unwrap();
     assert!(jti.len() >= 16, "{c}");
     // The token is signed with the configured key: the test can verify it too.
@@ -538,23 +530,7 @@ async fn malformed_oversized_and_non_post_logins_are_refused() {
 #[tokio::test]
 async fn hash_password_reads_stdin_and_its_hash_works_in_the_users_file() {
     const PASSWORD: &str = "from-STDIN-pw-8Hq2 with spaces";
-    let hash_of = |input: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ucgate"))
-            .arg("hash-password")
-            .env_clear()
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let hash_of = hash_password_run;
     let out = hash_of(&format!("{PASSWORD}\n"));
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8(out.stdout).unwrap();
@@ -1005,8 +981,8 @@ async fn forged_tokens_are_refused_and_never_reach_the_upstream() {
     }
     // Expired long ago, correctly signed: expired, whatever the cache.
     let mut expired = claims("alice", "agent");
-    expired["iat"] = json!(now() - 7200);
-    expired["exp"] = json!(now() - 3600);
+    expired["iat"] = json!(unix_now() - 7200);
+    expired["exp"] = json!(unix_now() - 3600);
     assert_refused(&gate, &hs256(key, &expired), "TokenExpired", "expired").await;
 
     assert_eq!(up.count(), 0, "{:#?}", up.requests());
@@ -1171,7 +1147,7 @@ async fn asymmetric_end_to_end(alg: Algorithm, name: &str, keys: KeyPair, other:
     let control = sign(alg, &encoding(&keys.private_pem), &forged_claims);
     assert_accepted(&gate, &up, &control, "adam").await;
     let mut in_leeway = forged_claims.clone();
-    in_leeway["exp"] = json!(now() - 10);
+    in_leeway["exp"] = json!(unix_now() - 10);
     assert_accepted(
         &gate,
         &up,
@@ -1185,7 +1161,7 @@ async fn asymmetric_end_to_end(alg: Algorithm, name: &str, keys: KeyPair, other:
     // the leeway would still admit it.
     let mut late = claims("carol", "agent");
     late["iss"] = json!("ucgate-test");
-    late["exp"] = json!(now() - 5);
+    late["exp"] = json!(unix_now() - 5);
     let late = sign(alg, &encoding(&keys.private_pem), &late);
     assert_accepted(&gate, &up, &late, "carol").await;
     assert_eq!(logout(&gate, &late).await.status(), 204);
@@ -1193,7 +1169,7 @@ async fn asymmetric_end_to_end(alg: Algorithm, name: &str, keys: KeyPair, other:
     up.clear();
 
     let mut past_leeway = forged_claims.clone();
-    past_leeway["exp"] = json!(now() - 120);
+    past_leeway["exp"] = json!(unix_now() - 120);
     let public_der = pem_der(&keys.public_pem);
     let forged: Vec<(&str, String)> = vec![
         (

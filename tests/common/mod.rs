@@ -1132,6 +1132,28 @@ pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// Seconds since the Unix epoch, as JWT claims count them.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// `ucgate hash-password` with `input` on stdin (the password and its line end, as typed).
+pub fn hash_password_run(input: &str) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ucgate"))
+        .arg("hash-password")
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// The value of one sample of `/metrics`, 0 when absent, read on a connection of its own.
 /// `series` is the name with its labels as printed, e.g.
 /// `ucgate_logins_total{method="password",outcome="success"}`.
