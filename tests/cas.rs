@@ -8,7 +8,7 @@ mod common;
 use cas_support::{CasServer, FakeCas, Pki, TlsCas, http_200, http_response};
 use common::faulty::{End, Fault, FaultyUpstream};
 use common::{
-    BOUND, SSO_USERS, Ucgate, Upstream, assert_error, client, closed_url, route, toml_str,
+    SSO_USERS, Ucgate, Upstream, assert_error, client, closed_url, eventually, route, toml_str,
 };
 use std::sync::atomic::Ordering;
 
@@ -318,12 +318,7 @@ async fn cas_down_is_502_and_cas_silent_is_504() {
     for wait in waits {
         assert_eq!(wait.await.unwrap(), 504);
     }
-    let deadline = tokio::time::Instant::now() + BOUND;
-    while (silent.open.load(Ordering::SeqCst) > 0 || slow.open_fds() > fds_before)
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually(|| silent.open.load(Ordering::SeqCst) == 0 && slow.open_fds() <= fds_before).await;
     assert_eq!(
         silent.open.load(Ordering::SeqCst),
         0,

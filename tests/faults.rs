@@ -192,18 +192,6 @@ async fn steady(probe: impl Fn() -> usize) -> usize {
     panic!("never steady: {last}")
 }
 
-/// Waits (bounded) until `probe` is at most `at_most`; returns the last value seen.
-async fn settles(at_most: usize, probe: impl Fn() -> usize) -> usize {
-    let deadline = tokio::time::Instant::now() + BOUND;
-    loop {
-        let now = probe();
-        if now <= at_most || tokio::time::Instant::now() > deadline {
-            return now;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Every case at once over HTTP/1.1 and h2, `rounds` times. The clients go with their keep-alive
 /// connections.
 async fn fault_rounds(gate: &Arc<Ucgate>, cases: &Arc<Vec<Case>>, rounds: usize) {
@@ -248,10 +236,10 @@ async fn upstream_faults_get_their_answer_and_leave_nothing_behind() {
     let open = |faulty: &[FaultyUpstream]| -> usize {
         faulty.iter().map(|u| u.open.load(Ordering::SeqCst)).sum()
     };
-    assert_eq!(
-        settles(0, || open(&faulty)).await,
-        0,
-        "ucgate holds a faulty upstream's connection"
+    assert!(
+        eventually(|| open(&faulty) == 0).await,
+        "ucgate holds {} faulty upstream connections",
+        open(&faulty)
     );
     let fds_before = steady(|| gate.open_fds()).await;
     let tasks_before = metric(&gate, "ucgate_tasks_alive").await;
@@ -290,12 +278,13 @@ async fn upstream_faults_get_their_answer_and_leave_nothing_behind() {
     hammer.abort();
     assert!(served.load(Ordering::SeqCst) > 0);
 
-    assert_eq!(
-        settles(0, || open(&faulty)).await,
-        0,
-        "ucgate holds a faulty upstream's connection"
+    assert!(
+        eventually(|| open(&faulty) == 0).await,
+        "ucgate holds {} faulty upstream connections",
+        open(&faulty)
     );
-    let fds_after = settles(fds_before, || gate.open_fds()).await;
+    eventually(|| gate.open_fds() <= fds_before).await;
+    let fds_after = gate.open_fds();
     assert!(
         fds_after <= fds_before,
         "file descriptors: {fds_before} before the faults, {fds_after} after: {:?}",

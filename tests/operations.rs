@@ -388,12 +388,8 @@ async fn reloads_under_traffic_never_fail_a_request() {
     assert!(gate.logs().contains("cause=\"SIGHUP\""), "{}", gate.logs());
     // Nothing held for the old configurations: once the clients are gone, what is left open
     // beyond the start is the current upstream pool, one idle connection per hammer at most.
-    let deadline = tokio::time::Instant::now() + BOUND;
-    while gate.open_fds() > fds_before + tasks.len() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     assert!(
-        gate.open_fds() <= fds_before + tasks.len(),
+        eventually(|| gate.open_fds() <= fds_before + tasks.len()).await,
         "{fds_before} file descriptors at the start, {} after 15 reloads",
         gate.open_fds()
     );

@@ -1132,6 +1132,20 @@ pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// Waits (bounded by [`BOUND`]) until `done` holds; says whether it did. For conditions that
+/// settle on their own (connections let go, descriptors closed): the caller asserts, with the
+/// values in its message.
+pub async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + BOUND;
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
 /// Seconds since the Unix epoch, as JWT claims count them.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
