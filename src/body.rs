@@ -10,7 +10,9 @@ use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
+
+use crate::lazy_timer::LazyTimer;
 
 pub type Body = Either<Streamed, Full<Bytes>>;
 
@@ -33,9 +35,7 @@ pub struct Streamed {
     body: Incoming,
     stall: Duration,
     last_frame: Instant,
-    /// Armed on the first wait only, then moved on lazily when it fires: a frame costs a clock
-    /// read, not a timer update.
-    timer: Option<Pin<Box<Sleep>>>,
+    timer: LazyTimer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +52,7 @@ impl Streamed {
             body,
             stall,
             last_frame: Instant::now(),
-            timer: None,
+            timer: LazyTimer::default(),
         }
     }
 }
@@ -70,20 +70,15 @@ impl http_body::Body for Streamed {
             this.last_frame = Instant::now();
             return Poll::Ready(frame.map(|f| f.map_err(StreamError::from)));
         }
-        let deadline = this.last_frame + this.stall;
-        let timer = this
+        if this
             .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        loop {
-            if timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            if timer.deadline() >= deadline {
-                tracing::debug!(stall = ?this.stall, "body stalled");
-                return Poll::Ready(Some(Err(StreamError::Stalled)));
-            }
-            timer.as_mut().reset(deadline);
+            .poll_until(cx, this.last_frame + this.stall)
+            .is_pending()
+        {
+            return Poll::Pending;
         }
+        tracing::debug!(stall = ?this.stall, "body stalled");
+        Poll::Ready(Some(Err(StreamError::Stalled)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -29,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::GateError;
+use crate::lazy_timer::LazyTimer;
 
 /// The h2 connection preface; a connection that starts with it is h2 by prior knowledge.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -69,9 +70,7 @@ pub struct DeadlineIo<IO> {
     timeouts: Timeouts,
     phase: Phase,
     deadline: Instant,
-    /// Armed at or before `deadline`; re-armed when it fires early, so that a keep-alive cycle
-    /// costs no timer-wheel update unless the deadline moves earlier.
-    timer: Pin<Box<Sleep>>,
+    timer: LazyTimer,
     /// Bytes of the h2 preface matched so far; `None` once the connection is known to be HTTP/1.
     /// All of it: h2, no deadline here.
     preface_matched: Option<usize>,
@@ -100,7 +99,7 @@ pub fn wrap<IO>(io: IO, timeouts: Timeouts) -> (DeadlineIo<IO>, RequestTracker) 
         timeouts,
         phase: Phase::Waiting,
         deadline,
-        timer: Box::pin(tokio::time::sleep_until(deadline)),
+        timer: LazyTimer::default(),
         preface_matched: Some(0),
         refusing: None,
         write_stall: None,
@@ -202,23 +201,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> DeadlineIo<IO> {
         }
     }
 
-    /// Polls the deadline of the current phase; ready once it has passed.
-    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
-            if self.timer.deadline() > self.deadline {
-                self.timer.as_mut().reset(self.deadline);
-            }
-            if self.timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            if self.timer.deadline() >= self.deadline {
-                return Poll::Ready(());
-            }
-            // Fired for an earlier phase: wait for the current deadline.
-            self.timer.as_mut().reset(self.deadline);
-        }
-    }
-
     /// Writes the 408, then reports the end of the input so that hyper closes the connection.
     /// The write is bounded by `send` like any other: a client that reads nothing does not hold
     /// the connection open.
@@ -270,7 +252,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<IO> {
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => {}
         }
-        if this.phase == Phase::Serving || this.poll_deadline(cx).is_pending() {
+        if this.phase == Phase::Serving || this.timer.poll_until(cx, this.deadline).is_pending() {
             return Poll::Pending;
         }
         if this.phase == Phase::Head {

@@ -11,6 +11,7 @@ pub mod doctor;
 pub mod endpoints;
 pub mod error;
 pub mod gateway;
+pub mod lazy_timer;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
