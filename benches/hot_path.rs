@@ -7,12 +7,8 @@ use std::path::Path;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
-use ucgate::auth::SharedToken;
-use ucgate::auth::token::{Method, TokenService};
 use ucgate::config::{Config, TokensConfig};
-use ucgate::gateway::State;
-use ucgate::proxy::http_client;
-use ucgate::routes::normalise_path;
+use ucgate::{Method, RouteTable, SharedToken, TokenService, http_client, normalise_path};
 
 const SHARED: &str = "d7f3a9c1e5b2046f8a1c3e5d7b9f0a2c4e6d8b0f";
 
@@ -86,10 +82,10 @@ fn routes_config(n: usize) -> String {
 fn route_matching(c: &mut Criterion) {
     for n in [10, 1000] {
         let config = Config::parse(Path::new("bench.toml"), &routes_config(n)).unwrap();
-        let state = State::new(
-            config,
-            SharedToken::from_value(SHARED).unwrap(),
+        let routes = RouteTable::build(
+            &config.routes,
             &http_client(None).unwrap(),
+            config.server.request_body_timeout,
         );
         let hit = format!(
             "/api{}/service{}/v{}/users/42/lines",
@@ -98,10 +94,10 @@ fn route_matching(c: &mut Criterion) {
             (n - 1) % 3
         );
         c.bench_function(&format!("routes/{n}/hit"), |b| {
-            b.iter(|| state.routes.find(black_box(&hit)).unwrap())
+            b.iter(|| routes.find(black_box(&hit)).unwrap())
         });
         c.bench_function(&format!("routes/{n}/miss"), |b| {
-            b.iter(|| state.routes.find(black_box("/nowhere/at/all/x")).is_none())
+            b.iter(|| routes.find(black_box("/nowhere/at/all/x")).is_none())
         });
     }
 }

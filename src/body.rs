@@ -14,16 +14,20 @@ use tokio::time::Instant;
 
 use crate::lazy_timer::LazyTimer;
 
+/// Every response body: streamed from the upstream, or made here whole.
 pub type Body = Either<Streamed, Full<Bytes>>;
 
+/// An empty body.
 pub fn empty() -> Body {
     full(Bytes::new())
 }
 
+/// A body made here, sent whole.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Either::Right(Full::new(bytes.into()))
 }
 
+/// An upstream body streamed through, cut off after `stall` of silence mid-body.
 pub fn streamed(body: Incoming, stall: Duration) -> Body {
     Either::Left(Streamed::new(body, stall))
 }
@@ -38,6 +42,7 @@ pub struct Streamed {
     timer: LazyTimer,
 }
 
+/// Why a streamed body ended early.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     #[error("the body broke off: {0}")]
@@ -102,6 +107,7 @@ pub struct Upload {
 pub struct UploadEnd(Option<oneshot::Receiver<()>>);
 
 impl UploadEnd {
+    /// Waits for the end of the upload (at once for a request without a body).
     pub async fn wait(self) {
         if let Some(ended) = self.0 {
             let _ = ended.await;
@@ -109,6 +115,8 @@ impl UploadEnd {
     }
 }
 
+/// The client's body on its way upstream, cut off after `stall` of silence, and the signal of
+/// its end.
 pub fn upload(body: Incoming, stall: Duration) -> (Upload, UploadEnd) {
     // A request without a body (most of them) needs no channel.
     let (ended, end) = match body.is_end_stream() {

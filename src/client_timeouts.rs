@@ -34,6 +34,7 @@ use crate::lazy_timer::LazyTimer;
 /// The h2 connection preface; a connection that starts with it is h2 by prior knowledge.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// The client deadlines of one connection (`server.*_timeout`).
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     pub head: Duration,

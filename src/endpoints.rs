@@ -1,16 +1,19 @@
-//! Endpoints served by ucgate itself, matched on the exact normalised path before any route.
+//! Endpoints served by ucgate itself, matched on the exact normalised path before any route:
+//! health, readiness and metrics; the token exchanges, check and logout of XiVO's UC API 2.0.
 
 use std::sync::Arc;
 
-use http::{Response, StatusCode, request};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::auth::token::Method;
-use crate::auth::{self, cas, kerberos, login, oidc};
+use crate::auth::exchange::Exchange;
+use crate::auth::password::Password;
+use crate::auth::token::{Claims, Method};
+use crate::auth::{self, Attempt};
 use crate::body::{self, Body};
 use crate::error::{GateError, json_response};
-use crate::gateway::{ConnInfo, Gateway, State};
 use crate::metrics::metrics;
+use crate::state::{ConnInfo, State, UcAuth};
 use crate::telemetry::RequestLog;
 
 /// The local endpoints.
@@ -28,6 +31,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The endpoint at exactly `path` (normalised), if any.
     pub fn find(path: &str) -> Option<Self> {
         Some(match path {
             "/healthz" => Endpoint::Health,
@@ -80,21 +84,22 @@ impl Endpoint {
         }
     }
 
+    /// Serves the endpoint. `NoRoute` (404) for an exchange, check or logout that the
+    /// configuration does not enable; `MethodNotAllowed` (405, with `Allow`) for another method.
     pub async fn serve(
         self,
-        gateway: &Gateway,
-        state: Arc<State>,
-        parts: request::Parts,
-        body: Incoming,
+        state: &State,
+        request: Request<Incoming>,
         conn: ConnInfo,
         log: &mut RequestLog,
     ) -> Result<Response<Body>, GateError> {
         log.route = Some(self.name().into());
         log.exchange = self.exchange();
         let (methods, allow) = self.allowed();
-        if !methods.contains(&parts.method) {
+        if !methods.contains(request.method()) {
             return Err(GateError::MethodNotAllowed(allow));
         }
+        let attempt = Attempt::new(&state.throttle, conn.remote.ip());
         match self {
             Endpoint::Health => Ok(json_response(
                 StatusCode::OK,
@@ -115,12 +120,21 @@ impl Endpoint {
                 );
                 Ok(response)
             }
-            Endpoint::Login => login::handle(state, gateway.throttle(), body, conn).await,
-            Endpoint::Sso => kerberos::handle(state, gateway.throttle(), &parts, conn).await,
-            Endpoint::Cas => cas::handle(state, gateway.throttle(), &parts, conn).await,
-            Endpoint::Oidc => oidc::handle(state, gateway.throttle(), &parts, conn).await,
+            Endpoint::Login => {
+                let uc = uc(state)?;
+                let password = Password {
+                    directory: uc.issuer.directory(),
+                    max_body: state.config.login.max_body,
+                };
+                uc.issuer.exchange(&password, request, attempt).await
+            }
+            Endpoint::Sso => {
+                exchange(uc(state)?, |uc| uc.kerberos.as_ref(), request, attempt).await
+            }
+            Endpoint::Cas => exchange(uc(state)?, |uc| uc.cas.as_ref(), request, attempt).await,
+            Endpoint::Oidc => exchange(uc(state)?, |uc| uc.oidc.as_ref(), request, attempt).await,
             Endpoint::Check => {
-                let (claims, _) = uc_token(&state, &parts)?;
+                let (claims, _) = uc_token(uc(state)?, &request)?;
                 log.credential = Some("uc");
                 Ok(json_response(
                     StatusCode::OK,
@@ -128,14 +142,11 @@ impl Endpoint {
                 ))
             }
             Endpoint::Logout => {
-                let (claims, token) = uc_token(&state, &parts)?;
+                let uc = uc(state)?;
+                let (claims, token) = uc_token(uc, &request)?;
                 log.credential = Some("uc");
                 tracing::info!(login = %claims.sub, "token revoked");
-                state
-                    .tokens
-                    .as_ref()
-                    .expect("validated")
-                    .revoke(&token, claims);
+                uc.issuer.tokens().revoke(&token, claims);
                 let mut response = Response::new(body::empty());
                 *response.status_mut() = StatusCode::NO_CONTENT;
                 Ok(response)
@@ -144,15 +155,27 @@ impl Endpoint {
     }
 }
 
+/// UC tokens and their exchanges, or 404 when the configuration has none.
+fn uc(state: &State) -> Result<&UcAuth, GateError> {
+    state.uc.as_ref().ok_or(GateError::NoRoute)
+}
+
+/// The single sign-on exchange `provider` picks, or 404 when it is not configured.
+async fn exchange<'s, E: Exchange + 's>(
+    uc: &'s UcAuth,
+    provider: impl FnOnce(&'s UcAuth) -> Option<&'s E>,
+    request: Request<Incoming>,
+    attempt: Attempt<'_>,
+) -> Result<Response<Body>, GateError> {
+    let exchange = provider(uc).ok_or(GateError::NoRoute)?;
+    uc.issuer.exchange(exchange, request, attempt).await
+}
+
 /// The UC token a request presents, validated, with its text.
-fn uc_token(
-    state: &State,
-    parts: &request::Parts,
-) -> Result<(Arc<auth::token::Claims>, String), GateError> {
-    let tokens = state.tokens.as_ref().ok_or(GateError::NoRoute)?;
-    let token = auth::presented(&parts.headers, parts.uri.query())?
+fn uc_token(uc: &UcAuth, request: &Request<Incoming>) -> Result<(Arc<Claims>, String), GateError> {
+    let token = auth::presented(request.headers(), request.uri().query())?
         .token
         .ok_or(GateError::TokenMissing)?;
-    let claims = tokens.validate(&token).map_err(GateError::from)?;
+    let claims = uc.issuer.tokens().validate(&token)?;
     Ok((claims, token.into_owned()))
 }

@@ -1,66 +1,106 @@
-//! The one error type of ucgate: each variant knows its status and renders the JSON body
-//! `{"error": "<Code>", "message": "<text>"}`. Messages never carry a secret.
+//! The one error type of ucgate. Every refusal ucgate makes, on a route or at an endpoint of its
+//! own, is a variant here, and this file alone decides its status, its code, its extra headers
+//! (`WWW-Authenticate`, `Retry-After`, `Allow`, `Connection: close`) and renders the JSON body
+//! `{"error": "<Code>", "message": "<text>"}`. Messages never carry a secret: variants hold
+//! only fixed texts, codes from a protocol, or reasons made from them.
+//!
+//! Where XiVO's xuc API defines a code it is used (`InvalidCredentials`, `InvalidJson`,
+//! `UnhandledError`, `UserNotFound`, `SsoAuthenticationFailed`); ucgate's own codes follow the
+//! same CamelCase style.
 
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::Body;
-use crate::routes::PathError;
+use crate::path::PathError;
 
+/// The challenge of a missing or refused UC or shared token (RFC 9110 §11.6.1).
+const TOKEN_CHALLENGE: HeaderValue = HeaderValue::from_static("X-Auth-Token realm=\"ucgate\"");
+/// SPNEGO's challenge, inviting the client to (re)try Kerberos (RFC 4559 §4).
+const NEGOTIATE_CHALLENGE: HeaderValue = HeaderValue::from_static("Negotiate");
+/// A refused bearer token (RFC 6750 §3.1).
+const BEARER_CHALLENGE: HeaderValue = HeaderValue::from_static("Bearer error=\"invalid_token\"");
+
+/// A refusal, by the phase or endpoint that made it.
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
+    // --- the request itself (400, 405, 408, 413, 414, 501) -------------------------------
     #[error("{0}")]
     InvalidPath(#[from] PathError),
     #[error("the request target must be a path")]
     InvalidTarget,
-    #[error("no route for this path")]
-    NoRoute,
-    #[error("an X-Auth-Token header or a token parameter is required")]
-    TokenMissing,
-    #[error("the token is invalid or expired")]
-    TokenInvalid,
-    #[error("the request carries several different tokens")]
-    AmbiguousToken,
-    #[error("this credential does not open this route")]
-    Forbidden,
-    #[error("the upstream cannot be reached")]
-    UpstreamUnavailable,
-    #[error("the upstream did not answer in time")]
-    UpstreamTimeout,
-    #[error("the service is not ready")]
-    NotReady,
-    #[error("the token has expired")]
-    TokenExpired,
-    #[error("invalid login or password")]
-    InvalidCredentials,
-    #[error("the body is not the expected JSON")]
-    InvalidJson,
+    #[error("the request target is too long")]
+    UriTooLong,
+    #[error("this method is not allowed here")]
+    MethodNotAllowed(&'static str),
+    #[error("only the chunked transfer coding is supported")]
+    UnsupportedTransferCoding,
+    #[error("the request was not received in time")]
+    RequestTimeout,
     #[error("the request body is malformed or was cut off")]
     InvalidBody,
     #[error("the request body is too large")]
     BodyTooLarge,
-    #[error("too many failed attempts, retry later")]
-    TooManyAttempts(u64),
-    #[error("this method is not allowed here")]
-    MethodNotAllowed(&'static str),
-    #[error("an internal error occurred")]
-    Unhandled,
-    #[error("the request target is too long")]
-    UriTooLong,
-    #[error("the request was not received in time")]
-    RequestTimeout,
-    #[error("only the chunked transfer coding is supported")]
-    UnsupportedTransferCoding,
+    #[error("the body is not the expected JSON")]
+    InvalidJson,
+    /// A malformed exchange request (missing or repeated parameter, not a service ticket).
+    #[error("{0}")]
+    InvalidRequest(&'static str),
+
+    // --- routing (404) --------------------------------------------------------------------
+    #[error("no route for this path")]
+    NoRoute,
+
+    // --- credentials on routes, check and logout (400, 401, 403) ---------------------------
+    #[error("an X-Auth-Token header or a token parameter is required")]
+    TokenMissing,
+    #[error("the token is invalid or expired")]
+    TokenInvalid,
+    #[error("the token has expired")]
+    TokenExpired,
+    #[error("the request carries several different tokens")]
+    AmbiguousToken,
+    #[error("this credential does not open this route")]
+    Forbidden,
+
+    // --- token exchanges (401, 429) ---------------------------------------------------------
+    #[error("invalid login or password")]
+    InvalidCredentials,
+    /// Proven by an identity provider, but not in the directory, disabled or without a profile.
     #[error("the user is not allowed to log in")]
     UserNotFound,
-    /// An exchange endpoint's own failure (SSO, CAS, OIDC): its status, XiVO-style code, a
-    /// message that must never carry a secret, and the `WWW-Authenticate` challenge if any.
-    #[error("{message}")]
-    Refused {
-        status: StatusCode,
-        code: &'static str,
-        message: String,
-        challenge: Option<HeaderValue>,
-    },
+    /// Locked out by the brute-force protection; retry after this many seconds.
+    #[error("too many failed attempts, retry later")]
+    TooManyAttempts(u64),
+    /// Kerberos (SPNEGO) refused; answered with a `Negotiate` challenge.
+    #[error("{0}")]
+    SsoAuthenticationFailed(&'static str),
+    /// The CAS server refused the ticket, with its `authenticationFailure` code.
+    #[error("the CAS server refused the ticket: {0}")]
+    CasAuthenticationFailed(String),
+    #[error("the service is not one of the allowed CAS services")]
+    CasServiceNotAllowed,
+    /// The bearer token of the OIDC exchange is missing or malformed.
+    #[error("{0}")]
+    OidcInvalidParameter(&'static str),
+    /// The OIDC token was verified and refused, for this reason.
+    #[error("{0}")]
+    OidcAuthenticationFailed(String),
+
+    // --- what ucgate depends on (500, 502, 503, 504) -----------------------------------------
+    #[error("the upstream cannot be reached")]
+    UpstreamUnavailable,
+    #[error("the upstream did not answer in time")]
+    UpstreamTimeout,
+    #[error("the CAS server's answer is not a valid CAS response")]
+    CasInvalidResponse,
+    #[error("the CAS server cannot be reached")]
+    CasUnavailable,
+    #[error("the CAS server did not answer in time")]
+    CasTimeout,
+    #[error("the service is not ready")]
+    NotReady,
+    #[error("an internal error occurred")]
+    Unhandled,
 }
 
 impl GateError {
@@ -69,29 +109,33 @@ impl GateError {
         GateError::TooManyAttempts(retry_after.as_secs().max(1))
     }
 
+    /// The HTTP status of the answer.
     pub fn status(&self) -> StatusCode {
         use GateError::*;
         match self {
-            InvalidPath(_) | InvalidTarget | AmbiguousToken | InvalidJson | InvalidBody => {
-                StatusCode::BAD_REQUEST
-            }
-            TokenMissing | TokenInvalid | TokenExpired | InvalidCredentials => {
-                StatusCode::UNAUTHORIZED
-            }
-            MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
-            Unhandled => StatusCode::INTERNAL_SERVER_ERROR,
-            UserNotFound => StatusCode::UNAUTHORIZED,
-            UriTooLong => StatusCode::URI_TOO_LONG,
-            RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
-            Refused { status, .. } => *status,
+            InvalidPath(_) | InvalidTarget | AmbiguousToken | InvalidJson | InvalidBody
+            | InvalidRequest(_) | CasServiceNotAllowed => StatusCode::BAD_REQUEST,
+            TokenMissing
+            | TokenInvalid
+            | TokenExpired
+            | InvalidCredentials
+            | UserNotFound
+            | SsoAuthenticationFailed(_)
+            | CasAuthenticationFailed(_)
+            | OidcInvalidParameter(_)
+            | OidcAuthenticationFailed(_) => StatusCode::UNAUTHORIZED,
             Forbidden => StatusCode::FORBIDDEN,
             NoRoute => StatusCode::NOT_FOUND,
-            UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UriTooLong => StatusCode::URI_TOO_LONG,
+            TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
+            Unhandled => StatusCode::INTERNAL_SERVER_ERROR,
+            UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
+            UpstreamUnavailable | CasInvalidResponse | CasUnavailable => StatusCode::BAD_GATEWAY,
             NotReady => StatusCode::SERVICE_UNAVAILABLE,
-            UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamTimeout | CasTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -101,27 +145,35 @@ impl GateError {
         match self {
             InvalidPath(_) => "InvalidPath",
             InvalidTarget => "InvalidTarget",
+            UriTooLong => "UriTooLong",
+            MethodNotAllowed(_) => "MethodNotAllowed",
+            UnsupportedTransferCoding => "UnsupportedTransferCoding",
+            RequestTimeout => "RequestTimeout",
+            InvalidBody => "InvalidBody",
+            BodyTooLarge => "RequestTooLarge",
+            InvalidJson => "InvalidJson",
+            InvalidRequest(_) => "InvalidRequest",
             NoRoute => "NoRoute",
             TokenMissing => "TokenMissing",
             TokenInvalid => "TokenInvalid",
+            TokenExpired => "TokenExpired",
             AmbiguousToken => "AmbiguousToken",
             Forbidden => "Forbidden",
+            InvalidCredentials => "InvalidCredentials",
+            UserNotFound => "UserNotFound",
+            TooManyAttempts(_) => "TooManyAttempts",
+            SsoAuthenticationFailed(_) => "SsoAuthenticationFailed",
+            CasAuthenticationFailed(_) => "CasAuthenticationFailed",
+            CasServiceNotAllowed => "CasServiceNotAllowed",
+            OidcInvalidParameter(_) => "OidcInvalidParameter",
+            OidcAuthenticationFailed(_) => "OidcAuthenticationFailed",
             UpstreamUnavailable => "UpstreamUnavailable",
             UpstreamTimeout => "UpstreamTimeout",
+            CasInvalidResponse => "CasInvalidResponse",
+            CasUnavailable => "CasUnavailable",
+            CasTimeout => "CasTimeout",
             NotReady => "NotReady",
-            TokenExpired => "TokenExpired",
-            InvalidCredentials => "InvalidCredentials",
-            InvalidJson => "InvalidJson",
-            InvalidBody => "InvalidBody",
-            BodyTooLarge => "RequestTooLarge",
-            TooManyAttempts(_) => "TooManyAttempts",
-            MethodNotAllowed(_) => "MethodNotAllowed",
             Unhandled => "UnhandledError",
-            UserNotFound => "UserNotFound",
-            UriTooLong => "UriTooLong",
-            RequestTimeout => "RequestTimeout",
-            UnsupportedTransferCoding => "UnsupportedTransferCoding",
-            Refused { code, .. } => code,
         }
     }
 
@@ -130,9 +182,28 @@ impl GateError {
         serde_json::json!({ "error": self.code(), "message": self.to_string() }).to_string()
     }
 
+    /// The `WWW-Authenticate` challenge of a 401: the scheme the endpoint or route expects.
+    fn challenge(&self) -> Option<HeaderValue> {
+        use GateError::*;
+        match self {
+            SsoAuthenticationFailed(_) => Some(NEGOTIATE_CHALLENGE),
+            OidcInvalidParameter(_) | OidcAuthenticationFailed(_) => Some(BEARER_CHALLENGE),
+            // A refused CAS ticket is answered by going back to the CAS login page, not by
+            // a challenge.
+            CasAuthenticationFailed(_) => None,
+            _ if self.status() == StatusCode::UNAUTHORIZED => Some(TOKEN_CHALLENGE),
+            _ => None,
+        }
+    }
+
+    /// The answer: status, JSON body, and the headers the variant calls for.
     pub fn into_response(self) -> Response<Body> {
         let mut response = json_response(self.status(), self.json_body());
+        let challenge = self.challenge();
         let headers = response.headers_mut();
+        if let Some(challenge) = challenge {
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
+        }
         match self {
             GateError::TooManyAttempts(seconds) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
@@ -143,19 +214,6 @@ impl GateError {
             }
             GateError::MethodNotAllowed(allow) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
-            }
-            GateError::Refused {
-                challenge: Some(challenge),
-                ..
-            } => {
-                headers.insert(header::WWW_AUTHENTICATE, challenge);
-            }
-            GateError::Refused { .. } => {}
-            _ if self.status() == StatusCode::UNAUTHORIZED => {
-                headers.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("X-Auth-Token realm=\"ucgate\""),
-                );
             }
             _ => {}
         }
@@ -174,4 +232,40 @@ pub fn json_response(status: StatusCode, body: impl std::fmt::Display) -> Respon
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_scheme_gets_its_challenge() {
+        let challenge = |e: GateError| {
+            e.into_response()
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            challenge(GateError::TokenMissing).as_deref(),
+            Some("X-Auth-Token realm=\"ucgate\"")
+        );
+        assert_eq!(
+            challenge(GateError::SsoAuthenticationFailed("no")).as_deref(),
+            Some("Negotiate")
+        );
+        assert_eq!(
+            challenge(GateError::OidcInvalidParameter("no")).as_deref(),
+            Some("Bearer error=\"invalid_token\"")
+        );
+        assert_eq!(
+            challenge(GateError::OidcAuthenticationFailed("no".into())).as_deref(),
+            Some("Bearer error=\"invalid_token\"")
+        );
+        assert_eq!(
+            challenge(GateError::CasAuthenticationFailed("X".into())),
+            None
+        );
+        assert_eq!(challenge(GateError::Forbidden), None);
+    }
 }

@@ -1,22 +1,55 @@
 //! ucgate: a reverse-proxy authentication sidecar for XiVO's HTTP APIs.
 //!
-//! The binary (`src/main.rs`) is a thin CLI over this library; tests and benches use the
-//! library directly.
+//! A request goes one way through the modules, and no module imports one above it
+//! (`tests/layering.rs` checks it). From the bottom:
+//!
+//! * plain data and tools: [`config`] (the TOML model, validated once), `path` (normalisation),
+//!   `error` (the one error type), `identity` (the identity headers), `body`, `metrics`, `tls`,
+//!   `telemetry`, `lazy_timer`;
+//! * `directory`: who may get a UC token (the `Directory` seam and its backends);
+//! * `auth`: credentials, route policies, the token exchanges and the issuer;
+//! * `proxy` (forwarding) and `routes` (the route table);
+//! * `state`: what one loaded configuration builds, and the connection facts;
+//! * `endpoints` and `gateway`: the request lifecycle as named phases;
+//! * `client_timeouts`, `server`, `reload`, `doctor`, and the CLI in `main.rs` on top.
+//!
+//! Modules are private; what the binary, the tests and the benches use is re-exported here.
 
-pub mod auth;
-pub mod body;
-pub mod client_timeouts;
+mod auth;
+mod body;
+mod client_timeouts;
 pub mod config;
-pub mod doctor;
-pub mod endpoints;
-pub mod error;
-pub mod gateway;
-pub mod lazy_timer;
-pub mod metrics;
-pub mod proxy;
-pub mod reload;
-pub mod routes;
-pub mod server;
-pub mod telemetry;
-pub mod tls;
-pub mod users;
+mod directory;
+mod doctor;
+mod endpoints;
+mod error;
+mod gateway;
+mod identity;
+mod lazy_timer;
+mod metrics;
+mod path;
+mod proxy;
+mod reload;
+mod routes;
+mod server;
+mod state;
+mod telemetry;
+mod tls;
+
+// What the binary runs.
+pub use directory::file::hash_password;
+pub use doctor::{new_token, run as doctor};
+pub use gateway::Gateway;
+pub use reload::{hangup, watch};
+pub use server::{bind, serve, shutdown_signal};
+pub use state::{LoadError, State};
+pub use telemetry::init as init_logging;
+pub use tls::install_provider;
+
+// The pieces tests, benches and fuzz targets exercise on their own.
+pub use auth::cas::{CasOutcome, parse_service_response};
+pub use auth::shared::{SharedToken, read_env_file};
+pub use auth::token::{Method, TokenService};
+pub use path::normalise_path;
+pub use proxy::http_client;
+pub use routes::RouteTable;

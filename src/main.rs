@@ -1,13 +1,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-
 use std::io::BufRead;
 
+use clap::{Parser, Subcommand};
+
 use ucgate::config::Config;
-use ucgate::gateway::{Gateway, State};
-use ucgate::{doctor, reload, server, telemetry, users};
+use ucgate::{Gateway, State};
 
 /// mimalloc: a proxy allocates and frees many small buffers per request, from one thread, which
 /// glibc's allocator serves noticeably slower (measured with benches/load.sh).
@@ -67,14 +66,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ucgate::tls::install_provider();
+    ucgate::install_provider();
     let command = cli.command.unwrap_or(Command::Run);
     match command {
         Command::HashPassword => return hash_password(),
         Command::Doctor {
             new_token: true, ..
         } => {
-            println!("{}", doctor::new_token());
+            println!("{}", ucgate::new_token());
             return ExitCode::SUCCESS;
         }
         Command::Doctor {
@@ -83,7 +82,7 @@ fn main() -> ExitCode {
             files,
             ..
         } => {
-            return match doctor::run(&root, &files, &variable, &mut std::io::stdout()) {
+            return match ucgate::doctor(&root, &files, &variable, &mut std::io::stdout()) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(e) => {
@@ -95,7 +94,7 @@ fn main() -> ExitCode {
         Command::Run | Command::CheckConfig => {}
     }
     let loaded = Config::load(&cli.config)
-        .map_err(|e| e.to_string())
+        .map_err(ucgate::LoadError::from)
         .and_then(State::load);
     let state = match loaded {
         Ok(state) => state,
@@ -126,7 +125,7 @@ fn hash_password() -> ExitCode {
         eprintln!("ucgate: empty password");
         return ExitCode::FAILURE;
     }
-    match users::hash_password(password) {
+    match ucgate::hash_password(password) {
         Ok(hash) => {
             println!("{hash}");
             ExitCode::SUCCESS
@@ -139,8 +138,7 @@ fn hash_password() -> ExitCode {
 }
 
 fn print_config(state: &State) {
-    let config = &state.config;
-    let shared = &state.shared;
+    let config = state.config();
     println!("configuration {} is valid", config.file.display());
     let listen: Vec<String> = config
         .server
@@ -149,13 +147,12 @@ fn print_config(state: &State) {
         .map(ToString::to_string)
         .collect();
     println!("listen: {}", listen.join(", "));
-    println!("shared token: from {}", shared.source());
-    if let (Some(tokens), Some(users)) = (&config.tokens, &state.users) {
+    println!("shared token: from {}", state.shared_token_source());
+    if let (Some(tokens), Some(directory)) = (&config.tokens, state.directory()) {
         println!(
-            "uc tokens: {:?}, ttl {}, {} users",
-            tokens.algorithm_name(),
+            "uc tokens: {}, ttl {}, {directory}",
+            tokens.algorithm.name(),
             humantime::format_duration(tokens.ttl),
-            users.len()
         );
     }
     println!("routes:");
@@ -179,7 +176,7 @@ fn print_config(state: &State) {
 }
 
 fn run(state: State, listen: Vec<std::net::SocketAddr>) -> ExitCode {
-    let server_config = state.config.server.clone();
+    let server_config = state.config().server.clone();
     let listen = if listen.is_empty() {
         server_config.listen.clone()
     } else {
@@ -204,10 +201,10 @@ fn run(state: State, listen: Vec<std::net::SocketAddr>) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        telemetry::init(server_config.log_format);
+        ucgate::init_logging(server_config.log_format);
         // Before the listeners are announced: a SIGHUP sent from then on reloads.
-        let hup = reload::hangup();
-        let listeners = match server::bind(&listen).await {
+        let hup = ucgate::hangup();
+        let listeners = match ucgate::bind(&listen).await {
             Ok(listeners) => listeners,
             Err(e) => {
                 tracing::error!("{e}");
@@ -215,23 +212,23 @@ fn run(state: State, listen: Vec<std::net::SocketAddr>) -> ExitCode {
             }
         };
         tracing::info!(
-            config = %state.config.file.display(),
-            routes = state.config.routes.len(),
-            shared_token = state.shared.source(),
-            uc_tokens = state.config.tokens.is_some(),
-            users = state.users.as_ref().map_or(0, |u| u.len()),
+            config = %state.config().file.display(),
+            routes = state.config().routes.len(),
+            shared_token = state.shared_token_source(),
+            uc_tokens = state.config().tokens.is_some(),
+            directory = state.directory().as_deref().unwrap_or("none"),
             "ucgate starting"
         );
-        let config_file = state.config.file.clone();
+        let config_file = state.config().file.clone();
         let gateway = Gateway::new(state);
         gateway.start_background_tasks();
         let interval = Some(server_config.watch_interval).filter(|d| !d.is_zero());
-        tokio::spawn(reload::watch(gateway.clone(), config_file, interval, hup));
-        server::serve(
+        tokio::spawn(ucgate::watch(gateway.clone(), config_file, interval, hup));
+        ucgate::serve(
             listeners,
             gateway,
             &server_config,
-            server::shutdown_signal(),
+            ucgate::shutdown_signal(),
         )
         .await;
         ExitCode::SUCCESS

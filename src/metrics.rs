@@ -19,6 +19,7 @@ impl EncodeLabelValue for RouteName {
     }
 }
 
+/// `ucgate_requests_total` labels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RequestLabels {
     pub route: RouteName,
@@ -26,27 +27,32 @@ pub struct RequestLabels {
     pub credential: &'static str,
 }
 
+/// Labels of per-route metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: RouteName,
 }
 
+/// `ucgate_auth_failures_total` labels: the error code.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// `ucgate_logins_total` labels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct LoginLabels {
     pub method: &'static str,
     pub outcome: &'static str,
 }
 
+/// Labels of counters by outcome (`success`, `failure`; `hit`, `miss`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// Every metric of ucgate, registered once (see [`metrics`]).
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -161,6 +167,7 @@ impl Metrics {
         text
     }
 
+    /// Counts an exchange by method and outcome.
     pub fn login(&self, method: &'static str, outcome: &'static str) {
         self.logins
             .get_or_create(&LoginLabels { method, outcome })

@@ -18,13 +18,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use crate::body::{Body, StreamError, Upload};
 use crate::config::UpstreamUrl;
 use crate::error::GateError;
+use crate::identity::Asserted;
 use crate::tls;
 
+/// The upstream client, shared by every route of a configuration.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Upload>;
-
-/// Identity headers ucgate sets upstream: whatever the client sent under these names (or their
-/// `_`/`.` aliases, which some frameworks read as the same header) never reaches an upstream.
-pub const IDENTITY_HEADERS: [&str; 3] = ["x-auth-token", "x-auth-user", "x-auth-method"];
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the legacy ones.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -76,6 +74,8 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// The upstream at `url`: `timeout` for its answer once the upload ended (and for any
+    /// silence mid-body), `upload_stall` for a client's silence mid-upload.
     pub fn new(
         url: &UpstreamUrl,
         timeout: Duration,
@@ -103,9 +103,8 @@ pub struct Forward<'a> {
     pub client_addr: SocketAddr,
     pub tls: bool,
     pub trust_forwarded: bool,
-    /// Headers ucgate adds upstream (upstream authentication, identity), set after every
-    /// client-sent copy has been removed.
-    pub add_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The identity headers the upstream gets, set once the client's headers are cleaned.
+    pub asserted: Asserted<'a>,
 }
 
 impl Forward<'_> {
@@ -184,16 +183,15 @@ impl Forward<'_> {
             .or_else(|| parts.headers.get(header::HOST).cloned());
         let upgrade_protocol = parts.headers.get(header::UPGRADE).cloned();
         let headers = &mut parts.headers;
+        // Hop-by-hop first: a header the client names in `Connection` must not remove what
+        // ucgate sets.
         strip_hop_by_hop(headers, false);
-        strip_identity_headers(headers);
+        self.asserted.apply(headers)?;
         self.set_forwarded(headers, original_host);
         headers.insert(header::HOST, self.upstream.host.clone());
         if let (true, Some(protocol)) = (upgrade, upgrade_protocol) {
             headers.insert(header::CONNECTION, UPGRADE_VALUE);
             headers.insert(header::UPGRADE, protocol);
-        }
-        for (name, value) in &self.add_headers {
-            headers.insert(name, value.clone());
         }
         parts.uri = Uri::from_parts({
             let mut uri = http::uri::Parts::default();
@@ -308,7 +306,7 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// Removes the hop-by-hop headers and those the `Connection` header names. `Upgrade` stays only
 /// on a protocol switch. Framing headers stay whatever `Connection` says: hyper owns framing.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .filter(|n| *n != header::CONTENT_LENGTH && *n != header::HOST)
@@ -325,25 +323,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.insert(header::CONNECTION, UPGRADE_VALUE);
     } else {
         headers.remove(header::UPGRADE);
-    }
-}
-
-/// Removes client-sent identity headers, including aliases such as `X_Auth_User`.
-pub fn strip_identity_headers(headers: &mut HeaderMap) {
-    for name in IDENTITY_HEADERS {
-        headers.remove(name);
-    }
-    let aliases: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().contains(['_', '.']))
-        .filter(|k| {
-            let canonical = k.as_str().replace(['_', '.'], "-");
-            IDENTITY_HEADERS.contains(&canonical.as_str())
-        })
-        .cloned()
-        .collect();
-    for name in aliases {
-        headers.remove(name);
     }
 }
 
@@ -386,26 +365,5 @@ mod tests {
         let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(names, ["content-length", "x-kept"]);
-    }
-
-    #[test]
-    fn strips_identity_headers_and_aliases() {
-        let mut h = HeaderMap::new();
-        for name in [
-            "x-auth-token",
-            "X_Auth_User",
-            "x.auth.method",
-            "x-auth-tokens",
-            "x_other",
-        ] {
-            h.insert(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                "v".parse().unwrap(),
-            );
-        }
-        strip_identity_headers(&mut h);
-        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-        names.sort();
-        assert_eq!(names, ["x-auth-tokens", "x_other"]);
     }
 }

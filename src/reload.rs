@@ -84,16 +84,9 @@ pub async fn watch(
                 seen = fingerprint(&files);
             }
             Err(e) => {
-                // One log line: TOML errors come with a multi-line snippet.
-                let reason = e
-                    .split('\n')
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .collect::<Vec<_>>()
-                    .join(" | ");
                 tracing::error!(
                     cause,
-                    "reload refused, the running configuration stays: {reason}"
+                    "reload refused, the running configuration stays: {e}"
                 );
             }
         }

@@ -17,7 +17,8 @@ use tower::ServiceBuilder;
 
 use crate::client_timeouts::{self, Timeouts};
 use crate::config::ServerConfig;
-use crate::gateway::{ConnInfo, Gateway};
+use crate::gateway::Gateway;
+use crate::state::ConnInfo;
 use crate::telemetry::AccessLogLayer;
 
 /// Binds every configured address before anything is served, so that a port in use fails the

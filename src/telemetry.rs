@@ -92,6 +92,7 @@ impl<S> tower::Layer<S> for AccessLogLayer {
     }
 }
 
+/// The access-log service (see [`AccessLogLayer`]).
 #[derive(Debug, Clone)]
 pub struct AccessLog<S> {
     inner: S,

@@ -7,15 +7,8 @@ use std::sync::Arc;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use serde::Deserialize;
 
-/// The listener's certificate chain and key, PEM files.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsFiles {
-    pub cert: std::path::PathBuf,
-    pub key: std::path::PathBuf,
-}
+use crate::config::TlsFiles;
 
 /// Installs aws-lc-rs as the process's rustls provider. Called first thing in `main`, so that
 /// no dependency's choice can make the provider ambiguous at run time.

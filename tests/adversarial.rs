@@ -198,7 +198,7 @@ impl Layout {
 /// normalisation), so that the upstream cannot read it differently.
 fn assert_normalised(path: &str, what: &str) {
     assert!(
-        ucgate::routes::normalise_path(path).as_deref() == Ok(path),
+        ucgate::normalise_path(path).as_deref() == Ok(path),
         "{what}: the upstream received a path that is not normalised: {path:?}"
     );
     for bad in ["/../", "/./", "//", "\\"] {

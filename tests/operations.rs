@@ -930,7 +930,7 @@ async fn the_tls_listener_serves_h1_and_h2_and_picks_up_new_certificates() {
 /// A TLS front for a harness upstream: terminates TLS with `leaf`, relays the bytes.
 async fn tls_front(target: SocketAddr, leaf: &Leaf) -> SocketAddr {
     use rustls_pki_types::pem::PemObject;
-    ucgate::tls::install_provider();
+    ucgate::install_provider();
     let certs = vec![rustls_pki_types::CertificateDer::from(leaf.der.clone())];
     let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
     let mut config = rustls::ServerConfig::builder()

@@ -14,80 +14,16 @@ mod gss;
 mod keytab;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+#[cfg(feature = "kerberos")]
+use std::path::Path;
 
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header, request};
-use serde::Deserialize;
+use http::{HeaderMap, Request, header};
+use hyper::body::Incoming;
 
-use crate::auth::throttle::Throttle;
-use crate::body::Body;
+use super::exchange::{Attempt, Exchange, Proof};
+use super::token::Method;
+use crate::config::KerberosConfig;
 use crate::error::GateError;
-use crate::gateway::{ConnInfo, State};
-
-/// The `[kerberos]` section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KerberosConfig {
-    /// The service keys (MIT `FILE:` keytab).
-    pub keytab: PathBuf,
-    /// The one service principal to accept for (`HTTP/host` or `HTTP/host@REALM`); absent: any
-    /// principal of the keytab, as clients name the service after the host they reach.
-    #[serde(default)]
-    pub principal: Option<String>,
-    /// Client realms accepted; absent: the realms of the service principals in the keytab, so
-    /// that a cross-realm trust does not silently let another realm's `alice` in as ours.
-    #[serde(default)]
-    pub realms: Option<Vec<String>>,
-    /// Explicit `"name@REALM" = "login"` mappings; they win over realm stripping and bypass
-    /// `realms`.
-    #[serde(default)]
-    pub principal_map: BTreeMap<String, String>,
-    /// The replay cache file (MIT `file2` type); absent: MIT's default (`KRB5RCACHENAME`, else
-    /// `/var/tmp/krb5_<uid>.rcache2`). Must be on a writable, persistent volume in a container.
-    #[serde(default)]
-    pub replay_cache: Option<PathBuf>,
-}
-
-impl KerberosConfig {
-    /// Checks values and resolves relative paths against the config file's folder.
-    pub fn validate(&mut self, base: &Path) -> Result<(), String> {
-        self.keytab = base.join(&self.keytab);
-        if let Some(rc) = &mut self.replay_cache {
-            *rc = base.join(&*rc);
-        }
-        if let Some(p) = &self.principal
-            && (p.is_empty() || p.contains('\0'))
-        {
-            return Err("principal: must be a non-empty principal name".into());
-        }
-        if let Some(realms) = &self.realms {
-            if realms.is_empty() {
-                return Err(
-                    "realms: an empty list would refuse everyone; omit the key to \
-                            accept the keytab's realms"
-                        .into(),
-                );
-            }
-            if realms.iter().any(|r| r.is_empty() || r.contains('@')) {
-                return Err("realms: each realm must be a non-empty name without '@'".into());
-            }
-        }
-        for (principal, login) in &self.principal_map {
-            if !principal.contains('@') {
-                return Err(format!(
-                    "principal_map: {principal:?} must be a full principal (name@REALM)"
-                ));
-            }
-            if login.is_empty() {
-                return Err(format!(
-                    "principal_map: {principal:?} maps to an empty login"
-                ));
-            }
-        }
-        Ok(())
-    }
-}
 
 /// Client principal → login.
 #[derive(Debug, Clone)]
@@ -139,6 +75,7 @@ pub struct Kerberos {
 }
 
 impl Kerberos {
+    /// Built without the `kerberos` feature: always an error saying so.
     #[cfg(not(feature = "kerberos"))]
     pub fn load(_config: &KerberosConfig) -> Result<Self, String> {
         Err(
@@ -227,21 +164,9 @@ fn private_copy(data: &[u8]) -> std::io::Result<tempfile::NamedTempFile> {
     Ok(file)
 }
 
-/// The code XiVO's xuc answers a failed SSO with.
-const SSO_FAILED: &str = "SsoAuthenticationFailed";
 /// Decoded tokens are a few KiB; anything much larger is not a Kerberos ticket.
 #[cfg(feature = "kerberos")]
 const MAX_TOKEN: usize = 64 * 1024;
-
-/// A 401 that invites the client to (re)try Negotiate.
-fn refused(message: &str) -> GateError {
-    GateError::Refused {
-        status: StatusCode::UNAUTHORIZED,
-        code: SSO_FAILED,
-        message: message.into(),
-        challenge: Some(HeaderValue::from_static("Negotiate")),
-    }
-}
 
 /// The `Authorization` header as far as Negotiate is concerned.
 #[derive(Debug, PartialEq, Eq)]
@@ -273,36 +198,37 @@ fn negotiate_header(headers: &HeaderMap) -> Negotiate<'_> {
     }
 }
 
-pub async fn handle(
-    state: Arc<State>,
-    throttle: &Throttle,
-    parts: &request::Parts,
-    conn: ConnInfo,
-) -> Result<Response<Body>, GateError> {
-    let Some(kerberos) = &state.kerberos else {
-        return Err(GateError::NoRoute);
-    };
-    #[cfg(not(feature = "kerberos"))]
-    {
-        let _ = (throttle, parts, conn);
-        match kerberos.never {}
-    }
+impl Exchange for Kerberos {
+    const METHOD: Method = Method::Kerberos;
+
+    /// One round of SPNEGO (RFC 4559 §4.2). `SsoAuthenticationFailed` (with a `Negotiate`
+    /// challenge) for no, a malformed or a refused token, or a realm not accepted;
+    /// `UserNotFound` for a principal that is not a person.
     #[cfg(feature = "kerberos")]
-    accept::handle(kerberos, &state, throttle, parts, conn).await
+    async fn prove(
+        &self,
+        request: Request<Incoming>,
+        attempt: Attempt<'_>,
+    ) -> Result<Proof, GateError> {
+        accept::prove(self, request.headers(), attempt).await
+    }
+
+    #[cfg(not(feature = "kerberos"))]
+    async fn prove(&self, _: Request<Incoming>, _: Attempt<'_>) -> Result<Proof, GateError> {
+        match self.never {}
+    }
 }
 
 #[cfg(feature = "kerberos")]
 mod accept {
-    use std::net::IpAddr;
     use std::sync::LazyLock;
 
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
+    use http::HeaderValue;
     use tokio::sync::Semaphore;
 
     use super::*;
-    use crate::auth::login;
-    use crate::auth::token::Method;
 
     /// GSSAPI accepts run on the blocking pool, a bounded number at a time, so that a flood of
     /// tokens queues here instead of filling the blocking pool.
@@ -310,23 +236,24 @@ mod accept {
         Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()) * 2)
     });
 
-    pub(super) async fn handle(
+    pub(super) async fn prove(
         kerberos: &Kerberos,
-        state: &Arc<State>,
-        throttle: &Throttle,
-        parts: &request::Parts,
-        conn: ConnInfo,
-    ) -> Result<Response<Body>, GateError> {
-        let addr = conn.remote.ip();
-        throttle.check_addr(addr).map_err(GateError::locked_out)?;
-        let fail = |reason: &str, message: &str| {
+        headers: &HeaderMap,
+        attempt: Attempt<'_>,
+    ) -> Result<Proof, GateError> {
+        attempt.check_client()?;
+        let fail = |reason: &str, message: &'static str| {
             // The reason is GSSAPI's or ours: principal names at most, never token bytes.
-            tracing::info!(client = %addr, method = "kerberos", reason, "sso refused");
-            throttle.record_addr_failure(addr, &state.config.login);
-            refused(message)
+            tracing::info!(client = %attempt.client(), method = "kerberos", reason, "sso refused");
+            attempt.failed_client();
+            GateError::SsoAuthenticationFailed(message)
         };
-        let token = match negotiate_header(&parts.headers) {
-            Negotiate::Absent => return Err(refused("Kerberos authentication is required")),
+        let token = match negotiate_header(headers) {
+            Negotiate::Absent => {
+                return Err(GateError::SsoAuthenticationFailed(
+                    "Kerberos authentication is required",
+                ));
+            }
             Negotiate::Malformed(reason) => return Err(fail(reason, reason)),
             Negotiate::Token(text) if text.len() > MAX_TOKEN * 4 / 3 + 4 => {
                 return Err(fail("token too large", "the Negotiate token is too large"));
@@ -358,35 +285,27 @@ mod accept {
         };
         let login = match kerberos.names.login_for(&accepted.principal) {
             Ok(login) => login,
-            Err(why) => return Err(unmapped(why, &accepted.principal, addr, throttle, state)),
+            Err(why) => {
+                tracing::info!(client = %attempt.client(), method = "kerberos", principal = accepted.principal, reason = ?why, "sso refused");
+                attempt.failed_client();
+                return Err(match why {
+                    Unmapped::Realm => {
+                        GateError::SsoAuthenticationFailed("this Kerberos realm is not accepted")
+                    }
+                    Unmapped::NotAUser => GateError::UserNotFound,
+                });
+            }
         };
-        throttle
-            .check(&login, addr)
-            .map_err(GateError::locked_out)?;
-        let mut response = login::issue_proven(state, throttle, &login, Method::Kerberos, addr)?;
-        if let Some(reply) = accepted.reply {
-            let value = HeaderValue::try_from(format!("Negotiate {}", STANDARD.encode(reply)))
-                .map_err(|_| GateError::Unhandled)?;
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, value);
-        }
-        Ok(response)
-    }
-
-    fn unmapped(
-        why: Unmapped,
-        principal: &str,
-        addr: IpAddr,
-        throttle: &Throttle,
-        state: &State,
-    ) -> GateError {
-        tracing::info!(client = %addr, method = "kerberos", principal, reason = ?why, "sso refused");
-        throttle.record_addr_failure(addr, &state.config.login);
-        match why {
-            Unmapped::Realm => refused("this Kerberos realm is not accepted"),
-            Unmapped::NotAUser => GateError::UserNotFound,
-        }
+        attempt.check_login(&login)?;
+        let challenge = accepted
+            .reply
+            .map(|reply| HeaderValue::try_from(format!("Negotiate {}", STANDARD.encode(reply))))
+            .transpose()
+            .map_err(|_| GateError::Unhandled)?;
+        Ok(Proof {
+            challenge,
+            ..Proof::login(login)
+        })
     }
 }
 
@@ -455,36 +374,5 @@ mod tests {
         let config: KerberosConfig = toml::from_str("keytab = \"http.keytab\"").unwrap();
         let error = Kerberos::load(&config).unwrap_err();
         assert!(error.contains("built without Kerberos support"), "{error}");
-    }
-
-    #[test]
-    fn validates_the_section() {
-        let parse = |extra: &str| -> Result<KerberosConfig, String> {
-            let mut c: KerberosConfig =
-                toml::from_str(&format!("keytab = \"http.keytab\"\n{extra}"))
-                    .map_err(|e| e.to_string())?;
-            c.validate(Path::new("/etc/ucgate"))?;
-            Ok(c)
-        };
-        let c = parse("replay_cache = \"rc/krb5.rcache2\"").unwrap();
-        assert_eq!(c.keytab, Path::new("/etc/ucgate/http.keytab"));
-        assert_eq!(
-            c.replay_cache.unwrap(),
-            Path::new("/etc/ucgate/rc/krb5.rcache2")
-        );
-        assert!(parse("realms = []").unwrap_err().contains("realms"));
-        assert!(parse("principal = \"\"").unwrap_err().contains("principal"));
-        assert!(
-            parse("[principal_map]\nalice = \"bob\"")
-                .unwrap_err()
-                .contains("principal_map")
-        );
-        assert!(
-            parse("[principal_map]\n\"a@R\" = \"\"")
-                .unwrap_err()
-                .contains("empty login")
-        );
-        assert!(parse("keytab_typo = 1").is_err());
-        assert!(toml::from_str::<KerberosConfig>("principal = \"HTTP/x\"").is_err());
     }
 }

@@ -7,24 +7,19 @@
 mod keys;
 mod verify;
 
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header, request};
-use openidconnect::IssuerUrl;
-use serde::Deserialize;
+use http::{HeaderMap, Request, header};
+use hyper::body::Incoming;
 
-use crate::auth::login;
-use crate::auth::throttle::Throttle;
-use crate::auth::token::Method;
-use crate::body::Body;
+use super::exchange::{Attempt, Exchange, Proof};
+use super::token::Method;
+use crate::config::OidcConfig;
 use crate::error::GateError;
-use crate::gateway::{ConnInfo, State};
 use keys::{Keys, ProviderHttp};
-use verify::{Failure, Rejection, Verifier};
+use verify::{Failure, Verifier};
 
 /// Verified IdP tokens remembered (by hash) so that a client replaying its token does not cost
 /// a signature check each time.
@@ -37,99 +32,6 @@ const LAST_RETRY: Duration = Duration::from_secs(30);
 /// stops being trusted without a restart; a failure keeps the keys we have.
 const REDISCOVER_EVERY: Duration = Duration::from_secs(3600);
 
-/// The `[oidc]` section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OidcConfig {
-    /// Exactly the `iss` of the tokens; discovery is under it.
-    pub issuer: String,
-    /// A token is accepted when its `aud` contains one of these.
-    pub audience: Vec<String>,
-    #[serde(default = "default_login_claim")]
-    pub login_claim: String,
-    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
-    #[serde(
-        default = "default_leeway",
-        deserialize_with = "crate::config::duration"
-    )]
-    pub leeway: Duration,
-    /// At most one JWKS refetch for an unknown `kid` within this interval.
-    #[serde(
-        default = "default_refresh_min_interval",
-        deserialize_with = "crate::config::duration"
-    )]
-    pub refresh_min_interval: Duration,
-    /// For each request to the provider.
-    #[serde(
-        default = "default_timeout",
-        deserialize_with = "crate::config::duration"
-    )]
-    pub timeout: Duration,
-    /// PEM certificates trusted for the provider instead of the system's roots (a private CA).
-    #[serde(default)]
-    pub ca_bundle: Option<PathBuf>,
-}
-
-fn default_login_claim() -> String {
-    "preferred_username".into()
-}
-
-fn default_leeway() -> Duration {
-    Duration::from_secs(30)
-}
-
-fn default_refresh_min_interval() -> Duration {
-    Duration::from_secs(10)
-}
-
-fn default_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
-impl OidcConfig {
-    /// Checks values and resolves relative paths against the config file's folder.
-    pub fn validate(&mut self, base: &Path) -> Result<(), String> {
-        issuer_url(&self.issuer)?;
-        if self.audience.is_empty() || self.audience.iter().any(|a| a.is_empty()) {
-            return Err("audience: at least one non-empty audience is needed".into());
-        }
-        if self.login_claim.is_empty() {
-            return Err("login_claim: must not be empty".into());
-        }
-        if self.leeway > Duration::from_secs(300) {
-            return Err("leeway: at most 5m".into());
-        }
-        if self.timeout.is_zero() {
-            return Err("timeout: must be more than 0s".into());
-        }
-        if let Some(bundle) = &mut self.ca_bundle {
-            *bundle = base.join(&*bundle);
-        }
-        Ok(())
-    }
-}
-
-/// The issuer as a URL. Plain http only on loopback: the keys fetched from it decide who logs in.
-fn issuer_url(issuer: &str) -> Result<IssuerUrl, String> {
-    let url = IssuerUrl::new(issuer.into()).map_err(|e| format!("issuer: {e}"))?;
-    let parsed = url.url();
-    let loopback = match parsed.host() {
-        Some(openidconnect::url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(openidconnect::url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(openidconnect::url::Host::Domain(d)) => d == "localhost",
-        None => false,
-    };
-    match parsed.scheme() {
-        "https" => {}
-        "http" if loopback => {}
-        _ => return Err("issuer: must be an https URL (http only on loopback)".into()),
-    }
-    if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err("issuer: must have no query or fragment".into());
-    }
-    Ok(url)
-}
-
 /// What the endpoint needs at run time, loaded from the config.
 #[derive(Debug)]
 pub struct Oidc {
@@ -140,9 +42,8 @@ pub struct Oidc {
 impl Oidc {
     /// Builds the client and the empty key cache; nothing is fetched here (no runtime yet).
     pub fn load(config: &OidcConfig) -> Result<Self, String> {
-        let issuer = issuer_url(&config.issuer)?;
         let keys = Keys::new(
-            issuer,
+            config.issuer.clone(),
             ProviderHttp(provider_client(config)?),
             config.refresh_min_interval,
         );
@@ -221,36 +122,37 @@ fn provider_client(config: &OidcConfig) -> Result<reqwest::Client, String> {
     crate::tls::provider_client(builder, config.ca_bundle.as_deref())
 }
 
-pub async fn handle(
-    state: Arc<State>,
-    throttle: &Throttle,
-    parts: &request::Parts,
-    conn: ConnInfo,
-) -> Result<Response<Body>, GateError> {
-    let Some(oidc) = &state.oidc else {
-        return Err(GateError::NoRoute);
-    };
-    let addr = conn.remote.ip();
-    throttle.check_addr(addr).map_err(GateError::locked_out)?;
-    let token = bearer(&parts.headers).inspect_err(|e| {
-        if matches!(e, BearerError::Malformed) {
-            refused_by(throttle, &state, addr, "malformed bearer");
-        }
-    })?;
-    let verified = match oidc.verifier.verify(token).await {
-        Ok(verified) => verified,
-        Err(Failure::NotReady) => return Err(GateError::NotReady),
-        Err(Failure::Rejected(reason)) => {
-            refused_by(throttle, &state, addr, &reason.to_string());
-            return Err(authentication_failed(reason));
-        }
-    };
-    login::issue_proven(&state, throttle, &verified.login, Method::Oidc, addr)
-}
+impl Exchange for Oidc {
+    const METHOD: Method = Method::Oidc;
 
-fn refused_by(throttle: &Throttle, state: &State, addr: IpAddr, reason: &str) {
-    throttle.record_addr_failure(addr, &state.config.login);
-    tracing::info!(client = %addr, method = "oidc", reason, "token refused");
+    /// `OidcInvalidParameter` for a missing or malformed bearer, `OidcAuthenticationFailed`
+    /// for a token the provider's keys and the configured claims refuse (both a failure of the
+    /// client's address, both with a `Bearer` challenge), `NotReady` before the keys are loaded.
+    async fn prove(
+        &self,
+        request: Request<Incoming>,
+        attempt: Attempt<'_>,
+    ) -> Result<Proof, GateError> {
+        attempt.check_client()?;
+        let refused = |reason: &str| {
+            attempt.failed_client();
+            tracing::info!(client = %attempt.client(), method = "oidc", reason, "token refused");
+        };
+        let token = bearer(request.headers()).inspect_err(|e| {
+            if matches!(e, BearerError::Malformed) {
+                refused("malformed bearer");
+            }
+        })?;
+        match self.verifier.verify(token).await {
+            Ok(verified) => Ok(Proof::login(verified.login.to_string())),
+            Err(Failure::NotReady) => Err(GateError::NotReady),
+            Err(Failure::Rejected(reason)) => {
+                let reason = reason.to_string();
+                refused(&reason);
+                Err(GateError::OidcAuthenticationFailed(reason))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,30 +163,11 @@ enum BearerError {
 
 impl From<BearerError> for GateError {
     fn from(e: BearerError) -> Self {
-        let message = match e {
+        GateError::OidcInvalidParameter(match e {
             BearerError::Missing => "an Authorization: Bearer header is required",
             BearerError::Malformed => "the Authorization header is not a single Bearer token",
-        };
-        GateError::Refused {
-            status: StatusCode::UNAUTHORIZED,
-            code: "OidcInvalidParameter",
-            message: message.into(),
-            challenge: Some(invalid_token_challenge()),
-        }
+        })
     }
-}
-
-fn authentication_failed(reason: Rejection) -> GateError {
-    GateError::Refused {
-        status: StatusCode::UNAUTHORIZED,
-        code: "OidcAuthenticationFailed",
-        message: reason.to_string(),
-        challenge: Some(invalid_token_challenge()),
-    }
-}
-
-fn invalid_token_challenge() -> HeaderValue {
-    HeaderValue::from_static("Bearer error=\"invalid_token\"")
 }
 
 /// The token of the single `Authorization: Bearer` header (RFC 6750 b64token syntax).
@@ -311,61 +194,7 @@ fn bearer(headers: &HeaderMap) -> Result<&str, BearerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn config(extra: &str) -> Result<OidcConfig, String> {
-        let text =
-            format!("issuer = \"https://idp.test/realms/x\"\naudience = [\"xivo\"]\n{extra}");
-        let mut c: OidcConfig = toml::from_str(&text).map_err(|e| e.to_string())?;
-        c.validate(Path::new("/etc/ucgate")).map(|()| c)
-    }
-
-    #[test]
-    fn config_defaults_and_checks() {
-        let c = config("").unwrap();
-        assert_eq!(c.login_claim, "preferred_username");
-        assert_eq!(c.leeway, Duration::from_secs(30));
-        assert_eq!(c.refresh_min_interval, Duration::from_secs(10));
-        let c = config("ca_bundle = \"idp-ca.pem\"\nleeway = \"2s\"").unwrap();
-        assert_eq!(c.ca_bundle.unwrap(), Path::new("/etc/ucgate/idp-ca.pem"));
-        assert!(
-            config("audience2 = []")
-                .unwrap_err()
-                .contains("unknown field")
-        );
-        assert!(
-            config("leeway = \"1h\"")
-                .unwrap_err()
-                .starts_with("leeway:")
-        );
-        assert!(
-            config("timeout = \"0s\"")
-                .unwrap_err()
-                .starts_with("timeout:")
-        );
-        assert!(
-            config("login_claim = \"\"")
-                .unwrap_err()
-                .starts_with("login_claim:")
-        );
-        let mut c = config("").unwrap();
-        c.audience.clear();
-        assert!(
-            c.validate(Path::new("/"))
-                .unwrap_err()
-                .starts_with("audience:")
-        );
-    }
-
-    #[test]
-    fn plain_http_issuers_only_on_loopback() {
-        assert!(issuer_url("http://127.0.0.1:8080").is_ok());
-        assert!(issuer_url("http://localhost/realms/x").is_ok());
-        assert!(issuer_url("http://[::1]:9000").is_ok());
-        assert!(issuer_url("http://idp.example.com").is_err());
-        assert!(issuer_url("ftp://idp.example.com").is_err());
-        assert!(issuer_url("https://idp.example.com?x=1").is_err());
-        assert!(issuer_url("not a url").is_err());
-    }
+    use http::HeaderValue;
 
     #[test]
     fn bearer_parsing() {
@@ -393,17 +222,5 @@ mod tests {
         assert_eq!(parse(&["Bearer a=b"]), Err(BearerError::Malformed));
         let long = format!("Bearer {}", "a".repeat(MAX_BEARER + 1));
         assert_eq!(parse(&[&long]), Err(BearerError::Malformed));
-    }
-
-    #[test]
-    fn errors_carry_the_bearer_challenge() {
-        let response = GateError::from(BearerError::Missing).into_response();
-        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(
-            response.headers()[header::WWW_AUTHENTICATE],
-            "Bearer error=\"invalid_token\""
-        );
-        let response = authentication_failed(Rejection::Audience).into_response();
-        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     }
 }

@@ -36,6 +36,7 @@ impl fmt::Debug for SharedToken {
     }
 }
 
+/// Why the shared token could not be loaded; never its value.
 #[derive(Debug, thiserror::Error)]
 pub enum SharedTokenError {
     #[error(
@@ -110,10 +111,6 @@ impl SharedToken {
     /// The value to send upstream.
     pub fn header(&self) -> &HeaderValue {
         &self.header
-    }
-
-    pub fn has_previous(&self) -> bool {
-        self.previous.is_some()
     }
 
     /// Checks a presented token in constant time.

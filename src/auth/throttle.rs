@@ -24,9 +24,13 @@ struct Entry {
 }
 
 /// Failure counters, bounded in number: under a flood of distinct logins and addresses the
-/// least useful entries are evicted, and memory stays flat.
+/// least useful entries are evicted, and memory stays flat. Built with each configuration, the
+/// counters carried over from the one it replaces (see [`Throttle::inherit`]).
 pub struct Throttle {
     entries: moka::sync::Cache<Key, Arc<Mutex<Entry>>>,
+    max_failures: u32,
+    window: Duration,
+    lockout: Duration,
 }
 
 impl std::fmt::Debug for Throttle {
@@ -38,13 +42,23 @@ impl std::fmt::Debug for Throttle {
 }
 
 impl Throttle {
+    /// Empty counters with `config`'s limits; at most `max_tracked` logins and addresses.
     pub fn new(config: &LoginConfig) -> Self {
         Self {
             entries: moka::sync::Cache::builder()
                 .max_capacity(config.max_tracked)
                 .time_to_idle(config.window.max(config.lockout))
                 .build(),
+            max_failures: config.max_failures,
+            window: config.window,
+            lockout: config.lockout,
         }
+    }
+
+    /// Takes over the counters of the configuration this one replaces: a reload must not forgive
+    /// past failures nor lift a lock-out. (Their bound, `max_tracked`, stays the first one's.)
+    pub fn inherit(&mut self, old: &Throttle) {
+        self.entries = old.entries.clone();
     }
 
     /// `Err(retry_after)` while the login or the address is locked out.
@@ -75,18 +89,19 @@ impl Throttle {
             .map(|until| until - now)
     }
 
-    pub fn record_failure(&self, login: &str, addr: IpAddr, config: &LoginConfig) {
+    /// A failure of `login` from `addr`: counted for both.
+    pub fn record_failure(&self, login: &str, addr: IpAddr) {
         for key in [login_key(login), addr_key(addr)] {
-            self.record(key, config);
+            self.record(key);
         }
     }
 
     /// A failure whose login is unknown (e.g. a refused CAS ticket): counted per address only.
-    pub fn record_addr_failure(&self, addr: IpAddr, config: &LoginConfig) {
-        self.record(addr_key(addr), config);
+    pub fn record_addr_failure(&self, addr: IpAddr) {
+        self.record(addr_key(addr));
     }
 
-    fn record(&self, key: Key, config: &LoginConfig) {
+    fn record(&self, key: Key) {
         let now = Instant::now();
         let entry = self.entries.get_with(key, || {
             Arc::new(Mutex::new(Entry {
@@ -96,13 +111,13 @@ impl Throttle {
             }))
         });
         let mut entry = entry.lock().expect("throttle entry");
-        if now.duration_since(entry.window_start) > config.window {
+        if now.duration_since(entry.window_start) > self.window {
             entry.failures = 0;
             entry.window_start = now;
         }
         entry.failures += 1;
-        if entry.failures >= config.max_failures {
-            entry.locked_until = Some(now + config.lockout);
+        if entry.failures >= self.max_failures {
+            entry.locked_until = Some(now + self.lockout);
             entry.failures = 0;
             entry.window_start = now;
         }
@@ -114,8 +129,9 @@ impl Throttle {
         self.entries.invalidate(&login_key(login));
     }
 
-    /// Entries tracked (approximate), for tests and metrics.
-    pub fn tracked(&self) -> u64 {
+    /// Entries tracked (approximate).
+    #[cfg(test)]
+    fn tracked(&self) -> u64 {
         self.entries.run_pending_tasks();
         self.entries.entry_count()
     }
@@ -160,16 +176,16 @@ mod tests {
 
     #[test]
     fn locks_a_login_after_max_failures_and_success_resets() {
-        let (t, c) = (Throttle::new(&config()), config());
+        let t = Throttle::new(&config());
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        t.record_failure("alice", a, &c);
-        t.record_failure("alice", b, &c);
+        t.record_failure("alice", a);
+        t.record_failure("alice", b);
         t.record_success("alice");
-        t.record_failure("alice", b, &c);
+        t.record_failure("alice", b);
         assert!(t.check("alice", "10.0.0.9".parse().unwrap()).is_ok());
-        t.record_failure("alice", a, &c);
-        t.record_failure("alice", "10.0.0.3".parse().unwrap(), &c);
+        t.record_failure("alice", a);
+        t.record_failure("alice", "10.0.0.3".parse().unwrap());
         let retry = t.check("alice", "10.0.0.9".parse().unwrap()).unwrap_err();
         assert!(retry > Duration::from_secs(290));
         assert!(t.check("bob", "10.0.0.9".parse().unwrap()).is_ok());
@@ -177,10 +193,10 @@ mod tests {
 
     #[test]
     fn locks_an_address_whatever_the_logins() {
-        let (t, c) = (Throttle::new(&config()), config());
+        let t = Throttle::new(&config());
         let ip: IpAddr = "2001:db8::1".parse().unwrap();
         for login in ["a", "b", "c"] {
-            t.record_failure(login, ip, &c);
+            t.record_failure(login, ip);
         }
         assert!(
             t.check("d", "2001:db8::ffff".parse().unwrap()).is_err(),
@@ -191,15 +207,31 @@ mod tests {
 
     #[test]
     fn address_only_failures_lock_the_address_and_no_login() {
-        let (t, c) = (Throttle::new(&config()), config());
+        let t = Throttle::new(&config());
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         for _ in 0..3 {
             assert!(t.check_addr(ip).is_ok());
-            t.record_addr_failure(ip, &c);
+            t.record_addr_failure(ip);
         }
         assert!(t.check_addr(ip).is_err());
         assert!(t.check("alice", ip).is_err());
         assert!(t.check("alice", "10.0.0.2".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_new_configuration_keeps_the_counters_and_lockouts() {
+        let old = Throttle::new(&config());
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        old.record_failure("alice", ip);
+        old.record_failure("alice", ip);
+        let mut new = Throttle::new(&config());
+        new.inherit(&old);
+        new.record_failure("alice", "10.0.0.2".parse().unwrap());
+        assert!(new.check("alice", "10.0.0.3".parse().unwrap()).is_err());
+        assert!(
+            new.check_addr(ip).is_ok(),
+            "two failures from ip, three needed"
+        );
     }
 
     #[test]
@@ -210,7 +242,7 @@ mod tests {
         };
         let t = Throttle::new(&c);
         for i in 0..20_000u32 {
-            t.record_failure(&format!("user{i}"), IpAddr::V4(i.into()), &c);
+            t.record_failure(&format!("user{i}"), IpAddr::V4(i.into()));
         }
         assert!(t.tracked() <= 1000, "{}", t.tracked());
     }

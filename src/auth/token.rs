@@ -25,6 +25,7 @@ pub enum Method {
 }
 
 impl Method {
+    /// The name in the `method` claim and `X-Auth-Method`.
     pub fn as_str(self) -> &'static str {
         match self {
             Method::Password => "password",
@@ -55,6 +56,7 @@ impl Claims {
     }
 }
 
+/// Why a UC token is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     #[error("the token has expired")]
@@ -197,7 +199,7 @@ impl TokenService {
     }
 
     fn new(config: &TokensConfig, encoding: EncodingKey, decoding: DecodingKey) -> Self {
-        let alg = config.algorithm.jwt_algorithm();
+        let alg = jwt_algorithm(&config.algorithm);
         // Pinned to the one configured algorithm: `none` and algorithm confusion are refused
         // before any signature check.
         let mut validation = Validation::new(alg);
@@ -225,11 +227,6 @@ impl TokenService {
                 })
                 .build(),
         }
-    }
-
-    /// The longest lifetime a token may get.
-    pub fn max_ttl(&self) -> Duration {
-        self.max_ttl
     }
 
     /// Issues a token for `login`, living `requested` seconds at most (capped by `tokens.ttl`).
@@ -343,12 +340,6 @@ impl TokenService {
     pub fn inherit(&mut self, old: &TokenService) {
         self.revoked = old.revoked.clone();
     }
-
-    /// Number of cached validations (approximate), for metrics and tests.
-    pub fn cached(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
-    }
 }
 
 fn signature(token: &str) -> &str {
@@ -367,19 +358,18 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Seconds since the Unix epoch (JWT `NumericDate`, RFC 7519 §2).
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-impl TokenAlgorithm {
-    fn jwt_algorithm(&self) -> Algorithm {
-        match self {
-            TokenAlgorithm::Hs256 { .. } => Algorithm::HS256,
-            TokenAlgorithm::EdDsa { .. } => Algorithm::EdDSA,
-            TokenAlgorithm::Rs256 { .. } => Algorithm::RS256,
-        }
+fn jwt_algorithm(algorithm: &TokenAlgorithm) -> Algorithm {
+    match algorithm {
+        TokenAlgorithm::Hs256 { .. } => Algorithm::HS256,
+        TokenAlgorithm::EdDsa { .. } => Algorithm::EdDSA,
+        TokenAlgorithm::Rs256 { .. } => Algorithm::RS256,
     }
 }
 

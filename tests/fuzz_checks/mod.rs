@@ -8,10 +8,8 @@ use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
-use ucgate::auth::shared::read_env_file;
-use ucgate::auth::token::TokenService;
 use ucgate::config::{Config, TokensConfig};
-use ucgate::routes::normalise_path;
+use ucgate::{TokenService, normalise_path, read_env_file};
 
 /// A property check over arbitrary bytes: panics when the property fails.
 pub type Check = fn(&[u8]);
@@ -229,7 +227,7 @@ pub fn token_claims(data: &[u8]) {
 
 /// `parse_service_response`: never panics; a success names a plausible user.
 pub fn cas_xml(data: &[u8]) {
-    use ucgate::auth::cas::{CasOutcome, parse_service_response};
+    use ucgate::{CasOutcome, parse_service_response};
     match parse_service_response(data) {
         Ok(CasOutcome::Success(principal)) => {
             let user = principal.user.as_str();

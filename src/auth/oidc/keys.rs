@@ -22,6 +22,7 @@ const MAX_DOCUMENT: usize = 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct ProviderHttp(pub reqwest::Client);
 
+/// Why a request to the provider failed (never with a token or a URL query in it).
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     #[error("{0}")]
@@ -121,6 +122,7 @@ impl Provider {
         (kid.is_some() || fitting.next().is_none()).then(|| key.clone())
     }
 
+    /// How many verification keys the provider publishes, for the log.
     pub fn key_count(&self) -> usize {
         self.keys.len()
     }
@@ -139,6 +141,8 @@ pub struct Keys {
 }
 
 impl Keys {
+    /// An empty key cache for `issuer`; an unknown `kid` refetches the JWKS at most once per
+    /// `refetch_interval`.
     pub fn new(issuer: IssuerUrl, http: ProviderHttp, refetch_interval: Duration) -> Self {
         Self {
             issuer,
@@ -150,6 +154,7 @@ impl Keys {
         }
     }
 
+    /// The issuer URL, for logs.
     pub fn issuer(&self) -> &str {
         self.issuer.as_str()
     }
@@ -167,6 +172,7 @@ impl Keys {
         }
     }
 
+    /// The provider as last discovered; `None` before the first discovery succeeds.
     pub fn current(&self) -> Option<Arc<Provider>> {
         self.current.load_full()
     }

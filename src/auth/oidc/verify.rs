@@ -89,6 +89,8 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
+    /// The rules: `audience` (one must be in `aud`), the claim that holds the login, the clock
+    /// skew tolerated, and how many verified tokens to remember.
     pub fn new(
         keys: Keys,
         audience: Vec<String>,
@@ -108,6 +110,9 @@ impl Verifier {
         }
     }
 
+    /// Verifies an ID token or JWT access token against the provider's keys (RFC 7519 §7.2,
+    /// OpenID Connect Core §3.1.3.7): `Failure::NotReady` before the keys are loaded,
+    /// `Failure::Rejected` with the reason otherwise.
     pub async fn verify(&self, token: &str) -> Result<Arc<Verified>, Failure> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(hit) = self.verified.get(&digest).filter(|v| v.exp > unix_now()) {

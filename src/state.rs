@@ -1,0 +1,201 @@
+//! What one loaded configuration builds (a generation): the route table, the shared token, the
+//! listener's TLS, the UC token issuer with its directory and exchanges, the brute-force
+//! throttle. A request runs on one generation from start to end; a reload builds the next one
+//! and carries over what must outlive it (revocations, lock-outs, the OpenID provider's keys).
+//!
+//! This module assembles the services of `auth/`, so it sits above it: the exchanges get their
+//! narrow arguments from here, never the whole state.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::auth::cas::Cas;
+use crate::auth::kerberos::Kerberos;
+use crate::auth::oidc::Oidc;
+use crate::auth::throttle::Throttle;
+use crate::auth::token::TokenService;
+use crate::auth::{Credential, Issuer, SharedToken};
+use crate::config::{Config, ConfigError};
+use crate::directory::Directory;
+use crate::directory::file::FileDirectory;
+use crate::error::GateError;
+use crate::proxy::http_client;
+use crate::routes::RouteTable;
+use crate::tls;
+
+/// A configuration that cannot be served. `Display` is one line: the file, then the key and
+/// the reason; never a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A file, key or secret the configuration names cannot be used; `reason` starts with the
+    /// configuration key (`tokens.signing_key_env: ...`), or is about `file` itself.
+    #[error("{}: {reason}", file.display())]
+    Unusable { file: PathBuf, reason: String },
+}
+
+impl LoadError {
+    fn unusable(file: &Path, reason: impl std::fmt::Display) -> Self {
+        // Some libraries' messages span lines; a log line must not.
+        let reason = reason.to_string();
+        LoadError::Unusable {
+            file: file.to_owned(),
+            reason: reason.split_whitespace().collect::<Vec<_>>().join(" "),
+        }
+    }
+}
+
+/// One generation of ucgate's runtime state.
+#[derive(Debug)]
+pub struct State {
+    pub(crate) config: Config,
+    pub(crate) routes: RouteTable,
+    pub(crate) shared: SharedToken,
+    /// The listener's TLS: new connections get the certificates of the current generation.
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// UC tokens, with what issues them; absent without `[tokens]`.
+    pub(crate) uc: Option<UcAuth>,
+    pub(crate) throttle: Throttle,
+}
+
+/// UC tokens and the exchanges that lead to one: they exist only together, since an exchange
+/// answers with a token.
+#[derive(Debug)]
+pub(crate) struct UcAuth {
+    pub(crate) issuer: Issuer,
+    pub(crate) kerberos: Option<Kerberos>,
+    pub(crate) cas: Option<Cas>,
+    pub(crate) oidc: Option<Oidc>,
+}
+
+/// The connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub tls: bool,
+}
+
+impl State {
+    /// Builds everything the configuration points at: the shared token, the token keys, the
+    /// directory, the exchanges' providers, TLS. Errors name the file and key, never a secret.
+    pub fn load(config: Config) -> Result<Self, LoadError> {
+        let file = config.file.clone();
+        let in_file = |key: &'static str| {
+            let file = file.clone();
+            move |e: String| LoadError::unusable(&file, format!("{key}: {e}"))
+        };
+        let client = http_client(config.server.upstream_ca.as_deref())
+            .map_err(in_file("server.upstream_ca"))?;
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(tls::server_config)
+            .transpose()
+            .map_err(in_file("server.tls"))?;
+        let shared = SharedToken::load(&config.shared_token)
+            .map_err(|e| in_file("shared_token")(e.to_string()))?;
+        let directory: Option<Arc<dyn Directory>> = match &config.users {
+            Some(users) => Some(Arc::new(
+                FileDirectory::load(&users.file)
+                    .map_err(|e| LoadError::unusable(&users.file, e))?,
+            )),
+            None => None,
+        };
+        // Validation made sure that `[tokens]` comes with `[users]`, and exchanges with both.
+        let uc = match (&config.tokens, directory) {
+            (Some(tokens), Some(directory)) => Some(UcAuth {
+                // Token errors name their `tokens.*` key themselves.
+                issuer: Issuer::new(
+                    TokenService::load(tokens).map_err(|e| LoadError::unusable(&file, e))?,
+                    directory,
+                ),
+                kerberos: config
+                    .kerberos
+                    .as_ref()
+                    .map(Kerberos::load)
+                    .transpose()
+                    .map_err(in_file("kerberos"))?,
+                cas: config
+                    .cas
+                    .as_ref()
+                    .map(Cas::load)
+                    .transpose()
+                    .map_err(in_file("cas"))?,
+                oidc: config
+                    .oidc
+                    .as_ref()
+                    .map(Oidc::load)
+                    .transpose()
+                    .map_err(in_file("oidc"))?,
+            }),
+            _ => None,
+        };
+        Ok(Self {
+            routes: RouteTable::build(&config.routes, &client, config.server.request_body_timeout),
+            throttle: Throttle::new(&config.login),
+            config,
+            shared,
+            tls,
+            uc,
+        })
+    }
+
+    /// Carries over what must survive a reload: revocations, lock-outs, the OpenID provider's
+    /// keys.
+    pub(crate) fn inherit(&mut self, old: &State) {
+        self.throttle.inherit(&old.throttle);
+        if let (Some(new), Some(old)) = (&mut self.uc, &old.uc) {
+            new.issuer.inherit(&old.issuer);
+            if let (Some(new), Some(old)) = (&new.oidc, &old.oidc) {
+                new.inherit(old);
+            }
+        }
+    }
+
+    /// Starts what needs the runtime (the OpenID provider's discovery); call inside it, once
+    /// the generation is in place.
+    pub(crate) fn start_background_tasks(&self) {
+        if let Some(oidc) = self.uc.as_ref().and_then(|uc| uc.oidc.as_ref()) {
+            oidc.start();
+        }
+    }
+
+    /// The configuration this generation was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Where the shared token was found, for logs and `check-config` (never the value).
+    pub fn shared_token_source(&self) -> &str {
+        self.shared.source()
+    }
+
+    /// The directory, described for the start-up log and `check-config` ("3 users in FILE").
+    pub fn directory(&self) -> Option<String> {
+        self.uc.as_ref().map(|uc| uc.issuer.directory().describe())
+    }
+
+    /// Ready to serve: everything needed to check credentials is loaded (the OpenID
+    /// provider's keys are fetched after the start).
+    pub(crate) fn is_ready(&self) -> bool {
+        self.uc
+            .as_ref()
+            .and_then(|uc| uc.oidc.as_ref())
+            .is_none_or(Oidc::is_ready)
+    }
+
+    /// Checks a presented token: the shared token first (one digest), then a UC token.
+    /// `TokenInvalid` or `TokenExpired` when it is neither.
+    pub(crate) fn authenticate(&self, token: &str) -> Result<Credential, GateError> {
+        if let Some(m) = self.shared.matches(token.as_bytes()) {
+            return Ok(Credential::Shared(m));
+        }
+        match &self.uc {
+            Some(uc) => Ok(Credential::Uc(uc.issuer.tokens().validate(token)?)),
+            None => Err(GateError::TokenInvalid),
+        }
+    }
+}
