@@ -14,12 +14,16 @@
 //! On every connection, HTTP/1 or h2, a write that stays pending for `send_timeout` (a client
 //! that stopped reading) ends the connection, as nginx's `send_timeout` does. (An h2 client that
 //! stops reading one stream only holds that stream: its flow-control window stops the writes.)
+//!
+//! hyper answers a request head it cannot parse itself (400, 414, 431), with an empty body and
+//! outside the service. The IO recognises those answers and writes ucgate's JSON error in their
+//! place, so that every error a client gets is the same contract.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
@@ -70,12 +74,16 @@ pub struct DeadlineIo<IO> {
     finished_seen: u32,
     timeouts: Timeouts,
     phase: Phase,
+    /// Requests started when the current head's first byte arrived: a response written while
+    /// the count is still that is not the service's (hyper answering a head it refused).
+    started_at_head: u32,
     deadline: Instant,
     timer: LazyTimer,
     /// Bytes of the h2 preface matched so far; `None` once the connection is known to be HTTP/1.
     /// All of it: h2, no deadline here.
     preface_matched: Option<usize>,
-    /// Set once the head's deadline passed: what of the 408 is still to write.
+    /// Set once the head's deadline passed, or hyper answered a head it could not parse: what of
+    /// ucgate's answer is still to write. Empty once written; the connection then ends.
     refusing: Option<Bytes>,
     /// Armed while a write is pending: the client is not reading.
     write_stall: Option<Pin<Box<Sleep>>>,
@@ -99,6 +107,7 @@ pub fn wrap<IO>(io: IO, timeouts: Timeouts) -> (DeadlineIo<IO>, RequestTracker) 
         finished_seen: 0,
         timeouts,
         phase: Phase::Waiting,
+        started_at_head: 0,
         deadline,
         timer: LazyTimer::default(),
         preface_matched: Some(0),
@@ -156,16 +165,30 @@ impl<B: Body + Unpin> Body for Tracked<B> {
     }
 }
 
-/// The 408 answer, written straight to the connection: hyper has no request to answer.
-fn request_timeout_response() -> Bytes {
-    let error = GateError::RequestTimeout;
+/// An answer written straight to the connection, when hyper has no request to answer: the
+/// JSON error, and the connection closed after it.
+fn direct_response(error: GateError) -> Bytes {
+    let status = error.status();
     let body = error.json_body();
     format!(
-        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncache-control: no-store\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncache-control: no-store\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
         body.len()
     )
     .into()
 }
+
+/// The status lines of the answers hyper writes itself for a head it cannot parse (its
+/// `Server::on_error`), with ucgate's error for each.
+const HYPER_ANSWERS: [(&[u8], GateError); 3] = [
+    (b"HTTP/1.1 400 Bad Request\r\n", GateError::MalformedRequest),
+    (b"HTTP/1.1 414 URI Too Long\r\n", GateError::UriTooLong),
+    (
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+        GateError::HeadersTooLarge,
+    ),
+];
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> DeadlineIo<IO> {
     /// Follows the service's count of exchanges: a request under way has no deadline here, and
@@ -182,10 +205,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> DeadlineIo<IO> {
         }
     }
 
-    fn is_h2(&self) -> bool {
-        self.preface_matched == Some(H2_PREFACE.len())
-    }
-
     fn on_bytes(&mut self, bytes: &[u8]) {
         if let Some(matched) = self.preface_matched {
             let n = bytes.len().min(H2_PREFACE.len() - matched);
@@ -198,18 +217,27 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> DeadlineIo<IO> {
         if self.phase == Phase::Waiting {
             // A head has `head` from its first byte, and never more than the wait it ends.
             self.phase = Phase::Head;
+            self.started_at_head = self.exchanges.started.load(Ordering::Acquire);
             self.deadline = self.deadline.min(Instant::now() + self.timeouts.head);
         }
     }
 
     /// Writes the 408, then reports the end of the input so that hyper closes the connection.
-    /// The write is bounded by `send` like any other: a client that reads nothing does not hold
-    /// the connection open.
     fn poll_refuse(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut rest = self
-            .refusing
-            .take()
-            .unwrap_or_else(request_timeout_response);
+        if self.refusing.is_none() {
+            self.refusing = Some(direct_response(GateError::RequestTimeout));
+        }
+        self.poll_write_refusal(cx)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> DeadlineIo<IO> {
+    /// Writes what is left of ucgate's own answer. The write is bounded by `send` like any
+    /// other: a client that reads nothing does not hold the connection open.
+    fn poll_write_refusal(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(mut rest) = self.refusing.take() else {
+            return Poll::Ready(Ok(()));
+        };
         while !rest.is_empty() {
             let outcome = Pin::new(&mut self.inner).poll_write(cx, &rest);
             match self.bound_write(cx, outcome) {
@@ -225,6 +253,32 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> DeadlineIo<IO> {
         self.refusing = Some(rest);
         let _ = Pin::new(&mut self.inner).poll_flush(cx);
         Poll::Ready(Ok(()))
+    }
+
+    /// Whether `first` (the start of a write) is hyper's own answer to a head it could not
+    /// parse: one of [`HYPER_ANSWERS`], written while a head is being received and no request
+    /// has started since its first byte (a response of the service always comes after its
+    /// request started). If so, ucgate's answer replaces it. (A head pipelined behind a request
+    /// still being served is not followed here: hyper's empty answer then stands.)
+    fn replaces_hyper_answer(&mut self, first: &[u8]) -> bool {
+        if self.refusing.is_some() {
+            return true;
+        }
+        if self.is_h2()
+            || self.phase != Phase::Head
+            || self.exchanges.started.load(Ordering::Acquire) != self.started_at_head
+        {
+            return false;
+        }
+        let Some((_, error)) = HYPER_ANSWERS
+            .iter()
+            .find(|(line, _)| first.starts_with(line))
+        else {
+            return false;
+        };
+        tracing::debug!(status = %error.status(), "request head not parsed: JSON answer");
+        self.refusing = Some(direct_response(error.clone()));
+        true
     }
 }
 
@@ -267,6 +321,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<IO> {
 }
 
 impl<IO> DeadlineIo<IO> {
+    fn is_h2(&self) -> bool {
+        self.preface_matched == Some(H2_PREFACE.len())
+    }
+
     /// Passes a write's outcome through; a write pending for longer than `send` (a client that
     /// does not read its response) becomes an error, on which hyper drops the connection.
     fn bound_write<T>(
@@ -296,6 +354,10 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.replaces_hyper_answer(buf) {
+            // Taken, and dropped: ucgate's answer goes out at the flush.
+            return Poll::Ready(Ok(buf.len()));
+        }
         let outcome = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.bound_write(cx, outcome)
     }
@@ -305,6 +367,13 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        if self.replaces_hyper_answer(first) {
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
         let outcome = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         self.bound_write(cx, outcome)
     }
@@ -314,11 +383,13 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<IO> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_write_refusal(cx))?;
         let outcome = Pin::new(&mut self.inner).poll_flush(cx);
         self.bound_write(cx, outcome)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_write_refusal(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -416,5 +487,44 @@ mod tests {
         let err = io.write_all(&[0u8; 64]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(started.elapsed(), TIMEOUTS.send);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hyper_s_answer_to_a_refused_head_becomes_json_and_the_service_s_answers_stay() {
+        const CANNED: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        // No request started since the head began: hyper's own answer, replaced.
+        let (mut client, server) = duplex(4096);
+        let (mut io, _tracker) = wrap(server, TIMEOUTS);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nBad Header: 1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        io.write_all(CANNED).await.unwrap();
+        io.flush().await.unwrap();
+        io.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains(r#""error":"MalformedRequest""#), "{answer}");
+
+        // The same bytes from the service (a request started, even if its body is done): kept.
+        let (mut client, server) = duplex(4096);
+        let (mut io, tracker) = wrap(server, TIMEOUTS);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        tracker.started();
+        drop(tracker.track(http::Response::new(())));
+        io.write_all(CANNED).await.unwrap();
+        io.flush().await.unwrap();
+        drop(io);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, CANNED);
     }
 }

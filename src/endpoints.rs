@@ -1,6 +1,7 @@
 //! Endpoints served by ucgate itself, matched on the exact normalised path before any route:
 //! health, readiness and metrics; the token exchanges, check and logout of XiVO's UC API 2.0.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
@@ -13,7 +14,7 @@ use crate::auth::{self, Attempt};
 use crate::body::{self, Body};
 use crate::error::{GateError, json_response};
 use crate::metrics::metrics;
-use crate::state::{ConnInfo, State, UcAuth};
+use crate::state::{State, UcAuth};
 use crate::telemetry::RequestLog;
 
 /// The local endpoints.
@@ -90,7 +91,7 @@ impl Endpoint {
         self,
         state: &State,
         request: Request<Incoming>,
-        conn: ConnInfo,
+        client: IpAddr,
         log: &mut RequestLog,
     ) -> Result<Response<Body>, GateError> {
         log.route = Some(self.name().into());
@@ -99,7 +100,7 @@ impl Endpoint {
         if !methods.contains(request.method()) {
             return Err(GateError::MethodNotAllowed(allow));
         }
-        let attempt = Attempt::new(&state.throttle, conn.remote.ip());
+        let attempt = Attempt::new(&state.throttle, client);
         match self {
             Endpoint::Health => Ok(json_response(
                 StatusCode::OK,
@@ -146,7 +147,18 @@ impl Endpoint {
                 let (claims, token) = uc_token(uc, &request)?;
                 log.credential = Some("uc");
                 tracing::info!(login = %claims.sub, "token revoked");
-                uc.issuer.tokens().revoke(&token, claims);
+                let tokens = uc.issuer.tokens();
+                tokens.revoke(&token, &claims);
+                // Durable before the answer: a 204 means the token stays refused after a
+                // restart too. A failed write leaves it revoked in this process, and says so.
+                let revocations = tokens.revocations().clone();
+                match tokio::task::spawn_blocking(move || revocations.persist()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "tokens.revocations_file: cannot write it; the revocation holds until ucgate stops");
+                    }
+                    Err(_) => return Err(GateError::Unhandled),
+                }
                 let mut response = Response::new(body::empty());
                 *response.status_mut() = StatusCode::NO_CONTENT;
                 Ok(response)

@@ -21,11 +21,18 @@ const NEGOTIATE_CHALLENGE: HeaderValue = HeaderValue::from_static("Negotiate");
 const BEARER_CHALLENGE: HeaderValue = HeaderValue::from_static("Bearer error=\"invalid_token\"");
 
 /// A refusal, by the phase or endpoint that made it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GateError {
-    // --- the request itself (400, 405, 408, 413, 414, 501) -------------------------------
+    // --- the request itself (400, 405, 408, 413, 414, 431, 501) --------------------------
     #[error("{0}")]
     InvalidPath(#[from] PathError),
+    /// A request head hyper could not parse (request line, header syntax, framing headers).
+    #[error("the request is not valid HTTP/1.1")]
+    MalformedRequest,
+    /// A request head larger than `server.max_header_bytes` or with more than
+    /// `server.max_headers` headers.
+    #[error("the request head is too large")]
+    HeadersTooLarge,
     #[error("the request target must be a path")]
     InvalidTarget,
     #[error("the request target is too long")]
@@ -113,8 +120,9 @@ impl GateError {
     pub fn status(&self) -> StatusCode {
         use GateError::*;
         match self {
-            InvalidPath(_) | InvalidTarget | AmbiguousToken | InvalidJson | InvalidBody
-            | InvalidRequest(_) | CasServiceNotAllowed => StatusCode::BAD_REQUEST,
+            InvalidPath(_) | MalformedRequest | InvalidTarget | AmbiguousToken | InvalidJson
+            | InvalidBody | InvalidRequest(_) | CasServiceNotAllowed => StatusCode::BAD_REQUEST,
+            HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             TokenMissing
             | TokenInvalid
             | TokenExpired
@@ -144,6 +152,8 @@ impl GateError {
         use GateError::*;
         match self {
             InvalidPath(_) => "InvalidPath",
+            MalformedRequest => "MalformedRequest",
+            HeadersTooLarge => "HeadersTooLarge",
             InvalidTarget => "InvalidTarget",
             UriTooLong => "UriTooLong",
             MethodNotAllowed(_) => "MethodNotAllowed",

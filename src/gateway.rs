@@ -1,7 +1,8 @@
 //! The request lifecycle, as named phases in the order a request meets them:
 //!
-//! 1. [`admit`]: refuse what cannot be forwarded faithfully (CONNECT, transfer codings other
-//!    than chunked, an over-long target) and normalise the path, once, for everything after;
+//! 1. [`admit`]: refuse what cannot be forwarded faithfully (methods other than
+//!    [`METHODS`], transfer codings other than chunked, an over-long target), normalise the
+//!    path and derive where the request comes from, once, for everything after;
 //! 2. [`target`]: an endpoint ucgate serves itself, or the route with the longest prefix;
 //! 3. [`authenticate`]: the token the request presents, checked (shared, then UC);
 //! 4. [`authorise`]: the route's policy turns the credential into a [`Permit`], or refuses;
@@ -32,12 +33,28 @@ use crate::body::Body;
 use crate::config::Config;
 use crate::endpoints::Endpoint;
 use crate::error::GateError;
+use crate::identity::{Asserted, Origin};
 use crate::metrics::{RouteLabels, RouteName, metrics};
 use crate::path::normalise_path;
 use crate::proxy::Forward;
 use crate::routes::Route;
 use crate::state::{ConnInfo, LoadError, State};
 use crate::telemetry::RequestLog;
+
+/// The methods ucgate serves. The others make no sense through an authenticating proxy, or are
+/// dangerous there: TRACE and TRACK answer with the request, identity headers and shared token
+/// included; CONNECT asks for a tunnel; WebDAV and unknown methods are not part of the APIs
+/// behind it. They are refused (405) before anything else.
+pub const METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
+const ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// The shared, cheaply cloned gateway: the current generation of the state, swapped whole on
 /// reload.
@@ -111,11 +128,11 @@ async fn process(
     log: &mut RequestLog,
 ) -> Result<Response<Body>, GateError> {
     let (parts, body) = req.into_parts();
-    let path = admit(state, &parts, log)?;
+    let (path, origin) = admit(state, &parts, conn, log)?;
     let route = match target(state, &path, log)? {
         Target::Endpoint(endpoint) => {
             let request = Request::from_parts(parts, body);
-            return endpoint.serve(state, request, conn, log).await;
+            return endpoint.serve(state, request, origin.client, log).await;
         }
         Target::Route(route) => route,
     };
@@ -124,17 +141,21 @@ async fn process(
     log.credential = Some(credential.kind());
     let permit = authorise(route, &credential)?;
     let path_and_query = rewrite(&path, presented.query)?;
-    forward(state, route, permit, path_and_query, conn, parts, body).await
+    let asserted = permit.asserted(&state.shared, origin, conn.tls);
+    forward(route, asserted, path_and_query, parts, body).await
 }
 
-/// Phase 1: what can be forwarded faithfully, and its one normalised path.
+/// Phase 1: what can be forwarded faithfully, its one normalised path, and where it comes from.
 fn admit<'r>(
     state: &State,
     parts: &'r request::Parts,
+    conn: ConnInfo,
     log: &mut RequestLog,
-) -> Result<Cow<'r, str>, GateError> {
-    if parts.method == Method::CONNECT {
-        return Err(GateError::InvalidTarget);
+) -> Result<(Cow<'r, str>, Origin), GateError> {
+    let origin = state.trust.origin(conn.remote.ip(), &parts.headers);
+    log.client = Some(origin.client);
+    if !METHODS.contains(&parts.method) {
+        return Err(GateError::MethodNotAllowed(ALLOW));
     }
     // hyper decodes `chunked` and ucgate re-frames the body; any other coding would be
     // dropped on the way (Transfer-Encoding is hop-by-hop), so refuse it (RFC 9112 §6.1).
@@ -157,7 +178,7 @@ fn admit<'r>(
     if tracing::enabled!(target: "ucgate::access", tracing::Level::INFO) {
         log.path = Some(path.as_ref().into());
     }
-    Ok(path)
+    Ok((path, origin))
 }
 
 /// Where a request goes.
@@ -203,13 +224,12 @@ fn rewrite(path: &str, query: Option<Cow<'_, str>>) -> Result<PathAndQuery, Gate
     .map_err(|_| GateError::InvalidTarget)
 }
 
-/// Phase 6: upstream and back, timed for `ucgate_upstream_response_seconds`.
+/// Phase 6: upstream and back with the headers the permit asserts, timed for
+/// `ucgate_upstream_response_seconds`.
 async fn forward(
-    state: &State,
     route: &Route,
-    permit: Permit<'_>,
+    asserted: Asserted<'_>,
     path_and_query: PathAndQuery,
-    conn: ConnInfo,
     parts: request::Parts,
     body: Incoming,
 ) -> Result<Response<Body>, GateError> {
@@ -218,10 +238,7 @@ async fn forward(
         upstream: &route.upstream,
         websocket: route.websocket,
         path_and_query,
-        client_addr: conn.remote,
-        tls: conn.tls,
-        trust_forwarded: state.config.server.trust_forwarded_headers,
-        asserted: permit.asserted(&state.shared),
+        asserted,
     }
     .send(parts, body)
     .await;

@@ -1,13 +1,19 @@
-//! What the upstream is told about who is calling, in one place: the identity header names, the
-//! removal of whatever a client sent under them, and the values ucgate vouches for.
+//! What the upstream is told about who is calling and from where, in one place: the identity
+//! headers (`X-Auth-*`) and the forwarding metadata (`X-Forwarded-*` and its relatives), each
+//! list written once; the removal of whatever a client sent under those names; the values
+//! ucgate sets; and the client's address, derived once per request.
 //!
 //! An upstream trusts these headers because only ucgate can set them, so every client-sent copy
 //! goes first: the names themselves and their `_`/`.` aliases, which some frameworks (CGI-style
 //! environments, Play's header normalisation) read as the same header. Headers a client names
 //! in `Connection` are hop-by-hop and dropped by the forwarder before [`Asserted::apply`] runs.
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use std::net::IpAddr;
 
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use ipnet::IpNet;
+
+use crate::config::ServerConfig;
 use crate::error::GateError;
 
 /// A token: the shared token (client to ucgate, ucgate to upstream) or a UC token (client to
@@ -18,22 +24,164 @@ pub const X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
 /// How that person authenticated: `password`, `kerberos`, `cas` or `oidc`.
 pub const X_AUTH_METHOD: HeaderName = HeaderName::from_static("x-auth-method");
 
-const NAMES: [HeaderName; 3] = [X_AUTH_TOKEN, X_AUTH_USER, X_AUTH_METHOD];
+const IDENTITY: [HeaderName; 3] = [X_AUTH_TOKEN, X_AUTH_USER, X_AUTH_METHOD];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+
+/// Every header by which a proxy tells its upstream about the original request: the client's
+/// address, the scheme, host, port or server it reached, the path prefix it stripped, the
+/// original or rewritten URL and method, the client certificate. From a client that is not a
+/// trusted proxy each one is a claim nobody checked: all are removed, and ucgate sets
+/// `X-Forwarded-For`, `-Proto`, `-Host` and `-Port`, whose values it knows.
+const FORWARDING: [HeaderName; 35] = [
+    header::FORWARDED,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PORT,
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-uri"),
+    HeaderName::from_static("x-forwarded-path"),
+    HeaderName::from_static("x-forwarded-method"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-protocol"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-forwarded-client-cert"),
+    HeaderName::from_static("x-forwarded-tls-client-cert"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-original-uri"),
+    HeaderName::from_static("x-original-host"),
+    HeaderName::from_static("x-original-method"),
+    HeaderName::from_static("x-original-forwarded-for"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-envoy-original-path"),
+    HeaderName::from_static("x-envoy-external-address"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("fastly-client-ip"),
+    HeaderName::from_static("client-ip"),
+    HeaderName::from_static("x-proxyuser-ip"),
+    HeaderName::from_static("x-host"),
+    HeaderName::from_static("x-scheme"),
+    HeaderName::from_static("x-url-scheme"),
+    HeaderName::from_static("front-end-https"),
+];
+
+/// Whose forwarding headers are believed (`server.trust_forwarded_headers`,
+/// `server.trusted_proxies`), built once per configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    /// No peer: ucgate faces clients directly.
+    forwarded: bool,
+    /// With `forwarded`: the peers believed; empty = any (one trusted hop).
+    proxies: Vec<IpNet>,
+}
+
+impl Trust {
+    pub fn new(server: &ServerConfig) -> Self {
+        Self {
+            forwarded: server.trust_forwarded_headers,
+            proxies: server.trusted_proxies.clone(),
+        }
+    }
+
+    fn believes(&self, peer: IpAddr) -> bool {
+        self.forwarded && (self.proxies.is_empty() || self.is_listed(peer))
+    }
+
+    fn is_listed(&self, addr: IpAddr) -> bool {
+        let addr = canonical(addr);
+        self.proxies.iter().any(|net| net.contains(&addr))
+    }
+
+    /// Where a request comes from. The client's address is derived here once and used for
+    /// lock-outs, logs and `X-Forwarded-For` alike: the TCP peer, or, when the peer is a
+    /// believed proxy, the right-most `X-Forwarded-For` entry that is not a listed proxy (RFC
+    /// 7239 §5.2's rule for `for=`; entries further left were written by whoever the client
+    /// was and prove nothing). An entry that is not an address ends the walk at the hop that
+    /// wrote it.
+    pub fn origin(&self, peer: IpAddr, headers: &HeaderMap) -> Origin {
+        let peer = canonical(peer);
+        if !self.believes(peer) {
+            return Origin {
+                client: peer,
+                peer,
+                trusted: false,
+            };
+        }
+        let mut client = peer;
+        let entries = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .map(|v| v.to_str().unwrap_or(""))
+            .flat_map(|v| v.split(','))
+            .collect::<Vec<_>>();
+        for entry in entries.iter().rev() {
+            let Ok(addr) = entry.trim().parse::<IpAddr>() else {
+                break;
+            };
+            client = canonical(addr);
+            if self.proxies.is_empty() || !self.is_listed(client) {
+                break;
+            }
+        }
+        Origin {
+            client,
+            peer,
+            trusted: true,
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (a dual-stack listener's view of IPv4 clients) as IPv4.
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Where a request came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// The client, as far as ucgate can tell.
+    pub client: IpAddr,
+    /// The TCP peer.
+    pub peer: IpAddr,
+    /// The peer is a believed proxy: its forwarding headers are kept and extended.
+    pub trusted: bool,
+}
 
 /// What ucgate asserts upstream on one request.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Asserted<'a> {
     /// `X-Auth-Token`: the shared token, when the route authenticates ucgate to its upstream.
     pub token: Option<&'a HeaderValue>,
     /// `X-Auth-User` and `X-Auth-Method`: the login and method of a UC token.
     pub user: Option<(&'a str, &'static str)>,
+    pub origin: Origin,
+    /// Whether the client reached ucgate over TLS.
+    pub tls: bool,
 }
 
 impl Asserted<'_> {
-    /// Removes every client-sent identity header, then sets the asserted ones. Fails with
-    /// `TokenInvalid` for a login that cannot be a header value (no valid token carries one).
-    pub fn apply(self, headers: &mut HeaderMap) -> Result<(), GateError> {
-        strip(headers);
+    /// Removes every client-sent identity header (and forwarding header, unless the peer is a
+    /// believed proxy), then sets the asserted ones. `original_host` is the authority the
+    /// client asked for. Fails with `TokenInvalid` for a login that cannot be a header value
+    /// (no valid token carries one).
+    pub fn apply(
+        self,
+        headers: &mut HeaderMap,
+        original_host: Option<HeaderValue>,
+    ) -> Result<(), GateError> {
+        strip(headers, &IDENTITY);
         if let Some(token) = self.token {
             headers.insert(X_AUTH_TOKEN, token.clone());
         }
@@ -42,13 +190,59 @@ impl Asserted<'_> {
             headers.insert(X_AUTH_USER, login);
             headers.insert(X_AUTH_METHOD, HeaderValue::from_static(method));
         }
+        self.set_forwarded(headers, original_host);
         Ok(())
+    }
+
+    fn set_forwarded(&self, headers: &mut HeaderMap, original_host: Option<HeaderValue>) {
+        let port = original_host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+            .and_then(|a| a.port_u16())
+            .unwrap_or(if self.tls { 443 } else { 80 });
+        let peer = self.origin.peer.to_string();
+        if self.origin.trusted {
+            // Behind a believed proxy: its view of the request stands; ucgate adds itself as
+            // a hop and fills in what is missing.
+            let chain = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+                Some(prev) => format!("{prev}, {peer}"),
+                None => peer,
+            };
+            if let Ok(v) = HeaderValue::from_str(&chain) {
+                headers.insert(X_FORWARDED_FOR, v);
+            }
+            if !headers.contains_key(&X_FORWARDED_PROTO) {
+                headers.insert(X_FORWARDED_PROTO, proto(self.tls));
+            }
+            if let (false, Some(host)) = (headers.contains_key(&X_FORWARDED_HOST), original_host) {
+                headers.insert(X_FORWARDED_HOST, host);
+            }
+            if !headers.contains_key(&X_FORWARDED_PORT) {
+                headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
+            }
+            return;
+        }
+        strip(headers, &FORWARDING);
+        headers.insert(
+            X_FORWARDED_FOR,
+            HeaderValue::from_str(&peer).expect("an IP address is a valid header"),
+        );
+        headers.insert(X_FORWARDED_PROTO, proto(self.tls));
+        if let Some(host) = original_host {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+        headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
     }
 }
 
-/// Removes client-sent identity headers, including aliases such as `X_Auth_User`.
-fn strip(headers: &mut HeaderMap) {
-    for name in &NAMES {
+fn proto(tls: bool) -> HeaderValue {
+    HeaderValue::from_static(if tls { "https" } else { "http" })
+}
+
+/// Removes `names` and their aliases (`X_Auth_User`, `x.forwarded.for`).
+fn strip(headers: &mut HeaderMap, names: &[HeaderName]) {
+    for name in names {
         headers.remove(name);
     }
     let aliases: Vec<HeaderName> = headers
@@ -56,7 +250,7 @@ fn strip(headers: &mut HeaderMap) {
         .filter(|k| k.as_str().contains(['_', '.']))
         .filter(|k| {
             let canonical = k.as_str().replace(['_', '.'], "-");
-            NAMES.iter().any(|n| n.as_str() == canonical)
+            names.iter().any(|n| n.as_str() == canonical)
         })
         .cloned()
         .collect();
@@ -86,6 +280,24 @@ mod tests {
         names
     }
 
+    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 7));
+
+    fn direct() -> Origin {
+        Trust::default().origin(PEER, &HeaderMap::new())
+    }
+
+    fn asserted<'a>(
+        token: Option<&'a HeaderValue>,
+        user: Option<(&'a str, &'static str)>,
+    ) -> Asserted<'a> {
+        Asserted {
+            token,
+            user,
+            origin: direct(),
+            tls: false,
+        }
+    }
+
     #[test]
     fn strips_identity_headers_and_aliases() {
         let mut h = headers(&[
@@ -95,7 +307,7 @@ mod tests {
             "x-auth-tokens",
             "x_other",
         ]);
-        strip(&mut h);
+        strip(&mut h, &IDENTITY);
         assert_eq!(names(&h), ["x-auth-tokens", "x_other"]);
     }
 
@@ -103,33 +315,117 @@ mod tests {
     fn sets_only_what_is_asserted() {
         let shared = HeaderValue::from_static("shared");
         let mut h = headers(&["x-auth-user", "x_auth_method"]);
-        Asserted {
-            token: Some(&shared),
-            user: None,
-        }
-        .apply(&mut h)
-        .unwrap();
-        assert_eq!(names(&h), ["x-auth-token"]);
+        asserted(Some(&shared), None).apply(&mut h, None).unwrap();
+        assert_eq!(
+            names(&h),
+            [
+                "x-auth-token",
+                "x-forwarded-for",
+                "x-forwarded-port",
+                "x-forwarded-proto"
+            ]
+        );
         assert_eq!(h[X_AUTH_TOKEN], "shared");
 
         let mut h = headers(&["x-auth-token"]);
-        Asserted {
-            token: None,
-            user: Some(("alice", "kerberos")),
-        }
-        .apply(&mut h)
-        .unwrap();
-        assert_eq!(names(&h), ["x-auth-method", "x-auth-user"]);
+        asserted(None, Some(("alice", "kerberos")))
+            .apply(&mut h, None)
+            .unwrap();
         assert_eq!(h[X_AUTH_USER], "alice");
         assert_eq!(h[X_AUTH_METHOD], "kerberos");
+        assert!(h.get(X_AUTH_TOKEN).is_none());
 
-        let bad = Asserted {
-            token: None,
-            user: Some(("al\nice", "password")),
-        };
+        let bad = asserted(None, Some(("al\nice", "password")));
         assert!(matches!(
-            bad.apply(&mut HeaderMap::new()),
+            bad.apply(&mut HeaderMap::new(), None),
             Err(GateError::TokenInvalid)
         ));
+    }
+
+    #[test]
+    fn every_forwarding_header_from_a_client_is_replaced() {
+        let mut claimed: Vec<String> = FORWARDING.iter().map(|n| n.to_string()).collect();
+        claimed.extend(["X_Forwarded_Prefix".into(), "x.original.url".into()]);
+        let claimed: Vec<&str> = claimed.iter().map(String::as_str).collect();
+        let mut h = headers(&claimed);
+        h.insert("x-kept", "1".parse().unwrap());
+        let host = HeaderValue::from_static("gate.example:8443");
+        asserted(None, None).apply(&mut h, Some(host)).unwrap();
+        assert_eq!(
+            names(&h),
+            [
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-port",
+                "x-forwarded-proto",
+                "x-kept"
+            ]
+        );
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.7");
+        assert_eq!(h[X_FORWARDED_HOST], "gate.example:8443");
+        assert_eq!(h[X_FORWARDED_PORT], "8443");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+    }
+
+    fn xff(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, value.parse().unwrap());
+        h
+    }
+
+    fn trust(proxies: &[&str]) -> Trust {
+        Trust {
+            forwarded: true,
+            proxies: proxies.iter().map(|p| p.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_a_believed_proxy_says_otherwise() {
+        let spoofed = xff("203.0.113.9");
+        assert_eq!(Trust::default().origin(PEER, &spoofed).client, PEER);
+        // One trusted hop, whoever it is: the right-most entry.
+        let one_hop = trust(&[]);
+        let origin = one_hop.origin(PEER, &xff("198.51.100.1, 203.0.113.9"));
+        assert_eq!(origin.client, "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert!(origin.trusted);
+        assert_eq!(one_hop.origin(PEER, &HeaderMap::new()).client, PEER);
+        // Listed proxies: the right-most entry that is not one of them.
+        let listed = trust(&["10.0.0.0/8", "192.0.2.1/32"]);
+        let chain = xff("198.51.100.1, 203.0.113.9, 192.0.2.1, 10.1.1.1");
+        assert_eq!(
+            listed.origin(PEER, &chain).client,
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        // A peer that is not listed is a client like any other.
+        let stranger: IpAddr = "198.51.100.200".parse().unwrap();
+        let origin = listed.origin(stranger, &chain);
+        assert_eq!((origin.client, origin.trusted), (stranger, false));
+        // Garbage stops the walk at the hop that wrote it.
+        assert_eq!(listed.origin(PEER, &xff("203.0.113.9, junk")).client, PEER);
+        // IPv4-mapped peers are IPv4.
+        let mapped: IpAddr = "::ffff:10.0.0.7".parse().unwrap();
+        assert_eq!(listed.origin(mapped, &HeaderMap::new()).client, PEER);
+    }
+
+    #[test]
+    fn a_believed_proxy_s_headers_are_extended() {
+        let origin = trust(&[]).origin(PEER, &xff("203.0.113.9"));
+        let mut h = xff("203.0.113.9");
+        h.insert(X_FORWARDED_PROTO, "https".parse().unwrap());
+        h.insert("x-forwarded-prefix", "/ucgate".parse().unwrap());
+        Asserted {
+            token: None,
+            user: None,
+            origin,
+            tls: false,
+        }
+        .apply(&mut h, Some(HeaderValue::from_static("gate.example")))
+        .unwrap();
+        assert_eq!(h[X_FORWARDED_FOR], "203.0.113.9, 10.0.0.7");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert_eq!(h[X_FORWARDED_HOST], "gate.example");
+        assert_eq!(h[X_FORWARDED_PORT], "80");
+        assert_eq!(h["x-forwarded-prefix"], "/ucgate");
     }
 }

@@ -48,6 +48,7 @@ pub use tls::install_provider;
 
 // The pieces tests, benches and fuzz targets exercise on their own.
 pub use auth::cas::{CasOutcome, parse_service_response};
+pub use auth::jose::{check_header as check_jws_header, numeric_date};
 pub use auth::shared::{SharedToken, read_env_file};
 pub use auth::token::{Method, TokenService};
 pub use path::normalise_path;

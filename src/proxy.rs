@@ -1,6 +1,5 @@
 //! Forwarding: request rewrite, the pooled upstream client, streaming both ways, upgrades.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -36,9 +35,6 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const UPGRADE_VALUE: HeaderValue = HeaderValue::from_static("upgrade");
 
 /// One client for every route: connections are pooled per upstream origin. `https://`
@@ -100,10 +96,8 @@ pub struct Forward<'a> {
     pub websocket: bool,
     /// The normalised path and the query without the `token` parameter.
     pub path_and_query: PathAndQuery,
-    pub client_addr: SocketAddr,
-    pub tls: bool,
-    pub trust_forwarded: bool,
-    /// The identity headers the upstream gets, set once the client's headers are cleaned.
+    /// The identity and forwarding headers the upstream gets, set once the client's headers
+    /// are cleaned.
     pub asserted: Asserted<'a>,
 }
 
@@ -114,7 +108,7 @@ impl Forward<'_> {
         mut parts: request::Parts,
         body: Incoming,
     ) -> Result<Response<Body>, GateError> {
-        let upgrade = (self.websocket && is_upgrade_request(&parts))
+        let upgrade = (self.websocket && is_websocket_handshake(&parts))
             .then(|| parts.extensions.remove::<OnUpgrade>())
             .flatten();
         self.rewrite(&mut parts, upgrade.is_some())?;
@@ -186,8 +180,7 @@ impl Forward<'_> {
         // Hop-by-hop first: a header the client names in `Connection` must not remove what
         // ucgate sets.
         strip_hop_by_hop(headers, false);
-        self.asserted.apply(headers)?;
-        self.set_forwarded(headers, original_host);
+        self.asserted.apply(headers, original_host)?;
         headers.insert(header::HOST, self.upstream.host.clone());
         if let (true, Some(protocol)) = (upgrade, upgrade_protocol) {
             headers.insert(header::CONNECTION, UPGRADE_VALUE);
@@ -205,38 +198,6 @@ impl Forward<'_> {
         parts.extensions = Extensions::new();
         Ok(())
     }
-
-    fn set_forwarded(&self, headers: &mut HeaderMap, original_host: Option<HeaderValue>) {
-        let ip = self.client_addr.ip().to_string();
-        if self.trust_forwarded {
-            let chain = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip,
-            };
-            if let Ok(v) = HeaderValue::from_str(&chain) {
-                headers.insert(X_FORWARDED_FOR, v);
-            }
-            if !headers.contains_key(&X_FORWARDED_PROTO) {
-                headers.insert(X_FORWARDED_PROTO, proto_value(self.tls));
-            }
-            if let (false, Some(host)) = (headers.contains_key(&X_FORWARDED_HOST), original_host) {
-                headers.insert(X_FORWARDED_HOST, host);
-            }
-            return;
-        }
-        // Facing clients directly: anything they claim about the path before ucgate is a lie.
-        headers.remove(header::FORWARDED);
-        headers.remove("x-real-ip");
-        headers.insert(
-            X_FORWARDED_FOR,
-            HeaderValue::from_str(&ip).expect("an IP address is a valid header"),
-        );
-        headers.insert(X_FORWARDED_PROTO, proto_value(self.tls));
-        match original_host {
-            Some(host) => headers.insert(X_FORWARDED_HOST, host),
-            None => headers.remove(X_FORWARDED_HOST),
-        };
-    }
 }
 
 /// The request body's own failure, if that is why hyper's client failed.
@@ -249,10 +210,6 @@ fn request_body_error<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'
         source = e.source();
     }
     None
-}
-
-fn proto_value(tls: bool) -> HeaderValue {
-    HeaderValue::from_static(if tls { "https" } else { "http" })
 }
 
 /// Responses whose declared length is at most this are read whole before being answered.
@@ -287,10 +244,28 @@ async fn small_body_in_one_piece(
     }
 }
 
-/// An HTTP/1.1 request asking to switch protocols (WebSocket).
-fn is_upgrade_request(parts: &request::Parts) -> bool {
+/// A WebSocket opening handshake (RFC 6455 §4.1): an HTTP/1.1 GET with `Connection: upgrade`,
+/// `Upgrade: websocket` and nothing else, a `Sec-WebSocket-Key` of 16 bytes in base64, and
+/// `Sec-WebSocket-Version: 13`. It is the only protocol switch ucgate lets through: after any
+/// switch the upstream reads a tunnel in which ucgate authenticates nothing more, and other
+/// protocols (`h2c`, ...) would carry later requests past it. Any other upgrade is not one:
+/// its `Upgrade` header is dropped and the request forwarded as a plain request.
+fn is_websocket_handshake(parts: &request::Parts) -> bool {
+    let single = |name: header::HeaderName| {
+        let mut values = parts.headers.get_all(name).iter();
+        values.next().filter(|_| values.next().is_none())
+    };
+    let key_ok = single(header::SEC_WEBSOCKET_KEY).is_some_and(|key| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(key.as_bytes())
+            .is_ok_and(|k| k.len() == 16)
+    });
     parts.version == Version::HTTP_11
-        && parts.headers.contains_key(header::UPGRADE)
+        && parts.method == http::Method::GET
+        && single(header::UPGRADE).is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && single(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13")
+        && key_ok
         && connection_tokens(&parts.headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 

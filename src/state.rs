@@ -20,6 +20,7 @@ use crate::config::{Config, ConfigError};
 use crate::directory::Directory;
 use crate::directory::file::FileDirectory;
 use crate::error::GateError;
+use crate::identity::Trust;
 use crate::proxy::http_client;
 use crate::routes::RouteTable;
 use crate::tls;
@@ -58,6 +59,8 @@ pub struct State {
     /// UC tokens, with what issues them; absent without `[tokens]`.
     pub(crate) uc: Option<UcAuth>,
     pub(crate) throttle: Throttle,
+    /// Whose forwarding headers are believed.
+    pub(crate) trust: Trust,
 }
 
 /// UC tokens and the exchanges that lead to one: they exist only together, since an exchange
@@ -136,6 +139,7 @@ impl State {
         Ok(Self {
             routes: RouteTable::build(&config.routes, &client, config.server.request_body_timeout),
             throttle: Throttle::new(&config.login),
+            trust: Trust::new(&config.server),
             config,
             shared,
             tls,

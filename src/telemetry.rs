@@ -33,6 +33,8 @@ pub fn init(format: LogFormat) {
 #[derive(Debug, Clone, Default)]
 pub struct RequestLog {
     pub path: Option<Box<str>>,
+    /// The client's address (see `identity::Trust::origin`).
+    pub client: Option<std::net::IpAddr>,
     pub route: Option<Arc<str>>,
     pub credential: Option<&'static str>,
     pub error: Option<&'static str>,
@@ -126,6 +128,7 @@ where
             }
             if tracing::enabled!(target: "ucgate::access", tracing::Level::INFO) {
                 let field = |f: fn(&RequestLog) -> Option<&str>| log.and_then(f).unwrap_or("-");
+                let client = log.and_then(|l| l.client).map(|c| c.to_string());
                 tracing::info!(
                     target: "ucgate::access",
                     method = %method,
@@ -134,6 +137,7 @@ where
                     status = response.status().as_u16(),
                     credential = field(|l| l.credential),
                     error = field(|l| l.error),
+                    client = client.as_deref().unwrap_or("-"),
                     version = ?version,
                     latency_us = started.elapsed().as_micros() as u64,
                     "request"

@@ -31,10 +31,12 @@ fn strings(v: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Mount destination → source, sources resolved against deploy/ like compose does.
+/// Mount destination → source, sources resolved against deploy/ like compose does. Named
+/// volumes (a source without a slash) are left out: compose creates them.
 fn mounts(service: &Value) -> HashMap<PathBuf, PathBuf> {
     strings(&service["volumes"])
         .iter()
+        .filter(|m| m.split(':').next().is_some_and(|src| src.contains('/')))
         .map(|m| {
             let mut parts = m.split(':');
             let (src, dst) = (parts.next().unwrap(), parts.next().expect("src:dst"));
@@ -140,5 +142,28 @@ fn the_image_runs_the_mounted_configuration_unprivileged() {
     assert!(
         final_stage.contains("libgssapi-krb5-2"),
         "the Kerberos runtime library is in the image"
+    );
+}
+
+#[test]
+fn the_revocations_file_has_a_writable_volume_in_the_read_only_container() {
+    let service = compose_service();
+    assert_eq!(service["read_only"].as_bool(), Some(true));
+    let state = "/var/lib/ucgate";
+    assert!(
+        strings(&service["volumes"])
+            .iter()
+            .any(|m| m.split(':').nth(1) == Some(state)),
+        "no volume at {state}"
+    );
+    let dockerfile = std::fs::read_to_string(deploy("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains(&format!("install -d -o ucgate -g ucgate -m 0700 {state}")),
+        "{state} is created for the unprivileged user, so that the volume starts owned by it"
+    );
+    let example = std::fs::read_to_string(deploy("ucgate.toml")).unwrap();
+    assert!(
+        example.contains(&format!("revocations_file = \"{state}/revocations.json\"")),
+        "the example names the volume"
     );
 }

@@ -448,3 +448,197 @@ async fn a_provider_that_never_answers_costs_a_timeout_not_a_connection_each_ret
     let health = client().get(gate.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 14: JOSE header extensions, NumericDate claims, one lock-out for every exchange
+// ---------------------------------------------------------------------------------------------
+
+/// Claims the provider would issue for `login` to ucgate, valid for ten minutes.
+fn provider_claims(idp: &Provider, login: &str) -> serde_json::Value {
+    let now = unix_now();
+    serde_json::json!({
+        "iss": idp.issuer,
+        "aud": "ucgate",
+        "sub": login,
+        "preferred_username": login,
+        "iat": now,
+        "exp": now + 600,
+    })
+}
+
+#[tokio::test]
+async fn critical_header_extensions_are_refused_and_header_keys_never_followed() {
+    let idp = Provider::start();
+    let up = Upstream::start().await;
+    let gate = start_gate(&up.url(), &idp.issuer, "", "").await;
+    wait_ready(&gate).await;
+    let claims = provider_claims(&idp, "alice");
+    // The same claims, signed by the provider's own key, with a plain header: accepted.
+    assert_issued(
+        bearer(
+            &gate,
+            &idp.sign(serde_json::json!({}), claims.clone()).await,
+        )
+        .await,
+        "alice",
+    )
+    .await;
+    // RFC 7515 §4.1.11: an extension the recipient does not understand makes the token invalid;
+    // RFC 7797's unencoded payload and JWE's compression are extensions ucgate does not do.
+    for header in [
+        serde_json::json!({"crit": ["urn:example:must-understand"], "urn:example:must-understand": true}),
+        serde_json::json!({"crit": ["exp"]}),
+        serde_json::json!({"crit": []}),
+        serde_json::json!({"b64": false, "crit": ["b64"]}),
+        serde_json::json!({"b64": true}),
+        serde_json::json!({"zip": "DEF"}),
+    ] {
+        let token = idp.sign(header.clone(), claims.clone()).await;
+        assert_refused(
+            bearer(&gate, &token).await,
+            "OidcAuthenticationFailed",
+            "extension",
+        )
+        .await;
+    }
+    // Keys named in the header are never fetched: a listener behind `jku` and `x5u` sees no
+    // connection, and a token signed with a key carried in `jwk` is refused.
+    let watcher = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let watched = format!("http://{}/keys", watcher.local_addr().unwrap());
+    let token = idp
+        .sign(
+            serde_json::json!({"jku": watched, "x5u": watched}),
+            claims.clone(),
+        )
+        .await;
+    assert_issued(bearer(&gate, &token).await, "alice").await;
+    // An attacker's key, announced in the header as URLs and as a JWK: none is taken.
+    let attacker_pem = attacker_rsa_key();
+    let attacker = EncodingKey::from_rsa_pem(attacker_pem.as_bytes()).unwrap();
+    for kid in [
+        "k-attacker",
+        parts(&idp.id_token("alice", "alicepw").await).0["kid"]
+            .as_str()
+            .unwrap(),
+    ] {
+        let mut h = jsonwebtoken::Header::new(Algorithm::RS256);
+        h.kid = Some(kid.into());
+        h.jku = Some(watched.clone());
+        h.x5u = Some(watched.clone());
+        h.jwk = Some(serde_json::from_value(oidc_support::public_jwk(&attacker_pem)).unwrap());
+        let forged = jsonwebtoken::encode(&h, &claims, &attacker).unwrap();
+        let response = bearer(&gate, &forged).await;
+        assert_error(response, 401, "OidcAuthenticationFailed").await;
+    }
+    let accepted = tokio::time::timeout(Duration::from_millis(300), watcher.accept()).await;
+    assert!(accepted.is_err(), "a URL of the token's header was fetched");
+}
+
+#[tokio::test]
+async fn numeric_dates_may_have_fractions_and_nothing_else() {
+    let idp = Provider::start();
+    let up = Upstream::start().await;
+    let gate = start_gate(&up.url(), &idp.issuer, "", "").await;
+    wait_ready(&gate).await;
+    let now = unix_now() as f64;
+    // RFC 7519 §2: a NumericDate may be a non-integer.
+    for (claim, value) in [
+        ("iat", serde_json::json!(now - 0.237)),
+        ("exp", serde_json::json!(now + 600.5)),
+        ("nbf", serde_json::json!(now - 1.5)),
+        ("auth_time", serde_json::json!(now - 30.25)),
+    ] {
+        let mut claims = provider_claims(&idp, "alice");
+        claims[claim] = value;
+        let token = idp.sign(serde_json::json!({}), claims).await;
+        assert_issued(bearer(&gate, &token).await, "alice").await;
+    }
+    // Strings, booleans, null, negative and out-of-range numbers are no dates.
+    for (claim, value) in [
+        ("iat", serde_json::json!(now.to_string())),
+        ("iat", serde_json::json!(true)),
+        ("iat", serde_json::json!(null)),
+        ("iat", serde_json::json!(-1)),
+        ("exp", serde_json::json!((now + 600.0).to_string())),
+        ("exp", serde_json::json!(1e300)),
+        ("nbf", serde_json::json!(false)),
+        ("auth_time", serde_json::json!("yesterday")),
+        ("auth_time", serde_json::json!(-5.5)),
+    ] {
+        let mut claims = provider_claims(&idp, "alice");
+        claims[claim] = value.clone();
+        let token = idp.sign(serde_json::json!({}), claims).await;
+        let response = bearer(&gate, &token).await;
+        assert_eq!(response.status(), 401, "{claim} = {value}");
+        assert_error(response, 401, "OidcAuthenticationFailed").await;
+    }
+}
+
+#[tokio::test]
+async fn a_locked_out_login_stays_locked_whatever_the_exchange() {
+    let idp = Provider::start();
+    let up = Upstream::start().await;
+    let hash = String::from_utf8(hash_password_run("alice-password\n").stdout).unwrap();
+    let users = format!(
+        "[[user]]\nlogin = \"alice\"\npassword_hash = \"{}\"\ncti_enabled = true\nprofile = \"agent\"\n",
+        hash.trim()
+    );
+    // Behind a trusted proxy, so that each guess comes from another client address: only the
+    // login's own lock-out is at stake, never an address's.
+    let config = config(
+        &up.url(),
+        &idp.issuer,
+        "",
+        "max_failures = 5\nlockout = \"5m\"",
+    )
+    .replacen(
+        "[server]\n",
+        "[server]\ntrust_forwarded_headers = true\n",
+        1,
+    );
+    let gate = Ucgate::builder(config)
+        .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
+        .file("users.toml", users)
+        .start()
+        .await;
+    wait_ready(&gate).await;
+    let id_token = idp.id_token("alice", "alicepw").await;
+    let from = |n: u8| format!("203.0.113.{n}");
+    let password = |client_addr: String, password: &'static str| {
+        client()
+            .post(gate.url("/xuc/api/2.0/auth/login"))
+            .header("X-Forwarded-For", client_addr)
+            .json(&serde_json::json!({"login": "alice", "password": password}))
+            .send()
+    };
+    let oidc = |client_addr: String| {
+        client()
+            .get(gate.url(OIDC))
+            .header("X-Forwarded-For", client_addr)
+            .header("Authorization", format!("Bearer {id_token}"))
+            .send()
+    };
+    // Before: the ID token works.
+    assert_issued(oidc(from(100)).await.unwrap(), "alice").await;
+    for n in 1..=5 {
+        let response = password(from(n), "wrong").await.unwrap();
+        assert_error(response, 401, "InvalidCredentials").await;
+    }
+    // Locked: the right password and a valid ID token for the same login, from addresses that
+    // never failed, are both refused before any token is issued.
+    let right = password(from(10), "alice-password").await.unwrap();
+    assert_error(right, 429, "TooManyAttempts").await;
+    assert_error(oidc(from(11)).await.unwrap(), 429, "TooManyAttempts").await;
+    // No success happened, so nothing lifted the lock: a wrong password is still a 429.
+    let wrong = password(from(12), "wrong").await.unwrap();
+    assert_error(wrong, 429, "TooManyAttempts").await;
+    // Other logins are not concerned.
+    let bob = client()
+        .post(gate.url("/xuc/api/2.0/auth/login"))
+        .header("X-Forwarded-For", from(13))
+        .json(&serde_json::json!({"login": "bob", "password": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(bob, 401, "InvalidCredentials").await;
+}

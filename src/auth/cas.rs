@@ -239,7 +239,6 @@ impl Exchange for Cas {
         request: Request<Incoming>,
         attempt: Attempt<'_>,
     ) -> Result<Proof, GateError> {
-        attempt.check_client()?;
         let ticket = TicketRequest::from_query(request.uri().query())?;
         if !self.service_allowed(&ticket.service_url) {
             tracing::info!(client = %attempt.client(), method = "cas", "service not allowed");

@@ -15,8 +15,10 @@ pub trait Exchange: Sync {
     /// What its proofs are recorded as: the token's `method` claim, `X-Auth-Method`, logs.
     const METHOD: Method;
 
-    /// Proves who is calling. Refusals are the exchange's own `GateError`s (each counted as a
-    /// failure in `attempt` when it is the client's doing, not when a provider is down).
+    /// Proves who is calling. Called once the client's address is known not to be locked out;
+    /// the login's lock-out is the issuer's to check, once the login is known. Refusals are the
+    /// exchange's own `GateError`s (each counted as a failure in `attempt` when it is the
+    /// client's doing, not when a provider is down).
     fn prove(
         &self,
         request: Request<Incoming>,
@@ -73,8 +75,7 @@ impl<'a> Attempt<'a> {
         self.client
     }
 
-    /// `TooManyAttempts` while the client's address is locked out: for exchanges where the
-    /// login is only known once the credential is proven.
+    /// `TooManyAttempts` while the client's address is locked out.
     pub fn check_client(&self) -> Result<(), GateError> {
         self.throttle
             .check_addr(self.client)

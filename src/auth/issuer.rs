@@ -41,13 +41,17 @@ impl Issuer {
         &*self.directory
     }
 
-    /// Runs `exchange` on `request`, then answers what it proved.
+    /// Runs `exchange` on `request`, then answers what it proved. The brute-force protection
+    /// is one decision for every exchange: a locked-out client address is refused before the
+    /// exchange does any work, and a locked-out login after it proved who is calling, before any
+    /// token is issued (`TooManyAttempts`).
     pub async fn exchange<E: Exchange>(
         &self,
         exchange: &E,
         request: Request<Incoming>,
         attempt: Attempt<'_>,
     ) -> Result<Response<Body>, GateError> {
+        attempt.check_client()?;
         let proof = exchange.prove(request, attempt).await?;
         self.answer(E::METHOD, proof, attempt).await
     }
@@ -64,6 +68,7 @@ impl Issuer {
         let (login, profile) = match proof.proven {
             Proven::Allowed { login, profile } => (login, profile),
             Proven::Login(login) => {
+                attempt.check_login(&login)?;
                 let user = self.directory.lookup(&login).await?;
                 match user.as_ref().and_then(User::login_profile) {
                     Some(profile) => (login, profile.to_owned()),
@@ -75,6 +80,8 @@ impl Issuer {
                 }
             }
         };
+        // Again at the last moment: a lock-out may have started while the proof was made.
+        attempt.check_login(&login)?;
         let issued = self
             .tokens
             .issue(&login, &profile, method, proof.lifetime)

@@ -133,7 +133,6 @@ impl Exchange for Oidc {
         request: Request<Incoming>,
         attempt: Attempt<'_>,
     ) -> Result<Proof, GateError> {
-        attempt.check_client()?;
         let refused = |reason: &str| {
             attempt.failed_client();
             tracing::info!(client = %attempt.client(), method = "oidc", reason, "token refused");

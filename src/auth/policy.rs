@@ -8,7 +8,7 @@ use super::shared::SharedToken;
 use super::token::Claims;
 use crate::config::{Accept, RouteConfig, UpstreamAuth};
 use crate::error::GateError;
-use crate::identity::Asserted;
+use crate::identity::{Asserted, Origin};
 
 /// Built once per configuration for each route.
 #[derive(Debug, Clone)]
@@ -69,13 +69,16 @@ impl Policy {
 
 impl<'a> Permit<'a> {
     /// The identity headers of the upstream request: the shared token when the route
-    /// authenticates ucgate upstream, the person when a UC token opened it.
-    pub fn asserted(&self, shared: &'a SharedToken) -> Asserted<'a> {
+    /// authenticates ucgate upstream, the person when a UC token opened it; and where the
+    /// request came from.
+    pub fn asserted(&self, shared: &'a SharedToken, origin: Origin, tls: bool) -> Asserted<'a> {
         Asserted {
             token: (self.upstream_auth == UpstreamAuth::Shared).then(|| shared.header()),
             user: self
                 .user
                 .map(|claims| (claims.sub.as_str(), claims.method.as_str())),
+            origin,
+            tls,
         }
     }
 }
@@ -149,13 +152,18 @@ mod tests {
         assert!(public.authorize(&Credential::Anonymous).is_ok());
     }
 
+    fn origin() -> Origin {
+        crate::identity::Trust::default()
+            .origin("127.0.0.1".parse().unwrap(), &http::HeaderMap::new())
+    }
+
     #[test]
     fn the_permit_asserts_the_person_and_the_route_s_upstream_auth() {
         let token = SharedToken::from_value("shared-secret").unwrap();
         let claims = uc("agent");
         let none = Policy::new(&route("[\"uc\"]", ""));
         let permit = none.authorize(&claims).unwrap();
-        let asserted = permit.asserted(&token);
+        let asserted = permit.asserted(&token, origin(), false);
         assert!(asserted.token.is_none());
         assert_eq!(asserted.user, Some(("alice", "password")));
 
@@ -164,7 +172,7 @@ mod tests {
         let shared = Policy::new(&shared_route);
         let credential = Credential::Shared(SharedMatch::Current);
         let permit = shared.authorize(&credential).unwrap();
-        let asserted = permit.asserted(&token);
+        let asserted = permit.asserted(&token, origin(), false);
         assert_eq!(asserted.token, Some(token.header()));
         assert!(asserted.user.is_none());
     }

@@ -124,9 +124,13 @@ impl Throttle {
     }
 
     /// A success clears the login's failures (not the address's: one good password must not
-    /// unlock guessing for others from the same place).
+    /// unlock guessing for others from the same place), unless the login is locked out: a
+    /// lock-out in force ends at its time, whatever succeeds meanwhile.
     pub fn record_success(&self, login: &str) {
-        self.entries.invalidate(&login_key(login));
+        let key = login_key(login);
+        if self.locked_for(&key, Instant::now()).is_none() {
+            self.entries.invalidate(&key);
+        }
     }
 
     /// Entries tracked (approximate).
@@ -216,6 +220,17 @@ mod tests {
         assert!(t.check_addr(ip).is_err());
         assert!(t.check("alice", ip).is_err());
         assert!(t.check("alice", "10.0.0.2".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_success_never_lifts_a_lockout_in_force() {
+        let t = Throttle::new(&config());
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..3 {
+            t.record_failure("alice", ip);
+        }
+        t.record_success("alice");
+        assert!(t.check("alice", "10.0.0.2".parse().unwrap()).is_err());
     }
 
     #[test]

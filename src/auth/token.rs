@@ -11,6 +11,8 @@ use moka::Expiry;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::jose;
+use super::revocations::Revocations;
 use crate::config::{TokenAlgorithm, TokensConfig};
 use crate::metrics::metrics;
 
@@ -44,7 +46,10 @@ pub struct Claims {
     pub sub: String,
     pub profile: String,
     pub method: Method,
+    /// Issued at, seconds since the epoch. An integer: ucgate issues UC tokens and writes
+    /// integers; another type in a correctly signed token is a sign of something else at work.
     pub iat: u64,
+    /// Expires at, seconds since the epoch; an integer.
     pub exp: u64,
     pub jti: String,
 }
@@ -88,10 +93,8 @@ pub struct TokenService {
     cache: moka::sync::Cache<u128, Cached, foldhash::fast::RandomState>,
     /// Random per service, never revealed: the two halves of the cache key, and the fingerprint.
     hashers: [foldhash::quality::RandomState; 3],
-    /// Revoked tokens by the same hash, kept until they would have expired anyway. Unbounded on
-    /// purpose: evicting a revocation would bring a token back to life. Each entry costs a
-    /// successful login.
-    revoked: moka::sync::Cache<u128, Arc<Claims>>,
+    /// Revoked tokens, by [`revocation_key`].
+    revoked: Revocations,
 }
 
 impl fmt::Debug for TokenService {
@@ -112,21 +115,12 @@ struct Cached {
     claims: Arc<Claims>,
 }
 
-/// Entries of both caches live until the token's `exp`.
-/// Revocations live `extra` longer: as long as the leeway still admits the token.
-struct UntilExpiry {
-    extra: Duration,
-}
-
-impl Expiry<u128, Arc<Claims>> for UntilExpiry {
-    fn expire_after_create(&self, _: &u128, claims: &Arc<Claims>, _: Instant) -> Option<Duration> {
-        Some(Duration::from_secs(claims.ttl()) + self.extra)
-    }
-}
+/// Cached validations live until the token's `exp`.
+struct UntilExpiry;
 
 impl Expiry<u128, Cached> for UntilExpiry {
     fn expire_after_create(&self, _: &u128, cached: &Cached, _: Instant) -> Option<Duration> {
-        Some(Duration::from_secs(cached.claims.ttl()) + self.extra)
+        Some(Duration::from_secs(cached.claims.ttl()))
     }
 }
 
@@ -182,7 +176,8 @@ impl TokenService {
                 }
             }
         };
-        let service = Self::new(config, encoding, decoding);
+        let revoked = Revocations::load(config.leeway, config.revocations_file.as_deref())?;
+        let service = Self::new(config, encoding, decoding, revoked);
         // A key pair that does not match would issue tokens nobody accepts: check it now.
         let probe = service
             .sign(
@@ -198,7 +193,12 @@ impl TokenService {
         Ok(service)
     }
 
-    fn new(config: &TokensConfig, encoding: EncodingKey, decoding: DecodingKey) -> Self {
+    fn new(
+        config: &TokensConfig,
+        encoding: EncodingKey,
+        decoding: DecodingKey,
+        revoked: Revocations,
+    ) -> Self {
         let alg = jwt_algorithm(&config.algorithm);
         // Pinned to the one configured algorithm: `none` and algorithm confusion are refused
         // before any signature check.
@@ -215,17 +215,10 @@ impl TokenService {
             max_ttl: config.ttl,
             cache: moka::sync::Cache::builder()
                 .max_capacity(config.cache_capacity)
-                .expire_after(UntilExpiry {
-                    extra: Duration::ZERO,
-                })
+                .expire_after(UntilExpiry)
                 .build_with_hasher(foldhash::fast::RandomState::default()),
             hashers: Default::default(),
-            revoked: moka::sync::Cache::builder()
-                // `exp` and the leeway count whole seconds: one more covers the last one.
-                .expire_after(UntilExpiry {
-                    extra: config.leeway + Duration::from_secs(1),
-                })
-                .build(),
+            revoked,
         }
     }
 
@@ -283,7 +276,7 @@ impl TokenService {
         }
         metrics().token_cache_misses.inc();
         let revocation = revocation_key(token);
-        if self.revoked.contains_key(&revocation) {
+        if self.revoked.contains(revocation) {
             return Err(TokenError::Revoked);
         }
         let claims = Arc::new(self.decode(token)?);
@@ -293,7 +286,7 @@ impl TokenService {
         };
         self.cache.insert(key, cached);
         // A logout may have run between the check above and the insert.
-        if self.revoked.contains_key(&revocation) {
+        if self.revoked.contains(revocation) {
             self.cache.invalidate(&key);
             return Err(TokenError::Revoked);
         }
@@ -301,6 +294,7 @@ impl TokenService {
     }
 
     fn decode(&self, token: &str) -> Result<Claims, TokenError> {
+        jose::check_header(token).map_err(|_| TokenError::Invalid)?;
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
@@ -319,10 +313,16 @@ impl TokenService {
         Ok(data.claims)
     }
 
-    /// Revokes a token: refused everywhere from now on, cached or not.
-    pub fn revoke(&self, token: &str, claims: Arc<Claims>) {
-        self.revoked.insert(revocation_key(token), claims);
+    /// Revokes a token: refused everywhere from now on, cached or not. In memory; the
+    /// revocations file is written by [`Revocations::persist`] (see [`TokenService::revocations`]).
+    pub fn revoke(&self, token: &str, claims: &Claims) {
+        self.revoked.insert(revocation_key(token), claims.exp);
         self.cache.invalidate(&self.cache_key(token));
+    }
+
+    /// The revocations in force.
+    pub fn revocations(&self) -> &Revocations {
+        &self.revoked
     }
 
     /// The cache key: 128 bits of two keyed hashes of the token's signature segment. The
@@ -338,7 +338,7 @@ impl TokenService {
     /// Keeps the revocations of the service this one replaces: a reload must not bring a
     /// logged-out token back. The validation cache starts empty, since the keys may have changed.
     pub fn inherit(&mut self, old: &TokenService) {
-        self.revoked = old.revoked.clone();
+        self.revoked.inherit(&old.revoked);
     }
 }
 
@@ -387,6 +387,7 @@ mod tests {
             &config,
             EncodingKey::from_secret(key),
             DecodingKey::from_secret(key),
+            Revocations::load(config.leeway, None).unwrap(),
         )
     }
 
@@ -407,7 +408,7 @@ mod tests {
             Arc::ptr_eq(&claims, &s.validate(&issued.token).unwrap()),
             "second validation is a cache hit"
         );
-        s.revoke(&issued.token, claims);
+        s.revoke(&issued.token, &claims);
         assert_eq!(s.validate(&issued.token), Err(TokenError::Revoked));
     }
 
@@ -455,6 +456,7 @@ mod tests {
             &TokensConfig::default(),
             EncodingKey::from_secret(b"another-key-another-key-another-key"),
             DecodingKey::from_secret(b"another-key-another-key-another-key"),
+            Revocations::load(Duration::ZERO, None).unwrap(),
         );
         let foreign = other
             .issue("alice", "agent", Method::Password, None)

@@ -4,9 +4,24 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
 
 use super::duration;
+
+/// Addresses (`192.0.2.1`) and CIDR blocks (`10.0.0.0/8`, `2001:db8::/32`).
+fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!("{s:?} is not an address or a CIDR block"))
+                })
+        })
+        .collect()
+}
 
 /// Far beyond any file-descriptor limit; keeps the count of connection slots a `u32`.
 const MAX_CONNECTIONS: usize = 1_000_000;
@@ -33,9 +48,14 @@ pub struct ServerConfig {
     pub send_timeout: Duration,
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
-    /// Keep and extend client-sent `X-Forwarded-*` headers. Only safe behind a trusted proxy;
-    /// by default ucgate faces clients directly and overwrites them.
+    /// Keep and extend client-sent `X-Forwarded-*` headers, and take the client's address from
+    /// `X-Forwarded-For`. Only safe behind a trusted proxy; by default ucgate faces clients
+    /// directly and replaces them.
     pub trust_forwarded_headers: bool,
+    /// With `trust_forwarded_headers`: the proxies (addresses or CIDR blocks) whose forwarding
+    /// headers are believed; empty = whichever peer connects (one trusted hop).
+    #[serde(deserialize_with = "networks")]
+    pub trusted_proxies: Vec<IpNet>,
     pub log_format: LogFormat,
     /// Serve HTTPS (h2 and HTTP/1.1 by ALPN) with these PEM files; reloaded with the config.
     pub tls: Option<TlsFiles>,
@@ -70,6 +90,7 @@ impl Default for ServerConfig {
             send_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             trust_forwarded_headers: false,
+            trusted_proxies: Vec::new(),
             log_format: LogFormat::Text,
             tls: None,
             upstream_ca: None,
@@ -133,6 +154,11 @@ impl ServerConfig {
         ];
         if let Some((key, _)) = timeouts.iter().find(|(_, t)| t.is_zero()) {
             return Err(format!("server.{key}: must be more than zero"));
+        }
+        if !self.trusted_proxies.is_empty() && !self.trust_forwarded_headers {
+            return Err(
+                "server.trusted_proxies: only used with trust_forwarded_headers = true".into(),
+            );
         }
         if let Some(tls) = &mut self.tls {
             tls.cert = base.join(&tls.cert);

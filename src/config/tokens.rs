@@ -46,6 +46,8 @@ pub struct TokensConfig {
     pub leeway: Duration,
     /// Validations cached at most.
     pub cache_capacity: u64,
+    /// Where revocations (logouts) are kept across restarts; absent = in memory only.
+    pub revocations_file: Option<PathBuf>,
 }
 
 impl Default for TokensConfig {
@@ -58,6 +60,7 @@ impl Default for TokensConfig {
             ttl: Duration::from_secs(8 * 3600),
             leeway: Duration::from_secs(5),
             cache_capacity: 100_000,
+            revocations_file: None,
         }
     }
 }
@@ -77,6 +80,7 @@ pub(super) struct RawTokens {
     #[serde(default, deserialize_with = "optional_duration")]
     leeway: Option<Duration>,
     cache_capacity: Option<u64>,
+    revocations_file: Option<PathBuf>,
 }
 
 fn default_algorithm() -> String {
@@ -137,6 +141,7 @@ impl RawTokens {
             ttl: self.ttl.unwrap_or(defaults.ttl),
             leeway: self.leeway.unwrap_or(defaults.leeway),
             cache_capacity: self.cache_capacity.unwrap_or(defaults.cache_capacity),
+            revocations_file: self.revocations_file.map(|f| base.join(f)),
         };
         if config.ttl < Duration::from_secs(1) {
             return Err("tokens.ttl: must be at least one second".into());

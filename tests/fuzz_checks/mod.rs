@@ -15,13 +15,14 @@ use ucgate::{TokenService, normalise_path, read_env_file};
 pub type Check = fn(&[u8]);
 
 /// The fuzz targets, by name, for the regression test.
-pub const TARGETS: [(&str, Check); 6] = [
+pub const TARGETS: [(&str, Check); 7] = [
     ("path", path),
     ("config", config),
     ("dotenv", dotenv),
     ("token", token),
     ("token_claims", token_claims),
     ("cas_xml", cas_xml),
+    ("jose", jose),
 ];
 
 /// `normalise_path`: never panics; what it accepts is a fixed point with no dot segment, no
@@ -252,5 +253,35 @@ pub fn cas_xml(data: &[u8]) {
             );
         }
         Err(_) => {}
+    }
+}
+
+/// `check_jws_header` and `numeric_date` (issue 14): never panic; a header that passes is
+/// base64url JSON naming no `crit`, `b64` or `zip`; a date that passes is the number's whole
+/// seconds, within 0 and year 9999.
+pub fn jose(data: &[u8]) {
+    use base64::Engine;
+    let text = String::from_utf8_lossy(data);
+    // As a compact token whose header is the input, and as the input itself.
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data);
+    for token in [format!("{encoded}.e30.sig"), text.clone().into_owned()] {
+        if ucgate::check_jws_header(&token).is_ok() {
+            let segment = token.split('.').next().unwrap();
+            let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(segment)
+                .expect("a passing header is base64url");
+            let header: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&json).expect("a passing header is a JSON object");
+            for key in ["crit", "b64", "zip"] {
+                assert!(!header.contains_key(key), "{key} passed: {header:?}");
+            }
+        }
+    }
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(data)
+        && let Some(date) = ucgate::numeric_date(&value)
+    {
+        let number = value.as_f64().expect("a date is a number");
+        assert!(date <= 253_402_300_799, "{value}");
+        assert_eq!(date, number.trunc() as u64, "{value}");
     }
 }

@@ -165,6 +165,20 @@ impl Provider {
         body["kid"].as_str().unwrap().to_owned()
     }
 
+    /// `POST /test/sign`: exactly `header` (plus `alg` RS256 and the current `kid`) and `claims`,
+    /// signed with the provider's current key: a token only the provider could make, but one it
+    /// would never issue.
+    pub async fn sign(&self, header: serde_json::Value, claims: serde_json::Value) -> String {
+        let response = crate::common::client()
+            .post(format!("{}/test/sign", self.issuer))
+            .json(&serde_json::json!({ "header": header, "claims": claims }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap().trim().to_owned()
+    }
+
     /// The first published key (a JWK), as `/jwks` serves it.
     pub async fn published_key(&self) -> serde_json::Value {
         let jwks: serde_json::Value = crate::common::client()
@@ -222,6 +236,8 @@ fn node_eval(script: &str, args: &[&str]) -> String {
     let output = Command::new("node")
         .arg("-e")
         .arg(script)
+        // The arguments are the script's, even one that starts with a dash (a PEM).
+        .arg("--")
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -241,6 +257,16 @@ pub fn attacker_rsa_key() -> String {
          process.stdout.write(privateKey.export({type: 'pkcs8', format: 'pem'}));",
         &[],
     )
+}
+
+/// The public half of `private_pem` as a JWK.
+pub fn public_jwk(private_pem: &str) -> serde_json::Value {
+    let jwk = node_eval(
+        "const k = require('crypto').createPublicKey(process.argv[1]);\
+         process.stdout.write(JSON.stringify(k.export({format: 'jwk'})));",
+        &[private_pem],
+    );
+    serde_json::from_str(&jwk).unwrap()
 }
 
 /// The provider's public key as a PEM, from its JWK: what an HS256-with-public-key forger uses

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::keys::Keys;
+use crate::auth::jose::{self, HeaderError};
 use crate::auth::token::unix_now;
 
 /// Longest login taken from a token: a longer one cannot be in the directory.
@@ -39,6 +40,10 @@ pub enum Rejection {
     MissingClaim,
     #[error("the token carries no usable login claim")]
     NoLogin,
+    #[error("the token's header asks for an extension ucgate does not support")]
+    UnsupportedHeader,
+    #[error("the token has a date claim that is not a NumericDate")]
+    Date,
 }
 
 /// Why a token was not accepted: refused, or not checkable yet (keys not loaded).
@@ -118,6 +123,10 @@ impl Verifier {
         if let Some(hit) = self.verified.get(&digest).filter(|v| v.exp > unix_now()) {
             return Ok(hit);
         }
+        jose::check_header(token).map_err(|e| match e {
+            HeaderError::Malformed => Rejection::Malformed,
+            _ => Rejection::UnsupportedHeader,
+        })?;
         let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
         let provider = self.keys.current().ok_or(Failure::NotReady)?;
         if !provider.algorithms.contains(&header.alg) {
@@ -158,20 +167,21 @@ impl Verifier {
         v
     }
 
-    /// What jsonwebtoken does not check: `iat` (required, not in the future) and the login.
+    /// What jsonwebtoken does not check: `iat` (required, not in the future), that every date
+    /// claim is a NumericDate (integer or not), and the login.
     fn check_claims(&self, claims: &Map<String, Value>) -> Result<Verified, Rejection> {
         let now = unix_now();
-        let iat = claims
-            .get("iat")
-            .and_then(Value::as_u64)
-            .ok_or(Rejection::MissingClaim)?;
+        let date = |name: &str| match claims.get(name) {
+            None => Ok(None),
+            Some(value) => jose::numeric_date(value).map(Some).ok_or(Rejection::Date),
+        };
+        let iat = date("iat")?.ok_or(Rejection::MissingClaim)?;
         if iat > now + self.leeway {
             return Err(Rejection::NotYetValid);
         }
-        let exp = claims
-            .get("exp")
-            .and_then(Value::as_u64)
-            .ok_or(Rejection::MissingClaim)?;
+        let exp = date("exp")?.ok_or(Rejection::MissingClaim)?;
+        date("nbf")?;
+        date("auth_time")?;
         let login = claims
             .get(&self.login_claim)
             .and_then(Value::as_str)

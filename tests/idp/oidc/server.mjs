@@ -5,6 +5,9 @@
 // Env: PORT, REDIRECT_URI (comma-separated; default http://127.0.0.1:8080/callback),
 //      ID_TOKEN_TTL (seconds, default 3600), CLIENT_SECRET, OTHER_CLIENT_SECRET.
 // Test controls: POST /test/rotate-keys[?keep_old=1]  -> {"kid":new,"published":[kids]}
+//                POST /test/sign {"header":{...},"claims":{...}} -> a compact JWS of exactly these
+//                header and claims, RS256 with the current signing key (kid added when absent):
+//                tokens the provider would never issue, but signed as only it can.
 import crypto from 'node:crypto';
 import http from 'node:http';
 import { format } from 'node:util';
@@ -112,7 +115,7 @@ async function handleInteraction(req, res, url) {
   return send(res, 405, 'text/plain', 'method not allowed\n');
 }
 
-function handleTest(req, res, url) {
+async function handleTest(req, res, url) {
   if (url.pathname === '/test/rotate-keys' && req.method === 'POST') {
     const fresh = newSigningKey();
     const keepOld = url.searchParams.get('keep_old') === '1';
@@ -120,6 +123,16 @@ function handleTest(req, res, url) {
     // Newest first: selectForSign picks the first matching key; jwks_uri publishes all of them.
     initializeKeystore.call(provider, { keys: signingKeys });
     return send(res, 200, 'application/json', `${JSON.stringify({ kid: fresh.kid, published: signingKeys.map((k) => k.kid) })}\n`);
+  }
+  if (url.pathname === '/test/sign' && req.method === 'POST') {
+    const chunks = [];
+    for await (const c of req) chunks.push(c);
+    const { header, claims } = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    const key = signingKeys[0];
+    const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+    const input = `${b64({ alg: 'RS256', kid: key.kid, ...header })}.${b64(claims)}`;
+    const signature = crypto.sign('sha256', Buffer.from(input), crypto.createPrivateKey({ key, format: 'jwk' }));
+    return send(res, 200, 'application/jwt', `${input}.${signature.toString('base64url')}\n`);
   }
   if (url.pathname === '/test/keys' && req.method === 'GET') {
     return send(res, 200, 'application/json', `${JSON.stringify({ kid: signingKeys[0].kid, published: signingKeys.map((k) => k.kid) })}\n`);

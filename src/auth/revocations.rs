@@ -1,0 +1,246 @@
+//! Revoked UC tokens (logouts): kept until the token would have expired anyway, and, with
+//! `tokens.revocations_file`, across restarts.
+//!
+//! The file is JSON, `{"version": 1, "revoked": [{"key": "<32 hex>", "exp": <unix seconds>}]}`,
+//! replaced whole and atomically (written beside, synced, renamed) at every logout, and read
+//! when the configuration is loaded, before the listener opens. A key is half a SHA-256 of the
+//! token's signature: it names a token without being one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use serde::{Deserialize, Serialize};
+
+use super::token::unix_now;
+
+/// The revocations in force, shared by the token services of successive configurations.
+#[derive(Clone)]
+pub struct Revocations {
+    /// Revocation key → the token's `exp`. Unbounded on purpose: evicting a revocation would
+    /// bring a token back to life. Each entry costs a successful login.
+    entries: moka::sync::Cache<u128, u64>,
+    file: Option<Arc<RevocationsFile>>,
+}
+
+impl std::fmt::Debug for Revocations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Revocations")
+            .field("entries", &self.entries.entry_count())
+            .field("file", &self.file.as_ref().map(|f| &f.path))
+            .finish()
+    }
+}
+
+struct RevocationsFile {
+    path: PathBuf,
+    /// One writer at a time: each write is a snapshot taken under the lock, so the last one
+    /// written holds every revocation made before it.
+    writing: Mutex<()>,
+}
+
+/// Entries live until the token's `exp`, plus `extra`: as long as the leeway still admits it.
+struct UntilExpiry {
+    extra: Duration,
+}
+
+impl Expiry<u128, u64> for UntilExpiry {
+    fn expire_after_create(&self, _: &u128, exp: &u64, _: Instant) -> Option<Duration> {
+        Some(Duration::from_secs(exp.saturating_sub(unix_now())) + self.extra)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Stored {
+    version: u32,
+    revoked: Vec<Entry>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    key: String,
+    exp: u64,
+}
+
+const VERSION: u32 = 1;
+
+impl Revocations {
+    /// Revocations kept `leeway` past each token's expiry; with `file`, those it holds. A
+    /// missing file is an empty one (the first start); an unreadable or malformed one is an
+    /// error naming it, since starting without the revocations would let logged-out tokens in.
+    pub fn load(leeway: Duration, file: Option<&Path>) -> Result<Self, String> {
+        let entries = moka::sync::Cache::builder()
+            // `exp` and the leeway count whole seconds: one more covers the last one.
+            .expire_after(UntilExpiry {
+                extra: leeway + Duration::from_secs(1),
+            })
+            .build();
+        let revocations = Self {
+            entries,
+            file: file.map(|path| {
+                Arc::new(RevocationsFile {
+                    path: path.to_owned(),
+                    writing: Mutex::new(()),
+                })
+            }),
+        };
+        let Some(path) = file else {
+            return Ok(revocations);
+        };
+        let error =
+            |reason: String| format!("tokens.revocations_file: {}: {reason}", path.display());
+        let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if folder.is_some_and(|f| !f.is_dir()) {
+            return Err(error("its folder does not exist".into()));
+        }
+        let text = match std::fs::read(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(revocations),
+            Err(e) => return Err(error(e.to_string())),
+        };
+        let stored: Stored = serde_json::from_slice(&text)
+            .map_err(|e| error(format!("not a revocations file ({e})")))?;
+        if stored.version != VERSION {
+            return Err(error(format!("unknown version {}", stored.version)));
+        }
+        let now = unix_now();
+        for entry in stored.revoked {
+            let key = u128::from_str_radix(&entry.key, 16)
+                .ok()
+                .filter(|_| entry.key.len() == 32)
+                .ok_or_else(|| error(format!("{:?} is not a revocation key", entry.key)))?;
+            if entry.exp.saturating_add(leeway.as_secs() + 1) >= now {
+                revocations.entries.insert(key, entry.exp);
+            }
+        }
+        Ok(revocations)
+    }
+
+    pub fn contains(&self, key: u128) -> bool {
+        self.entries.contains_key(&key)
+    }
+
+    /// Revokes the token of `key`, which expires at `exp` (unix seconds). In memory: see
+    /// [`Revocations::persist`].
+    pub fn insert(&self, key: u128, exp: u64) {
+        self.entries.insert(key, exp);
+    }
+
+    /// Writes every revocation in force to the file, if there is one: written beside it,
+    /// synced, renamed over it, the folder synced. Blocking: call it off the async workers.
+    pub fn persist(&self) -> std::io::Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let _one_writer = file.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let now = unix_now();
+        let mut revoked: Vec<Entry> = self
+            .entries
+            .iter()
+            .filter(|(_, exp)| exp.saturating_add(1) >= now)
+            .map(|(key, exp)| Entry {
+                key: format!("{:032x}", *key),
+                exp,
+            })
+            .collect();
+        revoked.sort_by(|a, b| a.key.cmp(&b.key));
+        let text = serde_json::to_vec(&Stored {
+            version: VERSION,
+            revoked,
+        })?;
+        let mut partial = file.path.clone().into_os_string();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let mut out = std::fs::File::create(&partial)?;
+        out.write_all(&text)?;
+        out.sync_all()?;
+        std::fs::rename(&partial, &file.path)?;
+        if let Some(folder) = file.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::File::open(folder)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the revocations of the configuration this one replaces (a reload must not bring a
+    /// logged-out token back), adding those this one read from its file. The next
+    /// [`Revocations::persist`] writes them all to this one's file.
+    pub fn inherit(&mut self, old: &Revocations) {
+        for (key, exp) in self.entries.iter() {
+            old.entries.insert(*key, exp);
+        }
+        self.entries = old.entries.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_a_folder() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("revocations.json");
+        (dir, file)
+    }
+
+    #[test]
+    fn survive_a_restart_until_they_expire() {
+        let (_dir, file) = in_a_folder();
+        let leeway = Duration::from_secs(5);
+        let r = Revocations::load(leeway, Some(&file)).unwrap();
+        let now = unix_now();
+        r.insert(1, now + 3600);
+        r.insert(2, now - 3600);
+        r.insert(u128::MAX, now + 60);
+        r.persist().unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains("\"version\":1"), "{text}");
+        assert!(!text.contains(&format!("{:032x}", 2)), "expired: {text}");
+        let again = Revocations::load(leeway, Some(&file)).unwrap();
+        assert!(again.contains(1) && again.contains(u128::MAX));
+        assert!(!again.contains(2));
+        assert!(!file.with_extension("json.partial").exists());
+    }
+
+    #[test]
+    fn a_missing_file_is_empty_and_a_broken_one_is_refused() {
+        let (dir, file) = in_a_folder();
+        let r = Revocations::load(Duration::ZERO, Some(&file)).unwrap();
+        assert!(!r.contains(1));
+        for broken in [
+            "",
+            "{}",
+            "{\"version\":2,\"revoked\":[]}",
+            "{\"version\":1,\"revoked\":[{\"key\":\"xyz\",\"exp\":1}]}",
+        ] {
+            std::fs::write(&file, broken).unwrap();
+            let e = Revocations::load(Duration::ZERO, Some(&file)).unwrap_err();
+            assert!(e.starts_with("tokens.revocations_file: "), "{e}");
+        }
+        let nowhere = dir.path().join("missing/revocations.json");
+        assert!(
+            Revocations::load(Duration::ZERO, Some(&nowhere))
+                .unwrap_err()
+                .contains("folder does not exist")
+        );
+    }
+
+    #[test]
+    fn a_reload_keeps_the_revocations_in_memory_and_on_file() {
+        let (_dir, file) = in_a_folder();
+        let old = Revocations::load(Duration::ZERO, None).unwrap();
+        old.insert(7, unix_now() + 60);
+        let mut new = Revocations::load(Duration::ZERO, Some(&file)).unwrap();
+        new.inherit(&old);
+        assert!(new.contains(7));
+        new.persist().unwrap();
+        assert!(
+            Revocations::load(Duration::ZERO, Some(&file))
+                .unwrap()
+                .contains(7)
+        );
+    }
+}
