@@ -8,7 +8,9 @@ use std::path::Path;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 use ucgate::config::{Config, TokensConfig};
-use ucgate::{Method, RouteTable, SharedToken, TokenService, http_client, normalise_path};
+use ucgate::{
+    Method, RouteTable, SharedToken, Standing, TokenService, http_client, normalise_path,
+};
 
 const SHARED: &str = "d7f3a9c1e5b2046f8a1c3e5d7b9f0a2c4e6d8b0f";
 
@@ -49,6 +51,21 @@ fn uc_token(c: &mut Criterion) {
     c.bench_function("uc_token/validate_cache_hit", |b| {
         b.iter(|| tokens.validate(black_box(&token)).unwrap())
     });
+    // With `users.recheck` on: the directory's last word on the login, beside the cached token.
+    let mut followed = self::tokens();
+    followed.follow(Standing::new(
+        100_000,
+        std::time::Duration::from_secs(3600),
+        std::time::Duration::from_secs(60),
+    ));
+    let token = followed
+        .issue("alice", "agent", Method::Password, None)
+        .unwrap()
+        .token;
+    followed.validate(&token).unwrap();
+    c.bench_function("uc_token/validate_cache_hit_recheck_on", |b| {
+        b.iter(|| followed.validate(black_box(&token)).unwrap())
+    });
     // A miss: a fresh service every batch so that nothing is cached (the set-up is not timed).
     c.bench_function("uc_token/validate_cache_miss", |b| {
         b.iter_batched(
@@ -60,7 +77,11 @@ fn uc_token(c: &mut Criterion) {
                     .token;
                 (fresh, t)
             },
-            |(fresh, t)| fresh.validate(&t).unwrap(),
+            // The service is returned, so that criterion drops it (its caches) untimed.
+            |(fresh, t)| {
+                let claims = fresh.validate(&t).unwrap();
+                (fresh, claims)
+            },
             criterion::BatchSize::SmallInput,
         )
     });

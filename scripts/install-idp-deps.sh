@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install what tests/idp/ needs to run real identity providers on loopback:
 #   Debian: MIT KDC + client tools (+ kadmin.local), libkrb5-dev/libclang-dev/pkg-config (Rust GSS-API build), curl;
+#   PostgreSQL (initdb/postgres/psql) and OpenLDAP (slapd + ldap-utils) for tests/directory_support/, which
+#   run throwaway servers as children of the tests (the packages' own system services are never started);
 #   npm ci in tests/idp/oidc; a Python venv with django-cas-server in tests/idp/cas/.venv.
 # Idempotent and non-interactive; fast when everything is already there. Exits non-zero on any failure.
 set -euo pipefail
@@ -10,7 +12,8 @@ export DEBIAN_FRONTEND=noninteractive
 log() { printf 'install-idp-deps: %s\n' "$*" >&2; }
 
 # --- Debian packages --------------------------------------------------------
-APT_PKGS=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev libclang-dev pkg-config curl openssl)
+APT_PKGS=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev libclang-dev pkg-config curl openssl
+  postgresql slapd ldap-utils)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
@@ -20,14 +23,38 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   SUDO=()
   if [ "$(id -u)" -ne 0 ]; then SUDO=(sudo -n); fi
+  # Installing postgresql or slapd must not start their system services (the tests run their
+  # own servers on free ports; a system slapd/postgres would hold 389/5432 and outlive the run):
+  # a policy-rc.d that refuses every start, removed afterwards if this script created it.
+  CREATED_POLICY_RC=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee /usr/sbin/policy-rc.d > /dev/null
+    "${SUDO[@]}" chmod 755 /usr/sbin/policy-rc.d
+    CREATED_POLICY_RC=1
+    trap '"${SUDO[@]}" rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   log "apt-get install ${missing[*]}"
-  "${SUDO[@]}" apt-get update -qq < /dev/null
-  "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" < /dev/null > /dev/null
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq < /dev/null
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" < /dev/null > /dev/null
+  if [ "$CREATED_POLICY_RC" = 1 ]; then
+    "${SUDO[@]}" rm -f /usr/sbin/policy-rc.d
+    trap - EXIT
+  fi
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
 for b in krb5kdc kdb5_util kadmin.local kinit klist kdestroy curl pkg-config openssl; do
   command -v "$b" > /dev/null || { log "missing command after install: $b"; exit 1; }
 done
+# PostgreSQL's server programs are not on PATH (Debian keeps them per major version).
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2> /dev/null | sort -V | tail -1 || true)
+for b in initdb postgres; do
+  [ -n "$pg_bin" ] && [ -x "$pg_bin/$b" ] || { log "missing /usr/lib/postgresql/*/bin/$b after install"; exit 1; }
+done
+for b in psql ldapadd ldapmodify ldapsearch ldapwhoami; do
+  command -v "$b" > /dev/null || { log "missing command after install: $b"; exit 1; }
+done
+[ -x /usr/sbin/slapd ] || { log "missing /usr/sbin/slapd after install"; exit 1; }
 curl -V | grep -q 'GSS-API' || { log "curl lacks GSS-API support"; exit 1; }
 curl -V | grep -q 'SPNEGO' || { log "curl lacks SPNEGO support"; exit 1; }
 

@@ -1,12 +1,17 @@
 //! `ucgate doctor`: checks the shared token across the custom.env files of a XiVO install
-//! without ever printing it.
+//! without ever printing it, and the user directory of the configuration.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::auth::shared::read_env_file;
+use crate::config::{Config, UsersSource};
+use crate::directory::Directory;
+use crate::directory::database::Database;
+use crate::directory::file::FileDirectory;
+use crate::directory::ldap::Ldap;
+use crate::secrets::read_env_file;
 
 /// Where XiVO's docker environments keep their custom.env.
 pub const XIVO_ENV_FILES: [&str; 3] = [
@@ -98,6 +103,66 @@ pub fn run(
                 out,
                 "FAIL {variable} differs: {n} distinct values; every component must share one"
             )?;
+        }
+    }
+    Ok(healthy)
+}
+
+/// Checks the user directory of `config` as ucgate would use it: the users file, or XiVO's
+/// database (reachable, how many users may log in), and the LDAP manager's bind. Prints a
+/// report (never a password or a URL); returns whether everything is fine.
+pub async fn directory(config: &Config, out: &mut impl std::io::Write) -> std::io::Result<bool> {
+    let Some(users) = &config.users else {
+        writeln!(out, "  -  no [users] directory: UC tokens are off")?;
+        return Ok(true);
+    };
+    let mut healthy = true;
+    match &users.source {
+        UsersSource::File(file) => match FileDirectory::load(file) {
+            Ok(directory) => writeln!(out, " OK  {}", directory.describe())?,
+            Err(e) => {
+                healthy = false;
+                writeln!(out, "FAIL {}: {e}", file.display())?;
+            }
+        },
+        UsersSource::Database { url_env } => {
+            match Database::open(url_env, &config.shared_token.env_files, users.timeout) {
+                Err(e) => {
+                    healthy = false;
+                    writeln!(out, "FAIL {e}")?;
+                }
+                Ok(db) => match db.count_allowed().await {
+                    Ok(n) => writeln!(
+                        out,
+                        " OK  XiVO's database at {}: {n} users with CTI login enabled, a login, a password and a profile",
+                        db.target()
+                    )?,
+                    Err(e) => {
+                        healthy = false;
+                        writeln!(out, "FAIL XiVO's database at {}: {e}", db.target())?;
+                    }
+                },
+            }
+        }
+    }
+    if let Some(config) = &config.ldap {
+        let url = config.url.as_str().trim_end_matches('/');
+        match Ldap::open(config) {
+            Err(e) => {
+                healthy = false;
+                writeln!(out, "FAIL {e}")?;
+            }
+            Ok(ldap) => match ldap.check_manager().await {
+                Ok(()) => writeln!(
+                    out,
+                    " OK  LDAP at {url}: the manager binds and searches {}",
+                    config.search_base
+                )?,
+                Err(e) => {
+                    healthy = false;
+                    writeln!(out, "FAIL LDAP at {url}: {e}")?;
+                }
+            },
         }
     }
     Ok(healthy)

@@ -106,10 +106,17 @@ impl Endpoint {
                 StatusCode::OK,
                 serde_json::json!({ "status": "ok" }),
             )),
-            Endpoint::Ready if state.is_ready() => Ok(json_response(
-                StatusCode::OK,
-                serde_json::json!({ "status": "ready" }),
-            )),
+            Endpoint::Ready if state.is_ready() => {
+                // A directory down stops logins, not the requests that carry a token: ucgate
+                // stays in service, and says what is down.
+                let down = state.down();
+                let body = if down.is_empty() {
+                    serde_json::json!({ "status": "ready" })
+                } else {
+                    serde_json::json!({ "status": "degraded", "down": down })
+                };
+                Ok(json_response(StatusCode::OK, body))
+            }
             Endpoint::Ready => Err(GateError::NotReady),
             Endpoint::Metrics => {
                 let mut response = Response::new(body::full(metrics().encode()));

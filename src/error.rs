@@ -93,7 +93,7 @@ pub enum GateError {
     #[error("{0}")]
     OidcAuthenticationFailed(String),
 
-    // --- what ucgate depends on (500, 502, 503, 504) -----------------------------------------
+    // --- what ucgate depends on (500, 502, 503, 504) -------------------------------------
     #[error("the upstream cannot be reached")]
     UpstreamUnavailable,
     #[error("the upstream did not answer in time")]
@@ -104,6 +104,10 @@ pub enum GateError {
     CasUnavailable,
     #[error("the CAS server did not answer in time")]
     CasTimeout,
+    /// The user directory (XiVO's database, LDAP) cannot answer now; retry after this many
+    /// seconds.
+    #[error("the user directory cannot be reached, retry later")]
+    DirectoryUnavailable(u64),
     #[error("the service is not ready")]
     NotReady,
     #[error("an internal error occurred")]
@@ -142,7 +146,7 @@ impl GateError {
             Unhandled => StatusCode::INTERNAL_SERVER_ERROR,
             UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             UpstreamUnavailable | CasInvalidResponse | CasUnavailable => StatusCode::BAD_GATEWAY,
-            NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            NotReady | DirectoryUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamTimeout | CasTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -183,6 +187,7 @@ impl GateError {
             CasUnavailable => "CasUnavailable",
             CasTimeout => "CasTimeout",
             NotReady => "NotReady",
+            DirectoryUnavailable(_) => "DirectoryUnavailable",
             Unhandled => "UnhandledError",
         }
     }
@@ -215,7 +220,7 @@ impl GateError {
             headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
         match self {
-            GateError::TooManyAttempts(seconds) => {
+            GateError::TooManyAttempts(seconds) | GateError::DirectoryUnavailable(seconds) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
             }
             // The body was not read to its end: the connection cannot carry another request.

@@ -31,6 +31,7 @@ mod path;
 mod proxy;
 mod reload;
 mod routes;
+mod secrets;
 mod server;
 mod state;
 mod telemetry;
@@ -38,7 +39,7 @@ mod tls;
 
 // What the binary runs.
 pub use directory::file::hash_password;
-pub use doctor::{new_token, run as doctor};
+pub use doctor::{directory as doctor_directory, new_token, run as doctor};
 pub use gateway::Gateway;
 pub use reload::{hangup, watch};
 pub use server::{bind, serve, shutdown_signal};
@@ -49,8 +50,10 @@ pub use tls::install_provider;
 // The pieces tests, benches and fuzz targets exercise on their own.
 pub use auth::cas::{CasOutcome, parse_service_response};
 pub use auth::jose::{check_header as check_jws_header, numeric_date};
-pub use auth::shared::{SharedToken, read_env_file};
+pub use auth::shared::SharedToken;
+pub use auth::standing::Standing;
 pub use auth::token::{Method, TokenService};
 pub use path::normalise_path;
 pub use proxy::http_client;
 pub use routes::RouteTable;
+pub use secrets::read_env_file;

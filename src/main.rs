@@ -82,7 +82,10 @@ fn main() -> ExitCode {
             files,
             ..
         } => {
-            return match ucgate::doctor(&root, &files, &variable, &mut std::io::stdout()) {
+            let out = &mut std::io::stdout();
+            let healthy = ucgate::doctor(&root, &files, &variable, out)
+                .and_then(|tokens| Ok(tokens & doctor_directory(&cli.config, out)?));
+            return match healthy {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(e) => {
@@ -111,6 +114,32 @@ fn main() -> ExitCode {
         Command::Run => run(state, cli.listen),
         Command::HashPassword | Command::Doctor { .. } => unreachable!("handled above"),
     }
+}
+
+/// The directory part of `ucgate doctor`, when the configuration file exists.
+fn doctor_directory(
+    config: &std::path::Path,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<bool> {
+    if !config.exists() {
+        writeln!(
+            out,
+            "  -  {}: no configuration here, the user directory is not checked",
+            config.display()
+        )?;
+        return Ok(true);
+    }
+    let config = match Config::load(config) {
+        Ok(config) => config,
+        Err(e) => {
+            writeln!(out, "FAIL {e}")?;
+            return Ok(false);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(ucgate::doctor_directory(&config, out))
 }
 
 fn hash_password() -> ExitCode {

@@ -46,6 +46,18 @@ pub struct LoginLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of the directory metrics: the backend (`database`, `ldap`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub backend: &'static str,
+}
+
+/// `ucgate_directory_errors_total` labels: what failed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
 /// Labels of counters by outcome (`success`, `failure`; `hit`, `miss`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -68,6 +80,8 @@ pub struct Metrics {
     pub shared_token_previous: Counter,
     pub request_head_timeouts: Counter,
     pub connections_open: Gauge,
+    directory_up: Family<BackendLabels, Gauge>,
+    directory_errors: Family<KindLabels, Counter>,
     /// Set when encoded, from the runtime.
     tasks_alive: Gauge,
 }
@@ -93,6 +107,8 @@ impl Metrics {
             shared_token_previous: Counter::default(),
             request_head_timeouts: Counter::default(),
             connections_open: Gauge::default(),
+            directory_up: Family::default(),
+            directory_errors: Family::default(),
             tasks_alive: Gauge::default(),
             registry: Registry::default(),
         };
@@ -147,6 +163,16 @@ impl Metrics {
             m.connections_open.clone(),
         );
         registry.register(
+            "directory_up",
+            "Whether each remote directory backend answers (1) or not (0)",
+            m.directory_up.clone(),
+        );
+        registry.register(
+            "directory_errors",
+            "Failures of the user directory by kind (unreachable, timeout, query, duplicate, ldap_*)",
+            m.directory_errors.clone(),
+        );
+        registry.register(
             "tasks_alive",
             "Tokio tasks alive: connections, tunnels, background work",
             m.tasks_alive.clone(),
@@ -165,6 +191,20 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String");
         text
+    }
+
+    /// Whether a directory `backend` answers.
+    pub fn directory_up(&self, backend: &'static str, up: bool) {
+        self.directory_up
+            .get_or_create(&BackendLabels { backend })
+            .set(i64::from(up));
+    }
+
+    /// Counts a directory failure of `kind`.
+    pub fn directory_error(&self, kind: &'static str) {
+        self.directory_errors
+            .get_or_create(&KindLabels { kind })
+            .inc();
     }
 
     /// Counts an exchange by method and outcome.

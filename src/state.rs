@@ -13,12 +13,12 @@ use std::sync::Arc;
 use crate::auth::cas::Cas;
 use crate::auth::kerberos::Kerberos;
 use crate::auth::oidc::Oidc;
+use crate::auth::standing::Standing;
 use crate::auth::throttle::Throttle;
 use crate::auth::token::TokenService;
 use crate::auth::{Credential, Issuer, SharedToken};
-use crate::config::{Config, ConfigError};
-use crate::directory::Directory;
-use crate::directory::file::FileDirectory;
+use crate::config::{Config, ConfigError, TokensConfig, UsersConfig};
+use crate::directory::{self, OpenError};
 use crate::error::GateError;
 use crate::identity::Trust;
 use crate::proxy::http_client;
@@ -73,6 +73,18 @@ pub(crate) struct UcAuth {
     pub(crate) oidc: Option<Oidc>,
 }
 
+/// `tokens` following each token's login in the directory, unless `users.recheck` is zero.
+fn followed(mut tokens: TokenService, config: &TokensConfig, users: &UsersConfig) -> TokenService {
+    if !users.recheck.is_zero() {
+        tokens.follow(Standing::new(
+            config.cache_capacity,
+            config.ttl + config.leeway,
+            users.recheck,
+        ));
+    }
+    tokens
+}
+
 /// The connection a request came on.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
@@ -100,19 +112,27 @@ impl State {
             .map_err(in_file("server.tls"))?;
         let shared = SharedToken::load(&config.shared_token)
             .map_err(|e| in_file("shared_token")(e.to_string()))?;
-        let directory: Option<Arc<dyn Directory>> = match &config.users {
-            Some(users) => Some(Arc::new(
-                FileDirectory::load(&users.file)
-                    .map_err(|e| LoadError::unusable(&users.file, e))?,
-            )),
-            None => None,
-        };
+        let directory = config
+            .users
+            .as_ref()
+            .map(|users| {
+                directory::open(users, config.ldap.as_ref(), &config.shared_token.env_files)
+                    .map_err(|e| match e {
+                        OpenError::File { file, reason } => LoadError::unusable(&file, reason),
+                        OpenError::Config(reason) => LoadError::unusable(&file, reason),
+                    })
+            })
+            .transpose()?;
         // Validation made sure that `[tokens]` comes with `[users]`, and exchanges with both.
-        let uc = match (&config.tokens, directory) {
-            (Some(tokens), Some(directory)) => Some(UcAuth {
-                // Token errors name their `tokens.*` key themselves.
+        let uc = match (&config.tokens, &config.users, directory) {
+            (Some(tokens), Some(users), Some(directory)) => Some(UcAuth {
                 issuer: Issuer::new(
-                    TokenService::load(tokens).map_err(|e| LoadError::unusable(&file, e))?,
+                    // Token errors name their `tokens.*` key themselves.
+                    followed(
+                        TokenService::load(tokens).map_err(|e| LoadError::unusable(&file, e))?,
+                        tokens,
+                        users,
+                    ),
                     directory,
                 ),
                 kerberos: config
@@ -162,9 +182,20 @@ impl State {
     /// Starts what needs the runtime (the OpenID provider's discovery); call inside it, once
     /// the generation is in place.
     pub(crate) fn start_background_tasks(&self) {
-        if let Some(oidc) = self.uc.as_ref().and_then(|uc| uc.oidc.as_ref()) {
+        let Some(uc) = &self.uc else { return };
+        if let Some(oidc) = &uc.oidc {
             oidc.start();
         }
+        uc.issuer.start();
+    }
+
+    /// The dependencies that do not answer now (`database`, `ldap`): logins fail (503) while
+    /// they are down, but requests with a token keep flowing.
+    pub(crate) fn down(&self) -> Vec<&'static str> {
+        self.uc
+            .as_ref()
+            .map(|uc| uc.issuer.directory().down())
+            .unwrap_or_default()
     }
 
     /// The configuration this generation was built from.

@@ -61,7 +61,14 @@ fn compose_mounts_what_the_configuration_names() {
     let config = Config::parse(Path::new(CONFIG_IN_IMAGE), &text)
         .expect("the mounted configuration is valid");
 
-    let mut needed: Vec<PathBuf> = config.users.iter().map(|u| u.file.clone()).collect();
+    let mut needed: Vec<PathBuf> = config
+        .users
+        .iter()
+        .filter_map(|u| match &u.source {
+            ucgate::config::UsersSource::File(file) => Some(file.clone()),
+            ucgate::config::UsersSource::Database { .. } => None,
+        })
+        .collect();
     needed.extend(config.shared_token.env_files.iter().cloned());
     if let Some(tls) = &config.server.tls {
         needed.extend([tls.cert.clone(), tls.key.clone()]);

@@ -13,6 +13,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "plain data and tools",
         &[
             "path",
+            "secrets",
             "lazy_timer",
             "metrics",
             "body",

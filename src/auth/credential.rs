@@ -40,7 +40,9 @@ impl From<TokenError> for GateError {
     fn from(e: TokenError) -> Self {
         match e {
             TokenError::Expired => GateError::TokenExpired,
-            TokenError::Revoked | TokenError::Invalid => GateError::TokenInvalid,
+            TokenError::Revoked | TokenError::Invalid | TokenError::Disallowed => {
+                GateError::TokenInvalid
+            }
         }
     }
 }

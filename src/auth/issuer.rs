@@ -41,6 +41,11 @@ impl Issuer {
         &*self.directory
     }
 
+    /// Starts what keeps the tokens' logins up to date with the directory, on the runtime.
+    pub fn start(&self) {
+        self.tokens.start(self.directory.clone());
+    }
+
     /// Runs `exchange` on `request`, then answers what it proved. The brute-force protection
     /// is one decision for every exchange: a locked-out client address is refused before the
     /// exchange does any work, and a locked-out login after it proved who is calling, before any

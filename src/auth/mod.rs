@@ -21,6 +21,7 @@ pub mod password;
 pub mod policy;
 pub mod revocations;
 pub mod shared;
+pub mod standing;
 pub mod throttle;
 pub mod token;
 

@@ -1,13 +1,13 @@
 //! The XiVO shared token (`PLAY_AUTH_TOKEN`): where it is read from and how it is checked.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
 
 use http::HeaderValue;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::SharedTokenConfig;
+use crate::secrets::{self, EnvFileError};
 
 /// Which of the configured values a presented shared token matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +44,8 @@ pub enum SharedTokenError {
          the custom.env that defines it in shared_token.env_files"
     )]
     Missing { env: String, files: String },
-    #[error("cannot read {file}: {reason}")]
-    Unreadable { file: PathBuf, reason: String },
+    #[error(transparent)]
+    Unreadable(#[from] EnvFileError),
     #[error("the shared token from {origin} is not a valid header value (control characters?)")]
     Invalid { origin: String },
 }
@@ -54,24 +54,11 @@ impl SharedToken {
     /// Reads the token from the environment or, when unset there, from the env files (the last
     /// file that defines it wins, as if they were sourced in order).
     pub fn load(config: &SharedTokenConfig) -> Result<Self, SharedTokenError> {
-        let (value, source) = match std::env::var(&config.env) {
-            Ok(v) if !v.is_empty() => (v, format!("environment variable {}", config.env)),
-            _ => find_in_files(&config.env, &config.env_files)?.ok_or_else(|| {
-                SharedTokenError::Missing {
-                    env: config.env.clone(),
-                    files: if config.env_files.is_empty() {
-                        String::new()
-                    } else {
-                        let list: Vec<_> = config
-                            .env_files
-                            .iter()
-                            .map(|f| f.display().to_string())
-                            .collect();
-                        format!(" and not defined in {}", list.join(", "))
-                    },
-                }
-            })?,
-        };
+        let (value, source) = secrets::from_env_or_files(&config.env, &config.env_files)?
+            .ok_or_else(|| SharedTokenError::Missing {
+                env: config.env.clone(),
+                files: secrets::not_defined_in(&config.env_files),
+            })?;
         let previous = config
             .previous_env
             .as_deref()
@@ -132,54 +119,9 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-fn find_in_files(
-    name: &str,
-    files: &[PathBuf],
-) -> Result<Option<(String, String)>, SharedTokenError> {
-    let mut found = None;
-    for file in files {
-        if let Some(value) = read_env_file(file, name)? {
-            found = Some((value, format!("{} in {}", name, file.display())));
-        }
-    }
-    Ok(found.filter(|(v, _)| !v.is_empty()))
-}
-
-/// The value of `name` in a dotenv file (comments, quotes, `export` prefix), or None when the
-/// file does not exist or does not define it.
-pub fn read_env_file(file: &Path, name: &str) -> Result<Option<String>, SharedTokenError> {
-    let unreadable = |reason: String| SharedTokenError::Unreadable {
-        file: file.to_owned(),
-        reason,
-    };
-    let iter = match dotenvy::from_path_iter(file) {
-        Ok(iter) => iter,
-        Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        // dotenvy's errors quote the offending line, which may hold a secret: keep only the kind.
-        Err(e) => return Err(unreadable(describe(&e))),
-    };
-    let mut value = None;
-    for item in iter {
-        let (key, v) = item.map_err(|e| unreadable(describe(&e)))?;
-        if key == name {
-            value = Some(v);
-        }
-    }
-    Ok(value)
-}
-
-fn describe(e: &dotenvy::Error) -> String {
-    match e {
-        dotenvy::Error::Io(e) => e.to_string(),
-        dotenvy::Error::LineParse(_, index) => format!("syntax error at character {index}"),
-        _ => "invalid file".into(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     #[test]
     fn matches_current_and_previous_only() {
@@ -190,36 +132,5 @@ mod tests {
         t.previous = Some(digest(b"old"));
         assert_eq!(t.matches(b"old"), Some(SharedMatch::Previous));
         assert!(!format!("{t:?}").contains("s3cret"));
-    }
-
-    #[test]
-    fn reads_dotenv_syntax() {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        writeln!(
-            f,
-            "# comment\nOTHER=1\nexport PLAY_AUTH_TOKEN=\"quoted value\" # trailing\nX='y'"
-        )
-        .unwrap();
-        assert_eq!(
-            read_env_file(f.path(), "PLAY_AUTH_TOKEN")
-                .unwrap()
-                .as_deref(),
-            Some("quoted value")
-        );
-        assert_eq!(read_env_file(f.path(), "NOPE").unwrap(), None);
-        assert_eq!(
-            read_env_file(Path::new("/nonexistent/custom.env"), "X").unwrap(),
-            None
-        );
-    }
-
-    #[test]
-    fn syntax_errors_do_not_echo_the_line() {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        writeln!(f, "PLAY_AUTH_TOKEN=\"topsecret").unwrap();
-        let e = read_env_file(f.path(), "PLAY_AUTH_TOKEN")
-            .unwrap_err()
-            .to_string();
-        assert!(!e.contains("topsecret"), "{e}");
     }
 }

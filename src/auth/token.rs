@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::jose;
 use super::revocations::Revocations;
+use super::standing::{Cell, Standing, Verdict};
 use crate::config::{TokenAlgorithm, TokensConfig};
 use crate::metrics::metrics;
 
@@ -68,6 +69,8 @@ pub enum TokenError {
     Expired,
     #[error("the token has been revoked")]
     Revoked,
+    #[error("the directory no longer allows this login")]
+    Disallowed,
     #[error("the token is invalid")]
     Invalid,
 }
@@ -95,6 +98,8 @@ pub struct TokenService {
     hashers: [foldhash::quality::RandomState; 3],
     /// Revoked tokens, by [`revocation_key`].
     revoked: Revocations,
+    /// With `users.recheck`: what the directory says now of each token's login.
+    standing: Option<Standing>,
 }
 
 impl fmt::Debug for TokenService {
@@ -113,6 +118,8 @@ impl fmt::Debug for TokenService {
 struct Cached {
     fingerprint: u64,
     claims: Arc<Claims>,
+    /// The login's standing, when followed: read at each hit, without a look-up.
+    cell: Option<Arc<Cell>>,
 }
 
 /// Cached validations live until the token's `exp`.
@@ -219,6 +226,7 @@ impl TokenService {
                 .build_with_hasher(foldhash::fast::RandomState::default()),
             hashers: Default::default(),
             revoked,
+            standing: None,
         }
     }
 
@@ -262,7 +270,23 @@ impl TokenService {
         })
     }
 
-    /// Validates a token: a cache hit costs three keyed hashes and one look-up.
+    /// Follows each token's login in the directory through `standing` (see
+    /// [`crate::auth::standing`]): [`TokenService::validate`] then answers with the profile the
+    /// directory gives now, or `Disallowed`.
+    pub fn follow(&mut self, standing: Standing) {
+        self.standing = Some(standing);
+    }
+
+    /// Starts what keeps the followed logins up to date, on the runtime.
+    pub fn start(&self, directory: Arc<dyn crate::directory::Directory>) {
+        if let Some(standing) = &self.standing {
+            standing.start(directory);
+        }
+    }
+
+    /// Validates a token, with its login's standing in the directory when followed:
+    /// `Expired`, `Revoked`, `Invalid`, or `Disallowed` by the directory. A cache hit costs
+    /// three keyed hashes, one look-up and, when followed, one atomic load.
     pub fn validate(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
         let key = self.cache_key(token);
         let fingerprint = self.hashers[2].hash_one(token);
@@ -272,7 +296,7 @@ impl TokenService {
             .filter(|c| c.fingerprint == fingerprint)
         {
             metrics().token_cache_hits.inc();
-            return Ok(cached.claims);
+            return self.as_followed(cached);
         }
         metrics().token_cache_misses.inc();
         let revocation = revocation_key(token);
@@ -282,15 +306,35 @@ impl TokenService {
         let claims = Arc::new(self.decode(token)?);
         let cached = Cached {
             fingerprint,
-            claims: claims.clone(),
+            cell: self.standing.as_ref().map(|s| s.cell(&claims.sub)),
+            claims,
         };
-        self.cache.insert(key, cached);
+        self.cache.insert(key, cached.clone());
         // A logout may have run between the check above and the insert.
         if self.revoked.contains(revocation) {
             self.cache.invalidate(&key);
             return Err(TokenError::Revoked);
         }
-        Ok(claims)
+        self.as_followed(cached)
+    }
+
+    /// The claims with the profile the directory gives now.
+    fn as_followed(&self, cached: Cached) -> Result<Arc<Claims>, TokenError> {
+        let Some(mut cell) = cached.cell else {
+            return Ok(cached.claims);
+        };
+        if let (true, Some(standing)) = (cell.is_evicted(), &self.standing) {
+            // Left the table (idle, or past its capacity): the login's current cell.
+            cell = standing.cell(&cached.claims.sub);
+        }
+        match cell.verdict(&cached.claims.profile) {
+            Verdict::Stands => Ok(cached.claims),
+            Verdict::Profile(profile) => Ok(Arc::new(Claims {
+                profile: profile.to_string(),
+                ..(*cached.claims).clone()
+            })),
+            Verdict::Refused => Err(TokenError::Disallowed),
+        }
     }
 
     fn decode(&self, token: &str) -> Result<Claims, TokenError> {
@@ -339,6 +383,9 @@ impl TokenService {
     /// logged-out token back. The validation cache starts empty, since the keys may have changed.
     pub fn inherit(&mut self, old: &TokenService) {
         self.revoked.inherit(&old.revoked);
+        if let (Some(new), Some(old)) = (&mut self.standing, &old.standing) {
+            new.inherit(old);
+        }
     }
 }
 

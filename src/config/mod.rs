@@ -7,6 +7,7 @@
 
 mod cas;
 mod kerberos;
+mod ldap;
 mod login;
 mod oidc;
 mod route;
@@ -23,13 +24,14 @@ use serde::{Deserialize, Deserializer};
 
 pub use cas::{CasConfig, CasProtocol, ServicePattern};
 pub use kerberos::KerberosConfig;
+pub use ldap::LdapConfig;
 pub use login::LoginConfig;
 pub use oidc::OidcConfig;
 pub use route::{Accept, CredentialKind, RouteConfig, UpstreamAuth, UpstreamUrl};
 pub use server::{LogFormat, ServerConfig, TlsFiles};
 pub use shared_token::SharedTokenConfig;
 pub use tokens::{TokenAlgorithm, TokensConfig};
-pub use users::UsersConfig;
+pub use users::{UsersConfig, UsersSource};
 
 /// A configuration file that could not be used. `Display` is one line naming the file and, for
 /// syntax errors, the line; for the rest, the key and the reason.
@@ -64,6 +66,8 @@ pub struct Config {
     pub tokens: Option<TokensConfig>,
     /// The user directory.
     pub users: Option<UsersConfig>,
+    /// Passwords checked by an LDAP bind; only with `users`.
+    pub ldap: Option<LdapConfig>,
     pub login: LoginConfig,
     pub kerberos: Option<KerberosConfig>,
     pub cas: Option<CasConfig>,
@@ -82,7 +86,9 @@ struct RawConfig {
     #[serde(default)]
     tokens: Option<tokens::RawTokens>,
     #[serde(default)]
-    users: Option<UsersConfig>,
+    users: Option<users::RawUsers>,
+    #[serde(default)]
+    ldap: Option<ldap::RawLdap>,
     #[serde(default)]
     login: LoginConfig,
     #[serde(default)]
@@ -129,11 +135,19 @@ impl Config {
     /// The sections one by one, then the rules between them. Errors start with the key.
     fn validate(file: &Path, raw: RawConfig, base: &Path) -> Result<Self, String> {
         let tokens = raw.tokens.map(|t| t.validate(base)).transpose()?;
-        let users = raw.users.map(|u| UsersConfig {
-            file: base.join(u.file),
-        });
+        let users = raw.users.map(|u| u.validate(base)).transpose()?;
         if tokens.is_some() && users.is_none() {
             return Err("users: a [users] directory is needed to issue UC tokens".into());
+        }
+        let ldap = raw
+            .ldap
+            .map(|l| l.validate(base))
+            .transpose()
+            .map_err(|reason| format!("ldap.{reason}"))?;
+        if ldap.is_some() && users.is_none() {
+            return Err(
+                "ldap: checks the passwords of the [users] directory, which is missing".into(),
+            );
         }
         raw.login.validate()?;
         let in_section =
@@ -196,6 +210,7 @@ impl Config {
             shared_token,
             tokens,
             users,
+            ldap,
             login: raw.login,
             kerberos,
             cas,
@@ -208,7 +223,14 @@ impl Config {
     /// CA bundles, the keytab, the TLS files.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.file.clone()];
-        files.extend(self.users.as_ref().map(|u| u.file.clone()));
+        if let Some(UsersConfig {
+            source: UsersSource::File(file),
+            ..
+        }) = &self.users
+        {
+            files.push(file.clone());
+        }
+        files.extend(self.ldap.as_ref().and_then(|l| l.ca.clone()));
         files.extend(self.shared_token.env_files.iter().cloned());
         files.extend(self.oidc.as_ref().and_then(|o| o.ca_bundle.clone()));
         files.extend(self.cas.as_ref().and_then(|c| c.ca_bundle.clone()));

@@ -3,14 +3,20 @@
 //! users).
 //!
 //! [`Directory`] is the seam the exchanges see; its backends are asynchronous, because all but
-//! the embedded file do network I/O. Backends: [`file`] (a TOML file with argon2id hashes).
+//! the embedded file do network I/O. Backends: [`file`] (a TOML file with argon2id hashes),
+//! [`database`] (XiVO's PostgreSQL database); [`ldap`] checks passwords over either.
 
+pub mod database;
 pub mod file;
+pub mod ldap;
 
 use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
+use crate::config::{LdapConfig, UsersConfig, UsersSource};
 use crate::error::GateError;
 
 /// A person as a directory holds them.
@@ -46,6 +52,65 @@ pub trait Directory: Send + Sync + fmt::Debug {
         password: &'a str,
     ) -> BoxFuture<'a, Result<Option<User>, GateError>>;
 
+    /// Several logins at once, for the recheck of the tokens in use: each login's user, in
+    /// order, `None` for those it does not know.
+    fn lookup_many<'a>(
+        &'a self,
+        logins: &'a [Arc<str>],
+    ) -> BoxFuture<'a, Result<Vec<Option<User>>, GateError>> {
+        Box::pin(async move {
+            let mut users = Vec::with_capacity(logins.len());
+            for login in logins {
+                users.push(self.lookup(login).await?);
+            }
+            Ok(users)
+        })
+    }
+
     /// What it is, for the start-up log and `check-config` (never a secret): "3 users in FILE".
     fn describe(&self) -> String;
+
+    /// The remote dependencies that did not answer the last time they were asked (`database`,
+    /// `ldap`), for `/readyz`.
+    fn down(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+}
+
+/// Why the directory of a configuration cannot be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The users file: its path and what is wrong in it.
+    File { file: PathBuf, reason: String },
+    /// A key of the configuration; `reason` starts with it.
+    Config(String),
+}
+
+/// The directory `users` describes, its passwords checked by LDAP when `ldap` is set. Secrets
+/// (the database URL, the LDAP manager's password) come from the environment or `env_files`.
+pub fn open(
+    users: &UsersConfig,
+    ldap: Option<&LdapConfig>,
+    env_files: &[PathBuf],
+) -> Result<Arc<dyn Directory>, OpenError> {
+    let base: Arc<dyn Directory> =
+        match &users.source {
+            UsersSource::File(file) => Arc::new(file::FileDirectory::load(file).map_err(
+                |reason| OpenError::File {
+                    file: file.clone(),
+                    reason,
+                },
+            )?),
+            UsersSource::Database { url_env } => Arc::new(
+                database::Database::open(url_env, env_files, users.timeout)
+                    .map_err(OpenError::Config)?,
+            ),
+        };
+    match ldap {
+        Some(config) => {
+            let ldap = ldap::Ldap::open(config).map_err(OpenError::Config)?;
+            Ok(Arc::new(ldap::LdapPasswords::new(base, ldap)))
+        }
+        None => Ok(base),
+    }
 }

@@ -1,0 +1,328 @@
+//! What the directory last said about each person whose UC token is in use, so that access
+//! follows XiVO: a user disabled (`enableclient = 0`), deleted, or left without a profile loses
+//! access within `users.recheck`, and a changed profile is what route policies see, without
+//! waiting for the token to expire.
+//!
+//! The request path never asks the directory. Each login has a [`Cell`] holding the directory's
+//! last word; a validated token keeps its login's cell beside it in the token cache, so that a
+//! cache hit reads the verdict with one atomic load, no table look-up. A background task looks
+//! every login of the table up again every `recheck`, all at once, and writes the cells; a
+//! directory that cannot answer leaves them as they are: tokens keep working as they did.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::directory::{Directory, User};
+
+/// The last word of the directory on one login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Known {
+    /// Seen in a token; not asked about yet: the token's word stands.
+    Pending,
+    /// May log in, with this profile.
+    Allowed(Arc<str>),
+    /// Unknown to the directory, CTI login disabled, or no profile.
+    Refused,
+}
+
+/// What a token of this login may do now, given the profile it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// As the token says.
+    Stands,
+    /// With this profile instead of the token's.
+    Profile(Arc<str>),
+    /// Nothing: the directory refuses the login.
+    Refused,
+}
+
+/// One login's state, shared by its table entry and every cached token of the login.
+#[derive(Debug)]
+pub struct Cell {
+    known: ArcSwap<Known>,
+    /// The refresh round in which a request last read this cell: a login idle for long is
+    /// dropped from the table.
+    seen: AtomicU64,
+    /// Dropped from the table: no longer refreshed; a token holding it must fetch a fresh cell.
+    evicted: AtomicBool,
+    round: Arc<AtomicU64>,
+}
+
+impl Cell {
+    /// The verdict for a token carrying `profile`. Lock-free: two atomic loads and a store.
+    pub fn verdict(&self, profile: &str) -> Verdict {
+        self.seen
+            .store(self.round.load(Ordering::Relaxed), Ordering::Relaxed);
+        match &**self.known.load() {
+            Known::Pending => Verdict::Stands,
+            Known::Allowed(now) if **now == *profile => Verdict::Stands,
+            Known::Allowed(now) => Verdict::Profile(now.clone()),
+            Known::Refused => Verdict::Refused,
+        }
+    }
+
+    /// No longer refreshed: fetch the login's cell again with [`Standing::cell`].
+    pub fn is_evicted(&self) -> bool {
+        self.evicted.load(Ordering::Relaxed)
+    }
+}
+
+/// The cells of the logins seen in UC tokens, refreshed from the directory. Shared by the
+/// configurations that follow one another (see [`Standing::inherit`]).
+#[derive(Debug)]
+pub struct Standing {
+    table: moka::sync::Cache<Arc<str>, Arc<Cell>, foldhash::fast::RandomState>,
+    round: Arc<AtomicU64>,
+    /// Refresh rounds without a request after which a login leaves the table.
+    idle_rounds: u64,
+    recheck: Duration,
+    /// Held by this configuration only: its background task ends when the configuration goes.
+    alive: Arc<()>,
+}
+
+impl Standing {
+    /// A table for at most `capacity` logins, each dropped after `idle` without a request (a
+    /// token lives no longer than that), looked up again every `recheck` (not zero).
+    pub fn new(capacity: u64, idle: Duration, recheck: Duration) -> Self {
+        let round = Arc::new(AtomicU64::new(0));
+        Self {
+            table: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .eviction_listener(|_, cell: Arc<Cell>, _| {
+                    cell.evicted.store(true, Ordering::Relaxed);
+                })
+                .build_with_hasher(foldhash::fast::RandomState::default()),
+            idle_rounds: (idle.as_secs() / recheck.as_secs().max(1)).max(1) + 1,
+            round,
+            recheck,
+            alive: Arc::new(()),
+        }
+    }
+
+    /// Keeps the table of the configuration this one replaces: a reload does not forget who
+    /// was disabled.
+    pub fn inherit(&mut self, old: &Standing) {
+        self.table = old.table.clone();
+        self.round = old.round.clone();
+    }
+
+    /// The cell of `login`, made when first seen. A table look-up: once per token, when it is
+    /// validated, not at each request.
+    pub fn cell(&self, login: &str) -> Arc<Cell> {
+        if let Some(cell) = self.table.get(login) {
+            return cell;
+        }
+        self.table
+            .entry(Arc::from(login))
+            .or_insert_with(|| {
+                Arc::new(Cell {
+                    known: ArcSwap::from_pointee(Known::Pending),
+                    seen: AtomicU64::new(self.round.load(Ordering::Relaxed)),
+                    evicted: AtomicBool::new(false),
+                    round: self.round.clone(),
+                })
+            })
+            .into_value()
+    }
+
+    /// Looks every login of the table up again, every `recheck`, until the configuration
+    /// that started it is gone. Run it on the runtime.
+    pub fn start(&self, directory: Arc<dyn Directory>) {
+        let table = self.table.clone();
+        let round = self.round.clone();
+        let idle_rounds = self.idle_rounds;
+        let alive: Weak<()> = Arc::downgrade(&self.alive);
+        let recheck = self.recheck;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(recheck);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if alive.strong_count() == 0 {
+                    return;
+                }
+                refresh(&table, &round, idle_rounds, &*directory).await;
+            }
+        });
+    }
+
+    /// Looks every login up once, now.
+    #[cfg(test)]
+    async fn refresh_now(&self, directory: &dyn Directory) {
+        refresh(&self.table, &self.round, self.idle_rounds, directory).await;
+    }
+}
+
+/// One round: logins idle for `idle_rounds` leave the table; the others are looked up.
+async fn refresh(
+    table: &moka::sync::Cache<Arc<str>, Arc<Cell>, foldhash::fast::RandomState>,
+    round: &AtomicU64,
+    idle_rounds: u64,
+    directory: &dyn Directory,
+) {
+    let now = round.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut logins: Vec<Arc<str>> = Vec::new();
+    let mut cells: Vec<Arc<Cell>> = Vec::new();
+    for (login, cell) in table.iter() {
+        if now.saturating_sub(cell.seen.load(Ordering::Relaxed)) > idle_rounds {
+            table.invalidate(&*login);
+            continue;
+        }
+        logins.push((*login).clone());
+        cells.push(cell);
+    }
+    if logins.is_empty() {
+        return;
+    }
+    let users = match directory.lookup_many(&logins).await {
+        Ok(users) => users,
+        // The directory says why in its own log; the last known states stand.
+        Err(_) => return,
+    };
+    for ((login, cell), user) in logins.iter().zip(cells).zip(users) {
+        let known = match user.as_ref().and_then(User::login_profile) {
+            Some(profile) => Known::Allowed(profile.into()),
+            None => Known::Refused,
+        };
+        if known == Known::Refused && **cell.known.load() != Known::Refused {
+            tracing::info!(
+                login = &**login,
+                "the directory no longer allows this login: its tokens are refused"
+            );
+        }
+        if **cell.known.load() != known {
+            cell.known.store(Arc::new(known));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::GateError;
+    use futures_util::future::BoxFuture;
+    use std::sync::Mutex;
+
+    /// A directory whose answers a test changes.
+    #[derive(Debug, Default)]
+    struct Changing {
+        users: Mutex<Vec<User>>,
+        down: Mutex<bool>,
+    }
+
+    impl Directory for Changing {
+        fn lookup<'a>(&'a self, login: &'a str) -> BoxFuture<'a, Result<Option<User>, GateError>> {
+            let found = self
+                .users
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|u| u.login == login)
+                .cloned();
+            let down = *self.down.lock().unwrap();
+            Box::pin(async move {
+                if down {
+                    return Err(GateError::DirectoryUnavailable(5));
+                }
+                Ok(found)
+            })
+        }
+
+        fn verify_password<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Option<User>, GateError>> {
+            Box::pin(async { Ok(None) })
+        }
+
+        fn describe(&self) -> String {
+            "changing".into()
+        }
+    }
+
+    fn user(login: &str, enabled: bool, profile: Option<&str>) -> User {
+        User {
+            login: login.into(),
+            cti_enabled: enabled,
+            profile: profile.map(Into::into),
+            name: None,
+        }
+    }
+
+    fn standing() -> Standing {
+        Standing::new(100, Duration::from_secs(300), Duration::from_secs(60))
+    }
+
+    #[tokio::test]
+    async fn access_follows_the_directory_and_survives_its_outages() {
+        let directory = Changing::default();
+        *directory.users.lock().unwrap() = vec![user("alice", true, Some("agent"))];
+        let standing = standing();
+        let cell = standing.cell("alice");
+        // First sight: the token's word.
+        assert_eq!(cell.verdict("agent"), Verdict::Stands);
+        standing.refresh_now(&directory).await;
+        assert_eq!(cell.verdict("agent"), Verdict::Stands);
+        // The profile changes: requests act on the new one.
+        *directory.users.lock().unwrap() = vec![user("alice", true, Some("supervisor"))];
+        standing.refresh_now(&directory).await;
+        assert_eq!(cell.verdict("agent"), Verdict::Profile("supervisor".into()));
+        // The directory goes down: the last known state stands.
+        *directory.down.lock().unwrap() = true;
+        standing.refresh_now(&directory).await;
+        assert_eq!(cell.verdict("agent"), Verdict::Profile("supervisor".into()));
+        *directory.down.lock().unwrap() = false;
+        // Disabled, then without a profile, then deleted: refused each time.
+        for now in [
+            vec![user("alice", false, Some("agent"))],
+            vec![user("alice", true, None)],
+            vec![],
+        ] {
+            *directory.users.lock().unwrap() = now;
+            standing.refresh_now(&directory).await;
+            assert_eq!(cell.verdict("agent"), Verdict::Refused);
+        }
+        // Back: allowed again, and the same cell for every token of the login.
+        *directory.users.lock().unwrap() = vec![user("alice", true, Some("agent"))];
+        standing.refresh_now(&directory).await;
+        assert_eq!(cell.verdict("agent"), Verdict::Stands);
+        assert!(Arc::ptr_eq(&cell, &standing.cell("alice")));
+    }
+
+    #[tokio::test]
+    async fn idle_logins_leave_the_table_and_their_cells_say_so() {
+        let directory = Changing::default();
+        let standing = Standing::new(100, Duration::from_secs(120), Duration::from_secs(60));
+        let cell = standing.cell("idle");
+        for _ in 0..standing.idle_rounds + 1 {
+            assert!(!cell.is_evicted());
+            standing.refresh_now(&directory).await;
+        }
+        standing.table.run_pending_tasks();
+        assert!(cell.is_evicted());
+        // Read in every round: stays.
+        let busy = standing.cell("busy");
+        for _ in 0..standing.idle_rounds + 3 {
+            busy.verdict("agent");
+            standing.refresh_now(&directory).await;
+        }
+        standing.table.run_pending_tasks();
+        assert!(!busy.is_evicted());
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_what_the_directory_said() {
+        let directory = Changing::default();
+        let old = standing();
+        old.cell("bob");
+        old.refresh_now(&directory).await;
+        let mut new = standing();
+        new.inherit(&old);
+        assert_eq!(new.cell("bob").verdict("agent"), Verdict::Refused);
+    }
+}

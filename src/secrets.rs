@@ -1,0 +1,115 @@
+//! Secrets read from the environment or from dotenv files (XiVO's `custom.env`), with errors that
+//! never quote the files: a line of them may hold a secret.
+
+use std::path::{Path, PathBuf};
+
+/// A dotenv file that exists but cannot be read or parsed. Names the file and the kind of
+/// problem (a character position at most), never its content.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {}: {reason}", file.display())]
+pub struct EnvFileError {
+    pub file: PathBuf,
+    pub reason: String,
+}
+
+/// The value of environment variable `name` or, when it is unset or empty there, its value in
+/// `files` (see [`find_in_files`]); with where it was found, for logs.
+pub fn from_env_or_files(
+    name: &str,
+    files: &[PathBuf],
+) -> Result<Option<(String, String)>, EnvFileError> {
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => Ok(Some((value, format!("environment variable {name}")))),
+        _ => find_in_files(name, files),
+    }
+}
+
+/// " and not defined in FILE, FILE" for an error saying where a variable was looked for.
+pub fn not_defined_in(files: &[PathBuf]) -> String {
+    if files.is_empty() {
+        return String::new();
+    }
+    let list: Vec<_> = files.iter().map(|f| f.display().to_string()).collect();
+    format!(" and not defined in {}", list.join(", "))
+}
+
+/// The value of `name` in `files`, the last file that defines it winning (as if they were
+/// sourced in order), with where it was found ("NAME in FILE"); `None` when none defines it, or
+/// only as empty.
+fn find_in_files(name: &str, files: &[PathBuf]) -> Result<Option<(String, String)>, EnvFileError> {
+    let mut found = None;
+    for file in files {
+        if let Some(value) = read_env_file(file, name)? {
+            found = Some((value, format!("{} in {}", name, file.display())));
+        }
+    }
+    Ok(found.filter(|(v, _)| !v.is_empty()))
+}
+
+/// The value of `name` in a dotenv file (comments, quotes, `export` prefix), or None when the
+/// file does not exist or does not define it.
+pub fn read_env_file(file: &Path, name: &str) -> Result<Option<String>, EnvFileError> {
+    let unreadable = |reason: String| EnvFileError {
+        file: file.to_owned(),
+        reason,
+    };
+    let iter = match dotenvy::from_path_iter(file) {
+        Ok(iter) => iter,
+        Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        // dotenvy's errors quote the offending line, which may hold a secret: keep only the kind.
+        Err(e) => return Err(unreadable(describe(&e))),
+    };
+    let mut value = None;
+    for item in iter {
+        let (key, v) = item.map_err(|e| unreadable(describe(&e)))?;
+        if key == name {
+            value = Some(v);
+        }
+    }
+    Ok(value)
+}
+
+fn describe(e: &dotenvy::Error) -> String {
+    match e {
+        dotenvy::Error::Io(e) => e.to_string(),
+        dotenvy::Error::LineParse(_, index) => format!("syntax error at character {index}"),
+        _ => "invalid file".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn reads_dotenv_syntax() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            f,
+            "# comment\nOTHER=1\nexport PLAY_AUTH_TOKEN=\"quoted value\" # trailing\nX='y'"
+        )
+        .unwrap();
+        assert_eq!(
+            read_env_file(f.path(), "PLAY_AUTH_TOKEN")
+                .unwrap()
+                .as_deref(),
+            Some("quoted value")
+        );
+        assert_eq!(read_env_file(f.path(), "NOPE").unwrap(), None);
+        assert_eq!(
+            read_env_file(Path::new("/nonexistent/custom.env"), "X").unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn syntax_errors_do_not_echo_the_line() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "PLAY_AUTH_TOKEN=\"topsecret").unwrap();
+        let e = read_env_file(f.path(), "PLAY_AUTH_TOKEN")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("topsecret"), "{e}");
+    }
+}
