@@ -60,6 +60,15 @@ impl Endpoint {
         }
     }
 
+    /// The methods a browser of the `[cors]` origins may use here: the UC API's endpoints
+    /// answer web clients; health, readiness and metrics are for operators.
+    pub fn cors_methods(self) -> Option<&'static str> {
+        match self {
+            Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => None,
+            _ => Some(self.allowed().1),
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Endpoint::Health => "healthz",
@@ -142,12 +151,14 @@ impl Endpoint {
             Endpoint::Cas => exchange(uc(state)?, |uc| uc.cas.as_ref(), request, attempt).await,
             Endpoint::Oidc => exchange(uc(state)?, |uc| uc.oidc.as_ref(), request, attempt).await,
             Endpoint::Check => {
-                let (claims, _) = uc_token(uc(state)?, &request)?;
+                // XiVO's web clients store the token of the answer in place of theirs: a fresh
+                // one of the same session (see TokenService::renew).
+                let uc = uc(state)?;
+                let (claims, _) = uc_token(uc, &request)?;
                 log.credential = Some("uc");
-                Ok(json_response(
-                    StatusCode::OK,
-                    serde_json::json!({ "login": claims.sub, "TTL": claims.ttl() }),
-                ))
+                let renewed = uc.issuer.tokens().renew(&claims)?;
+                tracing::debug!(login = %claims.sub, ttl = renewed.ttl, "token renewed");
+                Ok(json_response(StatusCode::OK, serde_json::json!(renewed)))
             }
             Endpoint::Logout => {
                 let uc = uc(state)?;
@@ -192,7 +203,7 @@ async fn exchange<'s, E: Exchange + 's>(
 
 /// The UC token a request presents, validated, with its text.
 fn uc_token(uc: &UcAuth, request: &Request<Incoming>) -> Result<(Arc<Claims>, String), GateError> {
-    let token = auth::presented(request.headers(), request.uri().query())?
+    let token = auth::presented(request.headers(), request.uri().query(), true)?
         .token
         .ok_or(GateError::TokenMissing)?;
     let claims = uc.issuer.tokens().validate(&token)?;

@@ -68,6 +68,9 @@ pub enum GateError {
     AmbiguousToken,
     #[error("this credential does not open this route")]
     Forbidden,
+    /// A preflight from an origin (or for a method) that is not allowed.
+    #[error("this origin may not call here from a browser")]
+    CorsNotAllowed,
 
     // --- token exchanges (401, 429) ---------------------------------------------------------
     #[error("invalid login or password")]
@@ -81,7 +84,11 @@ pub enum GateError {
     /// Kerberos (SPNEGO) refused; answered with a `Negotiate` challenge.
     #[error("{0}")]
     SsoAuthenticationFailed(&'static str),
-    /// The CAS server refused the ticket, with its `authenticationFailure` code.
+    /// The CAS server refused the ticket as unknown, used, expired or not for this service
+    /// (`INVALID_TICKET`, `INVALID_SERVICE`): XiVO's web clients then go back to the CAS login.
+    #[error("the CAS server refused the ticket: {0}")]
+    CasServerInvalidTicket(String),
+    /// The CAS server refused the ticket with another `authenticationFailure` code.
     #[error("the CAS server refused the ticket: {0}")]
     CasAuthenticationFailed(String),
     #[error("the service is not one of the allowed CAS services")]
@@ -100,6 +107,10 @@ pub enum GateError {
     UpstreamTimeout,
     #[error("the CAS server's answer is not a valid CAS response")]
     CasInvalidResponse,
+    #[error("the CAS server found the validation request invalid")]
+    CasInvalidRequest,
+    #[error("the CAS server failed with an internal error")]
+    CasInternalError,
     #[error("the CAS server cannot be reached")]
     CasUnavailable,
     #[error("the CAS server did not answer in time")]
@@ -133,10 +144,11 @@ impl GateError {
             | InvalidCredentials
             | UserNotFound
             | SsoAuthenticationFailed(_)
+            | CasServerInvalidTicket(_)
             | CasAuthenticationFailed(_)
             | OidcInvalidParameter(_)
             | OidcAuthenticationFailed(_) => StatusCode::UNAUTHORIZED,
-            Forbidden => StatusCode::FORBIDDEN,
+            Forbidden | CorsNotAllowed => StatusCode::FORBIDDEN,
             NoRoute => StatusCode::NOT_FOUND,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -145,7 +157,8 @@ impl GateError {
             TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             Unhandled => StatusCode::INTERNAL_SERVER_ERROR,
             UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
-            UpstreamUnavailable | CasInvalidResponse | CasUnavailable => StatusCode::BAD_GATEWAY,
+            UpstreamUnavailable | CasInvalidResponse | CasInvalidRequest | CasInternalError
+            | CasUnavailable => StatusCode::BAD_GATEWAY,
             NotReady | DirectoryUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamTimeout | CasTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -173,10 +186,12 @@ impl GateError {
             TokenExpired => "TokenExpired",
             AmbiguousToken => "AmbiguousToken",
             Forbidden => "Forbidden",
+            CorsNotAllowed => "CorsNotAllowed",
             InvalidCredentials => "InvalidCredentials",
             UserNotFound => "UserNotFound",
             TooManyAttempts(_) => "TooManyAttempts",
             SsoAuthenticationFailed(_) => "SsoAuthenticationFailed",
+            CasServerInvalidTicket(_) => "CasServerInvalidTicket",
             CasAuthenticationFailed(_) => "CasAuthenticationFailed",
             CasServiceNotAllowed => "CasServiceNotAllowed",
             OidcInvalidParameter(_) => "OidcInvalidParameter",
@@ -184,6 +199,8 @@ impl GateError {
             UpstreamUnavailable => "UpstreamUnavailable",
             UpstreamTimeout => "UpstreamTimeout",
             CasInvalidResponse => "CasInvalidResponse",
+            CasInvalidRequest => "CasInvalidRequest",
+            CasInternalError => "CasInternalError",
             CasUnavailable => "CasUnavailable",
             CasTimeout => "CasTimeout",
             NotReady => "NotReady",
@@ -205,7 +222,7 @@ impl GateError {
             OidcInvalidParameter(_) | OidcAuthenticationFailed(_) => Some(BEARER_CHALLENGE),
             // A refused CAS ticket is answered by going back to the CAS login page, not by
             // a challenge.
-            CasAuthenticationFailed(_) => None,
+            CasServerInvalidTicket(_) | CasAuthenticationFailed(_) => None,
             _ if self.status() == StatusCode::UNAUTHORIZED => Some(TOKEN_CHALLENGE),
             _ => None,
         }

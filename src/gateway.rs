@@ -4,12 +4,16 @@
 //!    [`METHODS`], transfer codings other than chunked, an over-long target), normalise the
 //!    path and derive where the request comes from, once, for everything after;
 //! 2. [`target`]: an endpoint ucgate serves itself, or the route with the longest prefix;
-//! 3. [`authenticate`]: the token the request presents, checked (shared, then UC);
-//! 4. [`authorise`]: the route's policy turns the credential into a [`Permit`], or refuses;
-//! 5. [`rewrite`]: the upstream target without the `token` parameter;
-//! 6. [`forward`]: the identity headers the permit asserts, the request streamed upstream and
+//! 3. [`cross_origin`]: for the exchange endpoints and routes with `cors = true`, the CORS
+//!    grant of a listed `Origin`, added to whatever the request is answered (errors too), and
+//!    the preflight `OPTIONS` answered here, before any credential is asked for;
+//! 4. [`authenticate`]: the token the request presents (`X-Auth-Token`, `Authorization:
+//!    Bearer` or `token`), checked (shared, then UC);
+//! 5. [`authorise`]: the route's policy turns the credential into a [`Permit`], or refuses;
+//! 6. [`rewrite`]: the upstream target without the `token` parameter;
+//! 7. [`forward`]: the identity headers the permit asserts, the request streamed upstream and
 //!    its answer back;
-//! 7. log: what each phase learnt goes into the request's [`RequestLog`], which the access-log
+//! 8. log: what each phase learnt goes into the request's [`RequestLog`], which the access-log
 //!    layer turns into a log line and metrics.
 //!
 //! Every phase returns a [`GateError`] to refuse; `handle` turns it into the JSON answer. The
@@ -24,13 +28,14 @@ use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, request};
+use http::{HeaderValue, Method, Request, Response, request};
 use hyper::body::Incoming;
 
 use crate::auth::credential::Presented;
 use crate::auth::{self, Credential, Permit};
 use crate::body::Body;
 use crate::config::Config;
+use crate::cors::Cors;
 use crate::endpoints::Endpoint;
 use crate::error::GateError;
 use crate::identity::{Asserted, Origin};
@@ -107,17 +112,30 @@ impl Gateway {
     /// that refused it.
     async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let state = self.state();
-        let mut log = RequestLog::default();
-        let mut response = match process(&state, req, conn, &mut log).await {
+        let mut ctx = RequestCtx::default();
+        let mut response = match process(&state, req, conn, &mut ctx).await {
             Ok(response) => response,
             Err(e) => {
-                log.error = Some(e.code());
+                ctx.log.error = Some(e.code());
                 e.into_response()
             }
         };
-        response.extensions_mut().insert(log);
+        // Errors included: a browser reads a 401 only with the grant.
+        if let Some(origin) = ctx.cors_origin {
+            Cors::decorate(&mut response, origin);
+        }
+        response.extensions_mut().insert(ctx.log);
         response
     }
+}
+
+/// What the phases learn about one request, beyond the request itself.
+#[derive(Default)]
+struct RequestCtx {
+    /// For the access log and the metrics.
+    log: RequestLog,
+    /// An allowed `Origin` of a resource that answers browsers: the answer grants it.
+    cors_origin: Option<HeaderValue>,
 }
 
 /// The phases, in order.
@@ -125,23 +143,32 @@ async fn process(
     state: &State,
     req: Request<Incoming>,
     conn: ConnInfo,
-    log: &mut RequestLog,
+    ctx: &mut RequestCtx,
 ) -> Result<Response<Body>, GateError> {
+    let log = &mut ctx.log;
     let (parts, body) = req.into_parts();
     let (path, origin) = admit(state, &parts, conn, log)?;
-    let route = match target(state, &path, log)? {
+    let target = target(state, &path, log)?;
+    if let Some(response) = cross_origin(state, &target, &parts, &mut ctx.cors_origin)? {
+        return Ok(response);
+    }
+    let log = &mut ctx.log;
+    let route = match target {
         Target::Endpoint(endpoint) => {
             let request = Request::from_parts(parts, body);
             return endpoint.serve(state, request, origin.client, log).await;
         }
         Target::Route(route) => route,
     };
-    let presented = auth::presented(&parts.headers, parts.uri.query())?;
+    // On a public route, `Authorization` is the upstream's business, not a credential.
+    let public = route.policy.is_public();
+    let presented = auth::presented(&parts.headers, parts.uri.query(), !public)?;
     let credential = authenticate(state, route, &presented)?;
     log.credential = Some(credential.kind());
     let permit = authorise(route, &credential)?;
+    let mut asserted = permit.asserted(&state.shared, origin, conn.tls);
+    asserted.drop_authorization = presented.bearer;
     let path_and_query = rewrite(&path, presented.query)?;
-    let asserted = permit.asserted(&state.shared, origin, conn.tls);
     forward(route, asserted, path_and_query, parts, body).await
 }
 
@@ -195,6 +222,36 @@ fn target<'s>(state: &'s State, path: &str, log: &mut RequestLog) -> Result<Targ
     let route = state.routes.find(path).ok_or(GateError::NoRoute)?;
     log.route = Some(route.name.clone());
     Ok(Target::Route(route))
+}
+
+/// Phase 2b, for browsers of other origins on the resources that answer them (the UC API's
+/// endpoints, routes with `cors = true`): a preflight is answered here, before any credential
+/// (browsers send none with it); another request from an allowed origin gets its grant on the
+/// way out (`cors_origin`).
+fn cross_origin(
+    state: &State,
+    target: &Target<'_>,
+    parts: &request::Parts,
+    cors_origin: &mut Option<HeaderValue>,
+) -> Result<Option<Response<Body>>, GateError> {
+    let Some(cors) = &state.cors else {
+        return Ok(None);
+    };
+    let methods = match target {
+        Target::Endpoint(endpoint) => endpoint.cors_methods(),
+        Target::Route(route) => route.cors.then_some(ALLOW),
+    };
+    let Some(methods) = methods else {
+        return Ok(None);
+    };
+    if Cors::is_preflight(&parts.method, &parts.headers) {
+        return cors
+            .preflight(&parts.headers, methods)
+            .map(Some)
+            .ok_or(GateError::CorsNotAllowed);
+    }
+    *cors_origin = cors.allowed(&parts.headers);
+    Ok(None)
 }
 
 /// Phase 3: the presented token, checked. A public route checks nothing; no token is

@@ -169,6 +169,8 @@ pub struct Asserted<'a> {
     pub origin: Origin,
     /// Whether the client reached ucgate over TLS.
     pub tls: bool,
+    /// The client's `Authorization` carried its ucgate credential (`Bearer`): not forwarded.
+    pub drop_authorization: bool,
 }
 
 impl Asserted<'_> {
@@ -182,6 +184,9 @@ impl Asserted<'_> {
         original_host: Option<HeaderValue>,
     ) -> Result<(), GateError> {
         strip(headers, &IDENTITY);
+        if self.drop_authorization {
+            headers.remove(header::AUTHORIZATION);
+        }
         if let Some(token) = self.token {
             headers.insert(X_AUTH_TOKEN, token.clone());
         }
@@ -295,6 +300,7 @@ mod tests {
             user,
             origin: direct(),
             tls: false,
+            drop_authorization: false,
         }
     }
 
@@ -419,6 +425,7 @@ mod tests {
             user: None,
             origin,
             tls: false,
+            drop_authorization: false,
         }
         .apply(&mut h, Some(HeaderValue::from_static("gate.example")))
         .unwrap();

@@ -19,6 +19,7 @@ mod auth;
 mod body;
 mod client_timeouts;
 pub mod config;
+mod cors;
 mod directory;
 mod doctor;
 mod endpoints;

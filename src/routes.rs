@@ -18,6 +18,8 @@ pub struct Route {
     pub upstream: Upstream,
     /// Whether WebSocket upgrades pass.
     pub websocket: bool,
+    /// Whether browsers of the `[cors]` origins are answered.
+    pub cors: bool,
 }
 
 /// Routes indexed by prefix. Matching costs one hash look-up per path segment, whatever the
@@ -47,6 +49,7 @@ impl RouteTable {
                     client.clone(),
                 ),
                 websocket: config.websocket,
+                cors: config.cors,
             });
         }
         Self { routes, by_prefix }

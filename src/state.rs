@@ -18,6 +18,7 @@ use crate::auth::throttle::Throttle;
 use crate::auth::token::TokenService;
 use crate::auth::{Credential, Issuer, SharedToken};
 use crate::config::{Config, ConfigError, TokensConfig, UsersConfig};
+use crate::cors::Cors;
 use crate::directory::{self, OpenError};
 use crate::error::GateError;
 use crate::identity::Trust;
@@ -61,6 +62,8 @@ pub struct State {
     pub(crate) throttle: Throttle,
     /// Whose forwarding headers are believed.
     pub(crate) trust: Trust,
+    /// The origins allowed to call from the browser.
+    pub(crate) cors: Option<Cors>,
 }
 
 /// UC tokens and the exchanges that lead to one: they exist only together, since an exchange
@@ -160,6 +163,7 @@ impl State {
             routes: RouteTable::build(&config.routes, &client, config.server.request_body_timeout),
             throttle: Throttle::new(&config.login),
             trust: Trust::new(&config.server),
+            cors: config.cors.as_ref().map(Cors::new),
             config,
             shared,
             tls,

@@ -107,7 +107,7 @@ async fn a_real_ticket_gives_a_uc_token_once() {
     let again = assert_error(
         exchange(&gate, SERVICE, &ticket).await,
         401,
-        "CasAuthenticationFailed",
+        "CasServerInvalidTicket",
     )
     .await;
     let message = again["message"].as_str().unwrap();
@@ -160,7 +160,7 @@ async fn a_ticket_for_another_allowed_service_is_invalid_service() {
     let body = assert_error(
         exchange(&gate, OTHER_SERVICE, &ticket).await,
         401,
-        "CasAuthenticationFailed",
+        "CasServerInvalidTicket",
     )
     .await;
     assert!(
@@ -175,7 +175,7 @@ async fn a_ticket_for_another_allowed_service_is_invalid_service() {
     let body = assert_error(
         exchange(&gate, SERVICE, &ticket).await,
         401,
-        "CasAuthenticationFailed",
+        "CasServerInvalidTicket",
     )
     .await;
     assert!(
@@ -420,7 +420,7 @@ async fn hostile_answers_are_502_and_never_log_in() {
     let body = assert_error(
         exchange(&gate, SERVICE, "ST-42-hostile").await,
         401,
-        "CasAuthenticationFailed",
+        "CasServerInvalidTicket",
     )
     .await;
     assert!(!body.to_string().contains("ST-42"), "{body}");
@@ -445,7 +445,7 @@ async fn refused_tickets_lock_out_the_client_address() {
         assert_error(
             exchange(&gate, SERVICE, &ticket).await,
             401,
-            "CasAuthenticationFailed",
+            "CasServerInvalidTicket",
         )
         .await;
     }

@@ -425,4 +425,14 @@ async fn a_changed_keytab_is_reloaded_and_a_broken_one_refused_while_serving_goe
     write_atomic(&path, &keytab);
     gate.wait_log("configuration reloaded").await;
     sso_works();
+
+    // A rotation, as an operator does it: new keys in the KDC, then the new keytab in place.
+    // Tickets issued from now on are under the new keys; only a reloaded keytab opens them.
+    let rotated = kdc.rotate_keys(&["HTTP/localhost", "HTTP/127.0.0.1"]);
+    let reloads = gate.logs().matches("configuration reloaded").count();
+    write_atomic(&path, &rotated);
+    gate.wait_log_count("configuration reloaded", reloads + 1)
+        .await;
+    kdc.kinit("alice", "alicepw");
+    sso_works();
 }

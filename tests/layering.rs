@@ -19,6 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "body",
             "error",
             "identity",
+            "cors",
             "config",
             "tls",
             "telemetry",

@@ -642,3 +642,93 @@ async fn a_locked_out_login_stays_locked_whatever_the_exchange() {
         .unwrap();
     assert_error(bob, 401, "InvalidCredentials").await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 16: authorised parties and RFC 9068 access tokens
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn authorized_party_restricts_the_clients_a_token_may_come_from() {
+    let idp = Provider::start();
+    let up = Upstream::start().await;
+    // Both clients are audiences; only `ucgate` is an authorised party.
+    let gate = Ucgate::builder(
+        config(
+            &up.url(),
+            &idp.issuer,
+            "authorized_party = [\"ucgate\"]",
+            "",
+        )
+        .replace(
+            "audience = [\"ucgate\"]",
+            "audience = [\"ucgate\", \"other\"]",
+        ),
+    )
+    .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
+    .file("users.toml", SSO_USERS)
+    .start()
+    .await;
+    wait_ready(&gate).await;
+    // Real ID tokens: the one for ucgate passes, the one for the other client does not.
+    let ours = idp.id_token("alice", "alicepw").await;
+    assert_issued(bearer(&gate, &ours).await, "alice").await;
+    let theirs = idp.other_id_token("alice", "alicepw").await;
+    assert_refused(
+        bearer(&gate, &theirs).await,
+        "OidcAuthenticationFailed",
+        "party",
+    )
+    .await;
+    // An explicit azp of another party, signed by the provider.
+    let mut claims = provider_claims(&idp, "alice");
+    claims["azp"] = serde_json::json!("other");
+    let token = idp.sign(serde_json::json!({}), claims).await;
+    assert_refused(
+        bearer(&gate, &token).await,
+        "OidcAuthenticationFailed",
+        "party",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn access_tokens_are_accepted_only_when_asked_for() {
+    let idp = Provider::start();
+    let up = Upstream::start().await;
+    // An RFC 9068 access token for alice, issued to ucgate, signed by the provider.
+    let mut claims = provider_claims(&idp, "alice");
+    claims["client_id"] = serde_json::json!("ucgate");
+    claims["scope"] = serde_json::json!("openid profile");
+    let access = idp
+        .sign(serde_json::json!({"typ": "at+jwt"}), claims.clone())
+        .await;
+    let also_access = idp
+        .sign(serde_json::json!({"typ": "application/at+jwt"}), claims)
+        .await;
+    let strict = start_gate(&up.url(), &idp.issuer, "", "").await;
+    wait_ready(&strict).await;
+    for token in [&access, &also_access] {
+        assert_refused(
+            bearer(&strict, token).await,
+            "OidcAuthenticationFailed",
+            "access token",
+        )
+        .await;
+    }
+    // ID tokens keep working.
+    assert_issued(
+        bearer(&strict, &idp.id_token("alice", "alicepw").await).await,
+        "alice",
+    )
+    .await;
+    let open = start_gate(
+        &up.url(),
+        &idp.issuer,
+        "accept_access_tokens = true\nauthorized_party = [\"ucgate\"]",
+        "",
+    )
+    .await;
+    wait_ready(&open).await;
+    assert_issued(bearer(&open, &access).await, "alice").await;
+    assert_issued(bearer(&open, &also_access).await, "alice").await;
+}

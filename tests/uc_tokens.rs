@@ -771,10 +771,17 @@ async fn check_answers_login_and_ttl_for_a_valid_token_only() {
     ] {
         let mut keys: Vec<&String> = body.as_object().unwrap().keys().collect();
         keys.sort();
-        assert_eq!(keys, ["TTL", "login"], "{body}");
+        assert_eq!(keys, ["TTL", "login", "token"], "{body}");
         assert_eq!(body["login"], "alice");
-        let ttl = body["TTL"].as_u64().unwrap();
-        assert!(ttl <= 600 && ttl > 500, "seconds left: {body}");
+        // A renewal: a fresh token of tokens.ttl (1h here), not what is left of the old one.
+        assert_eq!(body["TTL"], 3600, "{body}");
+        let renewed = body["token"].as_str().unwrap();
+        assert_ne!(renewed, token);
+        let (old, new) = (jwt_part(token, 1), jwt_part(renewed, 1));
+        for same in ["sub", "profile", "method", "auth_time", "sid"] {
+            assert_eq!(new[same], old[same], "{same}");
+        }
+        assert_eq!(check(&gate, renewed).await.status(), 200);
     }
 
     let response = client().get(gate.url(CHECK)).send().await.unwrap();

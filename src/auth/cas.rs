@@ -54,10 +54,19 @@ impl Cas {
 
     /// Asks the CAS server about the ticket; the proven login on success.
     async fn validate(&self, request: &TicketRequest) -> Result<String, Refusal> {
+        // The service goes as the client sent it, still encoded: the CAS server decodes it once,
+        // as it decoded the one of its login page, so that the two compare equal whatever the
+        // encoding (JavaScript's escape(), encodeURIComponent()).
+        let mut url = self.validate_url.clone();
+        let ticket: String =
+            url::form_urlencoded::byte_serialize(request.ticket.0.as_bytes()).collect();
+        url.set_query(Some(&format!(
+            "service={}&ticket={ticket}",
+            request.service
+        )));
         let response = self
             .client
-            .get(self.validate_url.clone())
-            .query(&[("service", &request.service), ("ticket", &request.ticket.0)])
+            .get(url)
             .send()
             .await
             .map_err(Refusal::transport)?;
@@ -117,9 +126,10 @@ impl std::fmt::Debug for Ticket {
 
 #[derive(Debug)]
 struct TicketRequest {
-    /// As the client sent it: the CAS server compares it byte for byte.
+    /// The parameter's value as the client sent it, still percent-encoded: it goes to the CAS
+    /// server so, and the CAS server compares it with the service of its login page.
     service: String,
-    /// Parsed, for the allow-list.
+    /// Decoded and parsed, for the allow-list.
     service_url: Url,
     ticket: Ticket,
 }
@@ -127,14 +137,19 @@ struct TicketRequest {
 impl TicketRequest {
     fn from_query(query: Option<&str>) -> Result<Self, GateError> {
         let (mut service, mut ticket) = (None, None);
-        for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            let slot = match key.as_ref() {
+        for pair in query.unwrap_or("").split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let key: String = url::form_urlencoded::parse(format!("{key}=").as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default();
+            let slot = match key.as_str() {
                 "service" => &mut service,
                 "ticket" => &mut ticket,
                 _ => continue,
             };
-            if slot.replace(value.into_owned()).is_some() {
-                return Err(GateError::InvalidRequest(match key.as_ref() {
+            if slot.replace(value).is_some() {
+                return Err(GateError::InvalidRequest(match key.as_str() {
                     "service" => "the service parameter is repeated",
                     _ => "the ticket parameter is repeated",
                 }));
@@ -145,19 +160,70 @@ impl TicketRequest {
                 "the service and ticket parameters are required",
             ));
         };
-        let ticket = Ticket(ticket);
+        let ticket = Ticket(unescape(ticket).ok_or(GateError::InvalidRequest(
+            "the ticket is not a CAS service ticket",
+        ))?);
         if !ticket_well_formed(&ticket.0) {
             return Err(GateError::InvalidRequest(
                 "the ticket is not a CAS service ticket",
             ));
         }
-        let service_url = parse_service(&service).ok_or(GateError::CasServiceNotAllowed)?;
+        let service_url = unescape(service)
+            .and_then(|s| parse_service(&s))
+            .ok_or(GateError::CasServiceNotAllowed)?;
         Ok(Self {
-            service,
+            service: service.to_owned(),
             service_url,
             ticket,
         })
     }
+}
+
+/// A query value decoded as browsers' encoders mean it: `+` is a space, `%XX` a byte (UTF-8,
+/// or Latin-1 where the bytes are not UTF-8: JavaScript's `escape()` writes `é` as `%E9`), and
+/// `%uXXXX` a UTF-16 unit (`escape()` of a character beyond Latin-1; two for a surrogate
+/// pair). `None` for a broken escape: a service the browser cannot have been sent to.
+fn unescape(raw: &str) -> Option<String> {
+    fn flush(bytes: &mut Vec<u8>, out: &mut String) {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => out.push_str(text),
+            Err(_) => out.extend(bytes.iter().map(|&b| char::from(b))),
+        }
+        bytes.clear();
+    }
+    let hex = |s: &str| {
+        u32::from_str_radix(s, 16)
+            .ok()
+            .filter(|_| s.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    let (mut out, mut bytes, mut units) = (String::new(), Vec::new(), Vec::<u16>::new());
+    let mut rest = raw;
+    while let Some(c) = rest.chars().next() {
+        if let Some(after) = rest.strip_prefix("%u").or_else(|| rest.strip_prefix("%U")) {
+            let unit = hex(after.get(..4)?)?;
+            flush(&mut bytes, &mut out);
+            units.push(unit as u16);
+            rest = &after[4..];
+            continue;
+        }
+        if !units.is_empty() {
+            out.push_str(&String::from_utf16(&units).ok()?);
+            units.clear();
+        }
+        if let Some(after) = rest.strip_prefix('%') {
+            bytes.push(hex(after.get(..2)?)? as u8);
+            rest = &after[2..];
+            continue;
+        }
+        flush(&mut bytes, &mut out);
+        out.push(if c == '+' { ' ' } else { c });
+        rest = &rest[c.len_utf8()..];
+    }
+    if !units.is_empty() {
+        out.push_str(&String::from_utf16(&units).ok()?);
+    }
+    flush(&mut bytes, &mut out);
+    Some(out)
 }
 
 fn ticket_well_formed(ticket: &str) -> bool {
@@ -169,9 +235,12 @@ fn ticket_well_formed(ticket: &str) -> bool {
 
 /// The service as a URL, refusing what different parsers could read differently (spaces,
 /// backslashes, control characters) and credentials or fragments, which a service never has.
+/// Letters beyond ASCII (a decoded `é` of a query) are fine.
 fn parse_service(service: &str) -> Option<Url> {
-    let plain =
-        service.len() <= MAX_SERVICE && service.bytes().all(|b| b.is_ascii_graphic() && b != b'\\');
+    let plain = service.len() <= MAX_SERVICE
+        && service
+            .chars()
+            .all(|c| !c.is_ascii() || (c.is_ascii_graphic() && c != '\\'));
     let url = Url::parse(service).ok().filter(|_| plain)?;
     let clean = matches!(url.scheme(), "http" | "https")
         && url.username().is_empty()
@@ -202,7 +271,7 @@ impl Refusal {
 
     /// Only a refused ticket is the client's doing; a broken CAS server is not.
     fn counts_as_failure(&self) -> bool {
-        matches!(self, Refusal::Failure(_))
+        matches!(self, Refusal::Failure(code) if !matches!(code.as_str(), "INVALID_REQUEST" | "INTERNAL_ERROR"))
     }
 
     fn reason(&self) -> String {
@@ -219,7 +288,20 @@ impl Refusal {
 impl From<Refusal> for GateError {
     fn from(refusal: Refusal) -> Self {
         match refusal {
-            Refusal::Failure(cas_code) => GateError::CasAuthenticationFailed(cas_code),
+            // What XiVO's web clients look for to send the browser back to the CAS login page
+            // (CAS protocol 3.0 §2.5.3: an unknown, used or expired ticket, or one for another
+            // service).
+            Refusal::Failure(code)
+                if matches!(
+                    code.as_str(),
+                    "INVALID_TICKET" | "INVALID_TICKET_SPEC" | "INVALID_SERVICE"
+                ) =>
+            {
+                GateError::CasServerInvalidTicket(code)
+            }
+            Refusal::Failure(code) if code == "INVALID_REQUEST" => GateError::CasInvalidRequest,
+            Refusal::Failure(code) if code == "INTERNAL_ERROR" => GateError::CasInternalError,
+            Refusal::Failure(code) => GateError::CasAuthenticationFailed(code),
             Refusal::Invalid(_) | Refusal::Status(_) => GateError::CasInvalidResponse,
             Refusal::Unreachable => GateError::CasUnavailable,
             Refusal::Timeout => GateError::CasTimeout,
@@ -232,8 +314,10 @@ impl Exchange for Cas {
 
     /// `InvalidRequest` for a missing, repeated or malformed parameter, `CasServiceNotAllowed`
     /// for a service off the allow-list (before the CAS server is asked),
-    /// `CasAuthenticationFailed` for a refused ticket (a failure of the client's address), and
-    /// `CasInvalidResponse`, `CasUnavailable` or `CasTimeout` when the CAS server fails.
+    /// `CasServerInvalidTicket` for a ticket the CAS server refuses (a failure of the client's
+    /// address), `CasInvalidRequest` / `CasAuthenticationFailed` for its other codes, and
+    /// `CasInternalError`, `CasInvalidResponse`, `CasUnavailable` or `CasTimeout` when the CAS
+    /// server fails.
     async fn prove(
         &self,
         request: Request<Incoming>,
@@ -268,6 +352,24 @@ mod tests {
 
     fn allowed(p: &str, service: &str) -> bool {
         parse_service(service).is_some_and(|url| pattern(p).matches(&url))
+    }
+
+    #[test]
+    fn services_are_decoded_as_browsers_encode_them() {
+        let service = "http://127.0.0.1:8081/café/☃/?x=1 2";
+        // JavaScript's escape(), encodeURIComponent(), and form encoding.
+        for encoded in [
+            "http%3A//127.0.0.1%3A8081/caf%E9/%u2603/%3Fx%3D1%202",
+            "http%3A%2F%2F127.0.0.1%3A8081%2Fcaf%C3%A9%2F%E2%98%83%2F%3Fx%3D1%202",
+            "http://127.0.0.1:8081/caf%C3%A9/%E2%98%83/?x=1+2",
+        ] {
+            assert_eq!(unescape(encoded).as_deref(), Some(service), "{encoded}");
+        }
+        // A character beyond the BMP: escape() writes its UTF-16 surrogate pair.
+        assert_eq!(unescape("%uD83D%uDE00").as_deref(), Some("😀"));
+        for broken in ["%u12", "%uZZZZ", "%zz", "%4", "%uD83D", "%u+123"] {
+            assert_eq!(unescape(broken), None, "{broken}");
+        }
     }
 
     #[test]
@@ -354,7 +456,8 @@ mod tests {
             "service=http%3A%2F%2F127.0.0.1%3A1%2Fcb%3Fa%3Db&ticket=ST-1-abc",
         ))
         .unwrap();
-        assert_eq!(ok.service, "http://127.0.0.1:1/cb?a=b");
+        assert_eq!(ok.service, "http%3A%2F%2F127.0.0.1%3A1%2Fcb%3Fa%3Db");
+        assert_eq!(ok.service_url.as_str(), "http://127.0.0.1:1/cb?a=b");
         assert!(!format!("{ok:?}").contains("ST-1-abc"));
         let status = |q: &str| {
             let e = TicketRequest::from_query(Some(q)).unwrap_err();

@@ -1,10 +1,10 @@
-//! What a request presents (a token in the `X-Auth-Token` header or the `token` query
-//! parameter), and what it proved.
+//! What a request presents (a token in the `X-Auth-Token` header, an `Authorization: Bearer`
+//! header or the `token` query parameter), and what it proved.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use http::HeaderMap;
+use http::{HeaderMap, header};
 
 use super::shared::SharedMatch;
 use super::token::{Claims, TokenError};
@@ -13,6 +13,55 @@ use crate::identity::X_AUTH_TOKEN;
 
 /// The query parameter a token may come in (XiVO's clients use it for downloads and WebSockets).
 const TOKEN_PARAM: &str = "token";
+/// Longest bearer token read; real ones are a few KiB.
+pub const MAX_BEARER: usize = 16 * 1024;
+
+/// The `Authorization` header, as far as bearer tokens go (RFC 6750 §2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authorization<'a> {
+    Absent,
+    /// One `Bearer` header, its token of the RFC's b64token syntax.
+    Bearer(&'a str),
+    /// Another scheme (`Basic` ...): not a bearer token, and not ucgate's business.
+    Other,
+    /// Several `Authorization` headers, one of them `Bearer`: which one is meant is unknowable.
+    Several,
+    /// A `Bearer` that is not one: a bad token, or too long.
+    Malformed,
+}
+
+/// Reads the `Authorization` header.
+pub fn authorization(headers: &HeaderMap) -> Authorization<'_> {
+    let is_bearer = |v: &http::HeaderValue| {
+        v.as_bytes()
+            .get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer "))
+            || v.as_bytes().eq_ignore_ascii_case(b"bearer")
+    };
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Authorization::Absent;
+    };
+    if let Some(second) = values.next() {
+        return match is_bearer(value) || is_bearer(second) || values.any(is_bearer) {
+            true => Authorization::Several,
+            false => Authorization::Other,
+        };
+    }
+    if !is_bearer(value) {
+        return Authorization::Other;
+    }
+    let Ok(value) = value.to_str() else {
+        return Authorization::Malformed;
+    };
+    let token = value[6..].trim_start_matches(' ');
+    let b64token = |c: char| c.is_ascii_alphanumeric() || "-._~+/".contains(c);
+    let body = token.trim_end_matches('=');
+    if token.is_empty() || token.len() > MAX_BEARER || !body.chars().all(b64token) {
+        return Authorization::Malformed;
+    }
+    Authorization::Bearer(token)
+}
 
 /// What a request proved about its sender.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,15 +102,21 @@ pub struct Presented<'a> {
     pub token: Option<Cow<'a, str>>,
     /// The query to forward: `None` when empty.
     pub query: Option<Cow<'a, str>>,
+    /// The token came (also) in `Authorization: Bearer`: that header is ucgate's, not the
+    /// upstream's.
+    pub bearer: bool,
 }
 
-/// Finds the token in the `X-Auth-Token` header or the `token` query parameter. Several headers,
-/// several differing parameters, or a header and a differing parameter are ambiguous
-/// (`AmbiguousToken`): an upstream could otherwise read a different one than ucgate checked. A
-/// header that is not visible ASCII is `TokenInvalid`.
+/// Finds the token in the `X-Auth-Token` header, the `token` query parameter or, with
+/// `bearer`, an `Authorization: Bearer` header. The same value in several places is one
+/// credential; several headers, or places that differ, are ambiguous (`AmbiguousToken`): an
+/// upstream could otherwise read a different one than ucgate checked. A header that is not
+/// visible ASCII, or a `Bearer` that is not one, is `TokenInvalid`. Without `bearer` (public
+/// routes), `Authorization` is the upstream's, whatever it holds.
 pub fn presented<'a>(
     headers: &'a HeaderMap,
     query: Option<&'a str>,
+    bearer: bool,
 ) -> Result<Presented<'a>, GateError> {
     let mut values = headers.get_all(X_AUTH_TOKEN).iter();
     let header = values.next();
@@ -71,16 +126,35 @@ pub fn presented<'a>(
     let header = header
         .map(|v| v.to_str().map_err(|_| GateError::TokenInvalid))
         .transpose()?;
+    let from_bearer = match bearer.then(|| authorization(headers)) {
+        Some(Authorization::Bearer(token)) => Some(token),
+        Some(Authorization::Several) => return Err(GateError::AmbiguousToken),
+        Some(Authorization::Malformed) => return Err(GateError::TokenInvalid),
+        Some(Authorization::Absent | Authorization::Other) | None => None,
+    };
     let (param, query) = match query {
         Some(q) => split_token_param(q)?,
         None => (None, None),
     };
-    let token = match (header, param) {
-        (Some(h), Some(p)) if h != p => return Err(GateError::AmbiguousToken),
-        (Some(h), _) => Some(Cow::Borrowed(h)),
-        (None, p) => p,
-    };
-    Ok(Presented { token, query })
+    let mut token: Option<Cow<'a, str>> = None;
+    for found in [
+        header.map(Cow::Borrowed),
+        from_bearer.map(Cow::Borrowed),
+        param,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        match &token {
+            Some(t) if *t != found => return Err(GateError::AmbiguousToken),
+            _ => token = Some(found),
+        }
+    }
+    Ok(Presented {
+        token,
+        query,
+        bearer: from_bearer.is_some(),
+    })
 }
 
 /// The `token` parameter's value and the rest of the query.
@@ -169,17 +243,69 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(X_AUTH_TOKEN, "abc".parse().unwrap());
         assert_eq!(
-            presented(&h, Some("token=abc")).unwrap().token.as_deref(),
+            presented(&h, Some("token=abc"), true)
+                .unwrap()
+                .token
+                .as_deref(),
             Some("abc")
         );
         assert!(matches!(
-            presented(&h, Some("token=abd")),
+            presented(&h, Some("token=abd"), true),
             Err(GateError::AmbiguousToken)
         ));
         h.append(X_AUTH_TOKEN, "abc".parse().unwrap());
         assert!(matches!(
-            presented(&h, None),
+            presented(&h, None, true),
             Err(GateError::AmbiguousToken)
         ));
+    }
+
+    fn with_authorization(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(header::AUTHORIZATION, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_is_a_third_place_for_the_same_credential() {
+        let h = with_authorization(&["Bearer abc"]);
+        let p = presented(&h, None, true).unwrap();
+        assert_eq!((p.token.as_deref(), p.bearer), (Some("abc"), true));
+        // Not read on a public route: the upstream's header.
+        let p = presented(&h, None, false).unwrap();
+        assert_eq!((p.token, p.bearer), (None, false));
+        // The same value elsewhere is the same credential; another value is ambiguous.
+        let mut same = with_authorization(&["bearer abc"]);
+        same.insert(X_AUTH_TOKEN, "abc".parse().unwrap());
+        assert!(presented(&same, Some("token=abc"), true).unwrap().bearer);
+        assert!(matches!(
+            presented(&same, Some("token=abd"), true),
+            Err(GateError::AmbiguousToken)
+        ));
+        let mut other = with_authorization(&["Bearer abd"]);
+        other.insert(X_AUTH_TOKEN, "abc".parse().unwrap());
+        assert!(matches!(
+            presented(&other, None, true),
+            Err(GateError::AmbiguousToken)
+        ));
+        // Another scheme is not a credential of ucgate's.
+        let basic = with_authorization(&["Basic YTpi"]);
+        let p = presented(&basic, None, true).unwrap();
+        assert_eq!((p.token, p.bearer), (None, false));
+        // A Bearer that is not one, or one among others.
+        for (bad, invalid) in [
+            (&["Bearer"][..], true),
+            (&["Bearer a b"], true),
+            (&["Bearer a", "Bearer b"], false),
+            (&["Basic YTpi", "Bearer a"], false),
+        ] {
+            match presented(&with_authorization(bad), None, true) {
+                Err(GateError::TokenInvalid) if invalid => {}
+                Err(GateError::AmbiguousToken) if !invalid => {}
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 }

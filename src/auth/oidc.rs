@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use http::{HeaderMap, Request, header};
+use http::{HeaderMap, Request};
 use hyper::body::Incoming;
 
+use super::credential::{Authorization, authorization};
 use super::exchange::{Attempt, Exchange, Proof};
 use super::token::Method;
 use crate::config::OidcConfig;
@@ -24,8 +25,6 @@ use verify::{Failure, Verifier};
 /// Verified IdP tokens remembered (by hash) so that a client replaying its token does not cost
 /// a signature check each time.
 const VERIFIED_CACHE_CAPACITY: u64 = 10_000;
-/// Longest bearer accepted; real ID tokens are a few KiB.
-const MAX_BEARER: usize = 16 * 1024;
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 const LAST_RETRY: Duration = Duration::from_secs(30);
 /// Discovery is redone this often, so that a key the provider withdrew (compromised, retired)
@@ -48,13 +47,7 @@ impl Oidc {
             config.refresh_min_interval,
         );
         Ok(Self {
-            verifier: Arc::new(Verifier::new(
-                keys,
-                config.audience.clone(),
-                config.login_claim.clone(),
-                config.leeway,
-                VERIFIED_CACHE_CAPACITY,
-            )),
+            verifier: Arc::new(Verifier::new(keys, config, VERIFIED_CACHE_CAPACITY)),
             started: AtomicBool::new(false),
         })
     }
@@ -171,29 +164,20 @@ impl From<BearerError> for GateError {
 
 /// The token of the single `Authorization: Bearer` header (RFC 6750 b64token syntax).
 fn bearer(headers: &HeaderMap) -> Result<&str, BearerError> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let value = values.next().ok_or(BearerError::Missing)?;
-    if values.next().is_some() {
-        return Err(BearerError::Malformed);
+    match authorization(headers) {
+        Authorization::Bearer(token) => Ok(token),
+        Authorization::Absent => Err(BearerError::Missing),
+        Authorization::Other | Authorization::Several | Authorization::Malformed => {
+            Err(BearerError::Malformed)
+        }
     }
-    let value = value.to_str().map_err(|_| BearerError::Malformed)?;
-    let (scheme, token) = value.split_once(' ').ok_or(BearerError::Malformed)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(BearerError::Malformed);
-    }
-    let token = token.trim_start_matches(' ');
-    let b64token = |c: char| c.is_ascii_alphanumeric() || "-._~+/".contains(c);
-    let body = token.trim_end_matches('=');
-    if token.is_empty() || token.len() > MAX_BEARER || !body.chars().all(b64token) {
-        return Err(BearerError::Malformed);
-    }
-    Ok(token)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use crate::auth::credential::MAX_BEARER;
+    use http::{HeaderValue, header};
 
     #[test]
     fn bearer_parsing() {

@@ -79,6 +79,7 @@ impl<'a> Permit<'a> {
                 .map(|claims| (claims.sub.as_str(), claims.method.as_str())),
             origin,
             tls,
+            drop_authorization: false,
         }
     }
 }
@@ -121,6 +122,8 @@ mod tests {
             iat: 0,
             exp: 0,
             jti: String::new(),
+            auth_time: 0,
+            sid: String::new(),
         }))
     }
 

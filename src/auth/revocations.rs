@@ -1,10 +1,12 @@
 //! Revoked UC tokens (logouts): kept until the token would have expired anyway, and, with
 //! `tokens.revocations_file`, across restarts.
 //!
-//! The file is JSON, `{"version": 1, "revoked": [{"key": "<32 hex>", "exp": <unix seconds>}]}`,
-//! replaced whole and atomically (written beside, synced, renamed) at every logout, and read
-//! when the configuration is loaded, before the listener opens. A key is half a SHA-256 of the
-//! token's signature: it names a token without being one.
+//! The file is JSON, `{"version": 2, "revoked": [{"key": "<32 hex>", "exp": <unix seconds>}],
+//! "sessions": [...the same...]}`, replaced whole and atomically (written beside, synced,
+//! renamed) at every logout, and read when the configuration is loaded, before the listener
+//! opens. A token's key is half a SHA-256 of its signature, a session's half a SHA-256 of its
+//! name: they name a token or a session without being one. (Version 1 files, without sessions,
+//! are read too.)
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,8 @@ pub struct Revocations {
     /// Revocation key → the token's `exp`. Unbounded on purpose: evicting a revocation would
     /// bring a token back to life. Each entry costs a successful login.
     entries: moka::sync::Cache<u128, u64>,
+    /// Session key → the session's end: every token of the session is refused.
+    sessions: moka::sync::Cache<u128, u64>,
     file: Option<Arc<RevocationsFile>>,
 }
 
@@ -29,6 +33,7 @@ impl std::fmt::Debug for Revocations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Revocations")
             .field("entries", &self.entries.entry_count())
+            .field("sessions", &self.sessions.entry_count())
             .field("file", &self.file.as_ref().map(|f| &f.path))
             .finish()
     }
@@ -57,6 +62,8 @@ impl Expiry<u128, u64> for UntilExpiry {
 struct Stored {
     version: u32,
     revoked: Vec<Entry>,
+    #[serde(default)]
+    sessions: Vec<Entry>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -66,21 +73,23 @@ struct Entry {
     exp: u64,
 }
 
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 impl Revocations {
     /// Revocations kept `leeway` past each token's expiry; with `file`, those it holds. A
     /// missing file is an empty one (the first start); an unreadable or malformed one is an
     /// error naming it, since starting without the revocations would let logged-out tokens in.
     pub fn load(leeway: Duration, file: Option<&Path>) -> Result<Self, String> {
-        let entries = moka::sync::Cache::builder()
-            // `exp` and the leeway count whole seconds: one more covers the last one.
-            .expire_after(UntilExpiry {
-                extra: leeway + Duration::from_secs(1),
-            })
-            .build();
+        // `exp` and the leeway count whole seconds: one more covers the last one.
+        let extra = leeway + Duration::from_secs(1);
+        let cache = || {
+            moka::sync::Cache::builder()
+                .expire_after(UntilExpiry { extra })
+                .build()
+        };
         let revocations = Self {
-            entries,
+            entries: cache(),
+            sessions: cache(),
             file: file.map(|path| {
                 Arc::new(RevocationsFile {
                     path: path.to_owned(),
@@ -104,17 +113,22 @@ impl Revocations {
         };
         let stored: Stored = serde_json::from_slice(&text)
             .map_err(|e| error(format!("not a revocations file ({e})")))?;
-        if stored.version != VERSION {
+        if !(1..=VERSION).contains(&stored.version) {
             return Err(error(format!("unknown version {}", stored.version)));
         }
         let now = unix_now();
-        for entry in stored.revoked {
-            let key = u128::from_str_radix(&entry.key, 16)
-                .ok()
-                .filter(|_| entry.key.len() == 32)
-                .ok_or_else(|| error(format!("{:?} is not a revocation key", entry.key)))?;
-            if entry.exp.saturating_add(leeway.as_secs() + 1) >= now {
-                revocations.entries.insert(key, entry.exp);
+        for (entries, into) in [
+            (stored.revoked, &revocations.entries),
+            (stored.sessions, &revocations.sessions),
+        ] {
+            for entry in entries {
+                let key = u128::from_str_radix(&entry.key, 16)
+                    .ok()
+                    .filter(|_| entry.key.len() == 32)
+                    .ok_or_else(|| error(format!("{:?} is not a revocation key", entry.key)))?;
+                if entry.exp.saturating_add(leeway.as_secs() + 1) >= now {
+                    into.insert(key, entry.exp);
+                }
             }
         }
         Ok(revocations)
@@ -130,6 +144,15 @@ impl Revocations {
         self.entries.insert(key, exp);
     }
 
+    /// Ends the session of `key` until `end` (unix seconds), when its last token would expire.
+    pub fn insert_session(&self, key: u128, end: u64) {
+        self.sessions.insert(key, end);
+    }
+
+    pub fn session_revoked(&self, key: u128) -> bool {
+        self.sessions.contains_key(&key)
+    }
+
     /// Writes every revocation in force to the file, if there is one: written beside it,
     /// synced, renamed over it, the folder synced. Blocking: call it off the async workers.
     pub fn persist(&self) -> std::io::Result<()> {
@@ -138,19 +161,22 @@ impl Revocations {
         };
         let _one_writer = file.writing.lock().unwrap_or_else(|e| e.into_inner());
         let now = unix_now();
-        let mut revoked: Vec<Entry> = self
-            .entries
-            .iter()
-            .filter(|(_, exp)| exp.saturating_add(1) >= now)
-            .map(|(key, exp)| Entry {
-                key: format!("{:032x}", *key),
-                exp,
-            })
-            .collect();
-        revoked.sort_by(|a, b| a.key.cmp(&b.key));
+        let in_force = |cache: &moka::sync::Cache<u128, u64>| {
+            let mut entries: Vec<Entry> = cache
+                .iter()
+                .filter(|(_, exp)| exp.saturating_add(1) >= now)
+                .map(|(key, exp)| Entry {
+                    key: format!("{:032x}", *key),
+                    exp,
+                })
+                .collect();
+            entries.sort_by(|a, b| a.key.cmp(&b.key));
+            entries
+        };
         let text = serde_json::to_vec(&Stored {
             version: VERSION,
-            revoked,
+            revoked: in_force(&self.entries),
+            sessions: in_force(&self.sessions),
         })?;
         let mut partial = file.path.clone().into_os_string();
         partial.push(".partial");
@@ -172,7 +198,11 @@ impl Revocations {
         for (key, exp) in self.entries.iter() {
             old.entries.insert(*key, exp);
         }
+        for (key, end) in self.sessions.iter() {
+            old.sessions.insert(*key, end);
+        }
         self.entries = old.entries.clone();
+        self.sessions = old.sessions.clone();
     }
 }
 
@@ -195,12 +225,25 @@ mod tests {
         r.insert(1, now + 3600);
         r.insert(2, now - 3600);
         r.insert(u128::MAX, now + 60);
+        r.insert_session(9, now + 7200);
         r.persist().unwrap();
         let text = std::fs::read_to_string(&file).unwrap();
-        assert!(text.contains("\"version\":1"), "{text}");
+        assert!(text.contains("\"version\":2"), "{text}");
         assert!(!text.contains(&format!("{:032x}", 2)), "expired: {text}");
         let again = Revocations::load(leeway, Some(&file)).unwrap();
         assert!(again.contains(1) && again.contains(u128::MAX));
+        assert!(again.session_revoked(9) && !again.session_revoked(1));
+        // Version 1 files, from before sessions, are read.
+        std::fs::write(
+            &file,
+            format!(
+                "{{\"version\":1,\"revoked\":[{{\"key\":\"{:032x}\",\"exp\":{}}}]}}",
+                5,
+                now + 60
+            ),
+        )
+        .unwrap();
+        assert!(Revocations::load(leeway, Some(&file)).unwrap().contains(5));
         assert!(!again.contains(2));
         assert!(!file.with_extension("json.partial").exists());
     }
@@ -213,7 +256,7 @@ mod tests {
         for broken in [
             "",
             "{}",
-            "{\"version\":2,\"revoked\":[]}",
+            "{\"version\":3,\"revoked\":[]}",
             "{\"version\":1,\"revoked\":[{\"key\":\"xyz\",\"exp\":1}]}",
         ] {
             std::fs::write(&file, broken).unwrap();

@@ -53,12 +53,39 @@ pub struct Claims {
     /// Expires at, seconds since the epoch; an integer.
     pub exp: u64,
     pub jti: String,
+    /// When the person authenticated, seconds since the epoch (as OpenID Connect's
+    /// `auth_time`): renewals keep it, and none outlives it by more than `tokens.max_session`.
+    /// Absent (0) in tokens issued before sessions: their `iat` stands for it.
+    #[serde(default)]
+    pub auth_time: u64,
+    /// The session (as OpenID Connect's `sid`): every token renewed from one authentication
+    /// shares it, and a logout ends them all. Absent in older tokens: their `jti` stands for it.
+    #[serde(default)]
+    pub sid: String,
 }
 
 impl Claims {
     /// Seconds left before expiry.
     pub fn ttl(&self) -> u64 {
         self.exp.saturating_sub(unix_now())
+    }
+
+    /// When the session began.
+    pub fn session_start(&self) -> u64 {
+        if self.auth_time == 0 {
+            self.iat
+        } else {
+            self.auth_time
+        }
+    }
+
+    /// The session's name.
+    pub fn session(&self) -> &str {
+        if self.sid.is_empty() {
+            &self.jti
+        } else {
+            &self.sid
+        }
     }
 }
 
@@ -92,6 +119,7 @@ pub struct TokenService {
     validation: Validation,
     issuer: String,
     max_ttl: Duration,
+    max_session: Duration,
     /// Valid tokens by [`TokenService::cache_key`] (never the text itself), until their `exp`.
     cache: moka::sync::Cache<u128, Cached, foldhash::fast::RandomState>,
     /// Random per service, never revealed: the two halves of the cache key, and the fingerprint.
@@ -192,6 +220,7 @@ impl TokenService {
                 "probe",
                 Method::Password,
                 Duration::from_secs(60),
+                None,
             )
             .map_err(|e| format!("tokens: cannot sign with the configured key: {e}"))?;
         service
@@ -220,9 +249,12 @@ impl TokenService {
             validation,
             issuer: config.issuer.clone(),
             max_ttl: config.ttl,
+            max_session: config.max_session,
             cache: moka::sync::Cache::builder()
                 .max_capacity(config.cache_capacity)
                 .expire_after(UntilExpiry)
+                // A logout ends its whole session: the session's cached tokens go at once.
+                .support_invalidation_closures()
                 .build_with_hasher(foldhash::fast::RandomState::default()),
             hashers: Default::default(),
             revoked,
@@ -230,7 +262,8 @@ impl TokenService {
         }
     }
 
-    /// Issues a token for `login`, living `requested` seconds at most (capped by `tokens.ttl`).
+    /// Issues a token for `login`, living `requested` seconds at most (capped by `tokens.ttl`),
+    /// the first of a new session.
     pub fn issue(
         &self,
         login: &str,
@@ -239,8 +272,31 @@ impl TokenService {
         requested: Option<u64>,
     ) -> Result<Issued, TokenError> {
         let ttl = requested.map_or(self.max_ttl, |s| Duration::from_secs(s).min(self.max_ttl));
-        self.sign(login, profile, method, ttl)
+        self.sign(login, profile, method, ttl, None)
             .map_err(|_| TokenError::Invalid)
+    }
+
+    /// A fresh token of the same session as `claims` (a token validated just before): same
+    /// login, profile and method, living `tokens.ttl` but never past the session's end
+    /// (`auth_time` + `tokens.max_session`): `Expired` once the session is over.
+    pub fn renew(&self, claims: &Claims) -> Result<Issued, TokenError> {
+        let end = claims
+            .session_start()
+            .saturating_add(self.max_session.as_secs());
+        let left = end.saturating_sub(unix_now());
+        if left == 0 {
+            return Err(TokenError::Expired);
+        }
+        let ttl = self.max_ttl.min(Duration::from_secs(left));
+        let session = (claims.session_start(), claims.session().to_owned());
+        self.sign(
+            &claims.sub,
+            &claims.profile,
+            claims.method,
+            ttl,
+            Some(session),
+        )
+        .map_err(|_| TokenError::Invalid)
     }
 
     fn sign(
@@ -249,10 +305,11 @@ impl TokenService {
         profile: &str,
         method: Method,
         ttl: Duration,
+        session: Option<(u64, String)>,
     ) -> Result<Issued, jsonwebtoken::errors::Error> {
         let iat = unix_now();
-        let mut jti = [0u8; 16];
-        getrandom::fill(&mut jti).expect("the OS random generator works");
+        let jti = random_hex();
+        let (auth_time, sid) = session.unwrap_or_else(|| (iat, random_hex()));
         let claims = Claims {
             iss: self.issuer.clone(),
             sub: login.to_owned(),
@@ -260,7 +317,9 @@ impl TokenService {
             method,
             iat,
             exp: iat + ttl.as_secs(),
-            jti: hex(&jti),
+            jti,
+            auth_time,
+            sid,
         };
         let token = jsonwebtoken::encode(&self.header, &claims, &self.encoding)?;
         Ok(Issued {
@@ -271,7 +330,7 @@ impl TokenService {
     }
 
     /// Follows each token's login in the directory through `standing` (see
-    /// [`crate::auth::standing`]): [`TokenService::validate`] then answers with the profile the
+    /// `auth::standing`): [`TokenService::validate`] then answers with the profile the
     /// directory gives now, or `Disallowed`.
     pub fn follow(&mut self, standing: Standing) {
         self.standing = Some(standing);
@@ -304,14 +363,21 @@ impl TokenService {
             return Err(TokenError::Revoked);
         }
         let claims = Arc::new(self.decode(token)?);
+        if self.revoked.session_revoked(session_key(claims.session())) {
+            return Err(TokenError::Revoked);
+        }
         let cached = Cached {
             fingerprint,
             cell: self.standing.as_ref().map(|s| s.cell(&claims.sub)),
             claims,
         };
         self.cache.insert(key, cached.clone());
-        // A logout may have run between the check above and the insert.
-        if self.revoked.contains(revocation) {
+        // A logout may have run between the checks above and the insert.
+        if self.revoked.contains(revocation)
+            || self
+                .revoked
+                .session_revoked(session_key(cached.claims.session()))
+        {
             self.cache.invalidate(&key);
             return Err(TokenError::Revoked);
         }
@@ -357,11 +423,21 @@ impl TokenService {
         Ok(data.claims)
     }
 
-    /// Revokes a token: refused everywhere from now on, cached or not. In memory; the
-    /// revocations file is written by [`Revocations::persist`] (see [`TokenService::revocations`]).
+    /// Revokes a token and its whole session (every token renewed from the same
+    /// authentication): refused everywhere from now on, cached or not. In memory; the
+    /// revocations file is written by `Revocations::persist` (see [`TokenService::revocations`]).
     pub fn revoke(&self, token: &str, claims: &Claims) {
         self.revoked.insert(revocation_key(token), claims.exp);
+        let session_end = claims
+            .session_start()
+            .saturating_add(self.max_session.as_secs());
+        self.revoked
+            .insert_session(session_key(claims.session()), session_end);
         self.cache.invalidate(&self.cache_key(token));
+        let session = claims.session().to_owned();
+        let _ = self
+            .cache
+            .invalidate_entries_if(move |_, cached| cached.claims.session() == session);
     }
 
     /// The revocations in force.
@@ -389,6 +465,13 @@ impl TokenService {
     }
 }
 
+/// A session's revocation key: half a SHA-256 of its name, like tokens' (see
+/// [`revocation_key`]).
+fn session_key(session: &str) -> u128 {
+    let digest = Sha256::digest(session.as_bytes());
+    u128::from_le_bytes(digest[..16].try_into().expect("16 bytes"))
+}
+
 fn signature(token: &str) -> &str {
     token.rsplit('.').next().unwrap_or(token)
 }
@@ -401,7 +484,10 @@ fn revocation_key(token: &str) -> u128 {
     u128::from_le_bytes(digest[..16].try_into().expect("16 bytes"))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// 128 random bits, in hex.
+fn random_hex() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS random generator works");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -6,6 +6,7 @@
 //! connection: that is what `state` does with a [`Config`].
 
 mod cas;
+mod cors;
 mod kerberos;
 mod ldap;
 mod login;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 pub use cas::{CasConfig, CasProtocol, ServicePattern};
+pub use cors::CorsConfig;
 pub use kerberos::KerberosConfig;
 pub use ldap::LdapConfig;
 pub use login::LoginConfig;
@@ -72,6 +74,8 @@ pub struct Config {
     pub kerberos: Option<KerberosConfig>,
     pub cas: Option<CasConfig>,
     pub oidc: Option<OidcConfig>,
+    /// The web origins allowed to call from the browser.
+    pub cors: Option<CorsConfig>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -97,6 +101,8 @@ struct RawConfig {
     cas: Option<cas::RawCas>,
     #[serde(default)]
     oidc: Option<oidc::RawOidc>,
+    #[serde(default)]
+    cors: Option<cors::RawCors>,
     #[serde(default, rename = "route")]
     routes: Vec<route::RawRoute>,
 }
@@ -180,6 +186,11 @@ impl Config {
                 "{section}: needs a [tokens] section to issue UC tokens"
             ));
         }
+        let cors = raw
+            .cors
+            .map(cors::RawCors::validate)
+            .transpose()
+            .map_err(in_section("cors"))?;
         let (mut server, mut shared_token) = (raw.server, raw.shared_token);
         server.validate(base)?;
         shared_token.validate(base)?;
@@ -188,7 +199,7 @@ impl Config {
         let mut prefixes = HashSet::new();
         for (i, raw) in raw.routes.into_iter().enumerate() {
             let route = raw
-                .validate(tokens.is_some())
+                .validate(tokens.is_some(), cors.is_some())
                 .map_err(|(key, reason)| format!("route[{i}].{key}: {reason}"))?;
             if !names.insert(route.name.clone()) {
                 return Err(format!(
@@ -215,6 +226,7 @@ impl Config {
             kerberos,
             cas,
             oidc,
+            cors,
             routes,
         })
     }

@@ -26,6 +26,11 @@ pub struct OidcConfig {
     pub timeout: Duration,
     /// PEM certificates trusted for the provider instead of the system's roots (a private CA).
     pub ca_bundle: Option<PathBuf>,
+    /// When not empty, the party the token was issued to (`azp`; `client_id` in an access
+    /// token) must be one of these.
+    pub authorized_party: Vec<String>,
+    /// Also accept JWT access tokens (`typ: at+jwt`, RFC 9068), not only ID tokens.
+    pub accept_access_tokens: bool,
 }
 
 /// `[oidc]` as written.
@@ -47,6 +52,10 @@ pub(super) struct RawOidc {
     timeout: Duration,
     #[serde(default)]
     ca_bundle: Option<PathBuf>,
+    #[serde(default)]
+    authorized_party: Vec<String>,
+    #[serde(default)]
+    accept_access_tokens: bool,
 }
 
 fn default_login_claim() -> String {
@@ -82,6 +91,9 @@ impl RawOidc {
         if self.timeout.is_zero() {
             return Err("timeout: must be more than 0s".into());
         }
+        if self.authorized_party.iter().any(String::is_empty) {
+            return Err("authorized_party: each party must be a non-empty client id".into());
+        }
         Ok(OidcConfig {
             issuer,
             audience: self.audience,
@@ -90,6 +102,8 @@ impl RawOidc {
             refresh_min_interval: self.refresh_min_interval,
             timeout: self.timeout,
             ca_bundle: self.ca_bundle.map(|bundle| base.join(bundle)),
+            authorized_party: self.authorized_party,
+            accept_access_tokens: self.accept_access_tokens,
         })
     }
 }

@@ -41,6 +41,8 @@ pub struct RouteConfig {
     pub websocket: bool,
     /// UC tokens must carry one of these profiles; empty = any.
     pub profiles: Vec<String>,
+    /// Answer browsers of the `[cors]` origins (preflight, `Access-Control-*`).
+    pub cors: bool,
 }
 
 /// The set of credentials that open a route; empty means public.
@@ -121,6 +123,8 @@ pub(super) struct RawRoute {
     websocket: bool,
     #[serde(default)]
     profiles: Vec<String>,
+    #[serde(default)]
+    cors: bool,
 }
 
 fn default_route_timeout() -> Duration {
@@ -128,8 +132,13 @@ fn default_route_timeout() -> Duration {
 }
 
 impl RawRoute {
-    /// Checks the route; `tokens`: whether UC tokens are configured. The error names the key.
-    pub(super) fn validate(self, tokens: bool) -> Result<RouteConfig, (&'static str, String)> {
+    /// Checks the route; `tokens`, `cors`: whether UC tokens and `[cors]` are configured. The
+    /// error names the key.
+    pub(super) fn validate(
+        self,
+        tokens: bool,
+        cors: bool,
+    ) -> Result<RouteConfig, (&'static str, String)> {
         if self.name.is_empty()
             || !self
                 .name
@@ -183,6 +192,12 @@ impl RawRoute {
         if self.timeout.is_zero() {
             return Err(("timeout", "must be more than zero".into()));
         }
+        if self.cors && !cors {
+            return Err((
+                "cors",
+                "needs a [cors] section naming the allowed origins".into(),
+            ));
+        }
         Ok(RouteConfig {
             name: self.name.into(),
             prefix,
@@ -192,6 +207,7 @@ impl RawRoute {
             timeout: self.timeout,
             websocket: self.websocket,
             profiles: self.profiles,
+            cors: self.cors,
         })
     }
 }

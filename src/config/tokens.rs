@@ -42,6 +42,8 @@ pub struct TokensConfig {
     pub issuer: String,
     /// The longest lifetime a token gets.
     pub ttl: Duration,
+    /// The longest a session lasts from its authentication, renewals included.
+    pub max_session: Duration,
     /// Clock skew tolerated on `exp`.
     pub leeway: Duration,
     /// Validations cached at most.
@@ -58,6 +60,7 @@ impl Default for TokensConfig {
             },
             issuer: "ucgate".into(),
             ttl: Duration::from_secs(8 * 3600),
+            max_session: Duration::from_secs(7 * 24 * 3600),
             leeway: Duration::from_secs(5),
             cache_capacity: 100_000,
             revocations_file: None,
@@ -77,6 +80,8 @@ pub(super) struct RawTokens {
     issuer: Option<String>,
     #[serde(default, deserialize_with = "optional_duration")]
     ttl: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    max_session: Option<Duration>,
     #[serde(default, deserialize_with = "optional_duration")]
     leeway: Option<Duration>,
     cache_capacity: Option<u64>,
@@ -139,12 +144,19 @@ impl RawTokens {
             algorithm,
             issuer: self.issuer.unwrap_or(defaults.issuer),
             ttl: self.ttl.unwrap_or(defaults.ttl),
+            max_session: self.max_session.unwrap_or(defaults.max_session),
             leeway: self.leeway.unwrap_or(defaults.leeway),
             cache_capacity: self.cache_capacity.unwrap_or(defaults.cache_capacity),
             revocations_file: self.revocations_file.map(|f| base.join(f)),
         };
         if config.ttl < Duration::from_secs(1) {
             return Err("tokens.ttl: must be at least one second".into());
+        }
+        if config.max_session < config.ttl {
+            return Err(
+                "tokens.max_session: at least tokens.ttl (a session outlives its first token)"
+                    .into(),
+            );
         }
         if config.leeway > Duration::from_secs(300) {
             return Err(

@@ -111,6 +111,22 @@ impl CasServer {
 
     /// A real service ticket for `service`, through the CAS login form.
     pub async fn ticket(&self, service: &str, login: &str, password: &str) -> String {
+        self.ticket_with(service, login, password, false).await
+    }
+
+    /// A real service ticket for a service already encoded for a query string (by JavaScript's
+    /// `escape()` or `encodeURIComponent()`), sent to the login page as a browser sends it.
+    pub async fn ticket_for_encoded(&self, encoded: &str, login: &str, password: &str) -> String {
+        self.ticket_with(encoded, login, password, true).await
+    }
+
+    async fn ticket_with(
+        &self,
+        service: &str,
+        login: &str,
+        password: &str,
+        encoded: bool,
+    ) -> String {
         let args = [
             idp_dir().join("get_ticket.py").display().to_string(),
             self.base.clone(),
@@ -121,6 +137,7 @@ impl CasServer {
         let out = tokio::task::spawn_blocking(move || {
             Command::new(python())
                 .args(args)
+                .env("SERVICE_ENCODED", if encoded { "1" } else { "0" })
                 .stdin(Stdio::null())
                 .output()
                 .expect("run get_ticket.py")

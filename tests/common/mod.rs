@@ -985,6 +985,19 @@ impl Ucgate {
         }
     }
 
+    /// Waits (bounded) until `needle` is in `n` log lines.
+    pub async fn wait_log_count(&self, needle: &str, n: usize) {
+        let deadline = Instant::now() + BOUND;
+        while self.logs().matches(needle).count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "ucgate logged {needle:?} fewer than {n} times; logs:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits (bounded) until `n` access-log lines have been written; returns them.
     pub async fn wait_access_lines(&self, n: usize) -> Vec<String> {
         let deadline = Instant::now() + BOUND;

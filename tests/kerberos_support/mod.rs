@@ -121,6 +121,31 @@ impl Kdc {
         ]
     }
 
+    /// Rotates the service keys of `principals` (`kadmin.local ktadd`: new random keys, kvno + 1)
+    /// and returns a keytab holding only the new keys.
+    pub fn rotate_keys(&self, principals: &[&str]) -> Vec<u8> {
+        let fresh = self.path("rotated.keytab");
+        let _ = std::fs::remove_file(&fresh);
+        let out = Command::new("kadmin.local")
+            .args(["-r", "EXAMPLE.TEST", "-q"])
+            .arg(format!(
+                "ktadd -k {} {}",
+                fresh.display(),
+                principals.join(" ")
+            ))
+            .env("KRB5_CONFIG", self.krb5_config())
+            .env("KRB5_KDC_PROFILE", &self.env["KRB5_KDC_PROFILE"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawn kadmin.local");
+        assert!(
+            out.status.success(),
+            "kadmin.local ktadd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read(&fresh).unwrap()
+    }
+
     /// `echo PASSWORD | kinit USER` into `USER.ccache`.
     pub fn kinit(&self, user: &str, password: &str) {
         let mut child = Command::new("kinit")

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use super::keys::Keys;
 use crate::auth::jose::{self, HeaderError};
 use crate::auth::token::unix_now;
+use crate::config::OidcConfig;
 
 /// Longest login taken from a token: a longer one cannot be in the directory.
 const MAX_LOGIN: usize = 256;
@@ -44,6 +45,10 @@ pub enum Rejection {
     UnsupportedHeader,
     #[error("the token has a date claim that is not a NumericDate")]
     Date,
+    #[error("the token is an access token, and access tokens are not accepted")]
+    AccessToken,
+    #[error("the token was issued to a party that is not authorised")]
+    AuthorizedParty,
 }
 
 /// Why a token was not accepted: refused, or not checkable yet (keys not loaded).
@@ -80,6 +85,8 @@ pub struct Verifier {
     audience: Vec<String>,
     login_claim: String,
     leeway: u64,
+    authorized_party: Vec<String>,
+    accept_access_tokens: bool,
     /// Keyed by SHA-256 of the token: the tokens themselves are never kept.
     verified: moka::sync::Cache<[u8; 32], Arc<Verified>>,
 }
@@ -94,20 +101,17 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
-    /// The rules: `audience` (one must be in `aud`), the claim that holds the login, the clock
-    /// skew tolerated, and how many verified tokens to remember.
-    pub fn new(
-        keys: Keys,
-        audience: Vec<String>,
-        login_claim: String,
-        leeway: Duration,
-        capacity: u64,
-    ) -> Self {
+    /// The rules of `config`: `audience` (one must be in `aud`), the claim that holds the
+    /// login, the clock skew tolerated, the authorised parties, access tokens or not; and how
+    /// many verified tokens to remember.
+    pub fn new(keys: Keys, config: &OidcConfig, capacity: u64) -> Self {
         Self {
             keys,
-            audience,
-            login_claim,
-            leeway: leeway.as_secs(),
+            audience: config.audience.clone(),
+            login_claim: config.login_claim.clone(),
+            leeway: config.leeway.as_secs(),
+            authorized_party: config.authorized_party.clone(),
+            accept_access_tokens: config.accept_access_tokens,
             verified: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(UntilExp)
@@ -128,6 +132,13 @@ impl Verifier {
             _ => Rejection::UnsupportedHeader,
         })?;
         let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
+        // RFC 9068 §2.1: a JWT access token says so in `typ`; ID tokens do not.
+        let access_token = header.typ.as_deref().is_some_and(|t| {
+            t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
+        });
+        if access_token && !self.accept_access_tokens {
+            return Err(Rejection::AccessToken.into());
+        }
         let provider = self.keys.current().ok_or(Failure::NotReady)?;
         if !provider.algorithms.contains(&header.alg) {
             return Err(Rejection::Algorithm.into());
@@ -150,7 +161,7 @@ impl Verifier {
         )
         .map_err(|e| rejection(e.kind()))?
         .claims;
-        let verified = Arc::new(self.check_claims(&claims)?);
+        let verified = Arc::new(self.check_claims(&claims, access_token)?);
         self.verified.insert(digest, verified.clone());
         Ok(verified)
     }
@@ -169,7 +180,29 @@ impl Verifier {
 
     /// What jsonwebtoken does not check: `iat` (required, not in the future), that every date
     /// claim is a NumericDate (integer or not), and the login.
-    fn check_claims(&self, claims: &Map<String, Value>) -> Result<Verified, Rejection> {
+    fn check_claims(
+        &self,
+        claims: &Map<String, Value>,
+        access_token: bool,
+    ) -> Result<Verified, Rejection> {
+        if !self.authorized_party.is_empty() {
+            // The party the token was issued to: `azp` (OpenID Connect Core §2), else an access
+            // token's `client_id` (RFC 9068 §2.2), else the one audience of an ID token (`azp`
+            // may be left out then).
+            let single_audience = match claims.get("aud") {
+                Some(Value::String(aud)) => Some(aud.as_str()),
+                Some(Value::Array(auds)) if auds.len() == 1 => auds[0].as_str(),
+                _ => None,
+            };
+            let party = match claims.get("azp") {
+                Some(azp) => azp.as_str(),
+                None if access_token => claims.get("client_id").and_then(Value::as_str),
+                None => single_audience,
+            };
+            if !party.is_some_and(|p| self.authorized_party.iter().any(|a| a == p)) {
+                return Err(Rejection::AuthorizedParty);
+            }
+        }
         let now = unix_now();
         let date = |name: &str| match claims.get(name) {
             None => Ok(None),
@@ -246,21 +279,86 @@ mod tests {
         assert_eq!(rejection(&ErrorKind::InvalidToken), Rejection::Malformed);
     }
 
-    #[test]
-    fn the_cache_starts_empty() {
+    fn verifier(authorized_party: &[&str], accept_access_tokens: bool) -> Verifier {
+        let issuer = openidconnect::IssuerUrl::new("https://idp.test".into()).unwrap();
         let keys = Keys::new(
-            openidconnect::IssuerUrl::new("https://idp.test".into()).unwrap(),
+            issuer.clone(),
             super::super::keys::ProviderHttp(reqwest::Client::new()),
             Duration::from_secs(10),
         );
-        let v = Verifier::new(
-            keys,
-            vec!["x".into()],
-            "preferred_username".into(),
-            Duration::ZERO,
-            10,
-        );
+        let config = OidcConfig {
+            issuer,
+            audience: vec!["x".into()],
+            login_claim: "preferred_username".into(),
+            leeway: Duration::ZERO,
+            refresh_min_interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+            ca_bundle: None,
+            authorized_party: authorized_party.iter().map(|p| p.to_string()).collect(),
+            accept_access_tokens,
+        };
+        Verifier::new(keys, &config, 10)
+    }
+
+    #[test]
+    fn the_cache_starts_empty() {
+        let v = verifier(&[], false);
         assert!(!v.ready());
         assert_eq!(v.cached(), 0);
+    }
+
+    #[test]
+    fn claims_need_dates_a_login_and_an_authorised_party() {
+        let now = unix_now();
+        let claims = |extra: Value| {
+            let mut c =
+                serde_json::json!({"iat": now, "exp": now + 60, "preferred_username": "alice"});
+            c.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            c.as_object().unwrap().clone()
+        };
+        let open = verifier(&[], false);
+        assert!(
+            open.check_claims(&claims(serde_json::json!({})), false)
+                .is_ok()
+        );
+        assert_eq!(
+            open.check_claims(
+                &claims(serde_json::json!({"iat": now as f64 + 0.25})),
+                false
+            )
+            .unwrap()
+            .exp,
+            now + 60
+        );
+        let picky = verifier(&["ucgate"], true);
+        for (extra, access, ok) in [
+            (serde_json::json!({"azp": "ucgate"}), false, true),
+            (serde_json::json!({"azp": "other"}), false, false),
+            (serde_json::json!({}), false, false),
+            (serde_json::json!({"aud": "ucgate"}), false, true),
+            (serde_json::json!({"aud": ["ucgate"]}), false, true),
+            (
+                serde_json::json!({"aud": ["ucgate", "other"]}),
+                false,
+                false,
+            ),
+            (serde_json::json!({"aud": "other"}), false, false),
+            (serde_json::json!({"client_id": "ucgate"}), true, true),
+            (serde_json::json!({"client_id": "ucgate"}), false, false),
+            (serde_json::json!({"aud": "ucgate"}), true, false),
+            (
+                serde_json::json!({"azp": "other", "client_id": "ucgate"}),
+                true,
+                false,
+            ),
+        ] {
+            let outcome = picky.check_claims(&claims(extra.clone()), access);
+            assert_eq!(outcome.is_ok(), ok, "{extra} {access}: {outcome:?}");
+            if !ok {
+                assert_eq!(outcome.unwrap_err(), Rejection::AuthorizedParty);
+            }
+        }
     }
 }

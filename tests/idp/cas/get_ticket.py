@@ -4,9 +4,12 @@
 Usage: get_ticket.py CAS_BASE SERVICE LOGIN PASSWORD
   CAS_BASE  e.g. http://127.0.0.1:PORT/cas   SERVICE  e.g. http://127.0.0.1:8081/cas-callback
 Standard library only. The redirect to SERVICE is not followed; the ticket is read from it.
+With SERVICE_ENCODED=1, SERVICE is already encoded for a query (as a web client's escape() or
+encodeURIComponent() made it) and goes into the login URL as it is, as a browser would send it.
 Exit 1 with a message on stderr on failure (wrong password, service not allowed, ...).
 """
 import html.parser
+import os
 import http.cookiejar
 import sys
 import urllib.error
@@ -79,7 +82,10 @@ def main():
         except (urllib.error.URLError, OSError) as e:
             fail(f"{url}: {e}")
 
-    login_url = f"{base}/login?" + urllib.parse.urlencode({"service": service})
+    if os.environ.get("SERVICE_ENCODED") == "1":
+        login_url = f"{base}/login?service={service}"
+    else:
+        login_url = f"{base}/login?" + urllib.parse.urlencode({"service": service})
     status, _, body = fetch(login_url)
     if status != 200:
         fail(f"GET {login_url} -> HTTP {status}")
