@@ -3,6 +3,7 @@
 #   Debian: MIT KDC + client tools (+ kadmin.local), libkrb5-dev/libclang-dev/pkg-config (Rust GSS-API build), curl;
 #   PostgreSQL (initdb/postgres/psql) and OpenLDAP (slapd + ldap-utils) for tests/directory_support/, which
 #   run throwaway servers as children of the tests (the packages' own system services are never started);
+#   Chromium (headless) for tests/browser_support/, the web clients' tests in a real browser;
 #   npm ci in tests/idp/oidc; a Python venv with django-cas-server in tests/idp/cas/.venv.
 # Idempotent and non-interactive; fast when everything is already there. Exits non-zero on any failure.
 set -euo pipefail
@@ -13,7 +14,7 @@ log() { printf 'install-idp-deps: %s\n' "$*" >&2; }
 
 # --- Debian packages --------------------------------------------------------
 APT_PKGS=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev libclang-dev pkg-config curl openssl
-  postgresql slapd ldap-utils)
+  postgresql slapd ldap-utils chromium)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
@@ -43,7 +44,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
-for b in krb5kdc kdb5_util kadmin.local kinit klist kdestroy curl pkg-config openssl; do
+for b in krb5kdc kdb5_util kadmin.local kinit klist kdestroy curl pkg-config openssl chromium; do
   command -v "$b" > /dev/null || { log "missing command after install: $b"; exit 1; }
 done
 # PostgreSQL's server programs are not on PATH (Debian keeps them per major version).

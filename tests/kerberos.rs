@@ -1,9 +1,11 @@
 //! Kerberos SSO against a real MIT KDC: `GET /xuc/api/2.0/auth/sso` with SPNEGO tokens from
 //! curl and from a libgssapi initiator, then the UC token on a real upstream route.
 
+mod browser_support;
 mod common;
 mod kerberos_support;
 
+use browser_support::Page;
 use common::*;
 use kerberos_support::*;
 
@@ -435,4 +437,63 @@ async fn a_changed_keytab_is_reloaded_and_a_broken_one_refused_while_serving_goe
         .await;
     kdc.kinit("alice", "alicepw");
     sso_works();
+}
+
+/// The UC Assistant's SSO as Chromium does it: a credentialed cross-origin `fetch` of the SSO
+/// endpoint; the browser answers the `Negotiate` challenge from its ticket cache, for hosts of
+/// `--auth-server-allowlist` only.
+const SSO_PAGE: &str = r#"
+const gate = new URLSearchParams(location.search).get('gate');
+(async () => {
+  const out = {};
+  try {
+    const sso = await fetch(gate + '/xuc/api/2.0/auth/sso', {credentials: 'include'});
+    out.sso = {status: sso.status, body: await sso.json()};
+    if (sso.ok) {
+      const headers = {Authorization: 'Bearer ' + out.sso.body.token};
+      const check = await fetch(gate + '/xuc/api/2.0/auth/check', {headers});
+      out.check = {status: check.status, body: await check.json()};
+    }
+  } catch (e) {
+    out.error = String(e);
+  }
+  await report(out);
+})();
+"#;
+
+#[tokio::test]
+async fn chromium_with_a_ticket_cache_gets_a_uc_token_through_spnego() {
+    if !prerequisites_present() {
+        return;
+    }
+    let kdc = Kdc::start();
+    kdc.kinit("alice", "alicepw");
+    let upstream = Upstream::start().await;
+    // The UC Assistant is served by the XiVO host, the SSO endpoint on another port of it: same
+    // site, other origin. (Chromium keeps the tickets from cross-site fetches.)
+    let page = Page::serve_on_localhost(SSO_PAGE).await;
+    let config = format!(
+        "{}\n[cors]\nallowed_origins = [\"{}\"]\n",
+        config(&kdc, &upstream.url(), ""),
+        page.origin()
+    );
+    let gate = ucgate(&kdc, config).await;
+    // By name, so that the browser asks for a ticket for HTTP/localhost.
+    let query = format!("gate={}", localhost_url(&gate, ""));
+    let env = kdc.client_env("alice");
+
+    let out = page
+        .open(&query, &["--auth-server-allowlist=localhost"], &env)
+        .await;
+    assert_eq!(out["sso"]["status"], 200, "{out:#}\n{}", gate.logs());
+    assert_eq!(out["sso"]["body"]["login"], "alice");
+    assert_eq!(out["check"]["status"], 200, "{out:#}");
+    assert_eq!(out["check"]["body"]["login"], "alice");
+    let token = out["sso"]["body"]["token"].as_str().unwrap().to_owned();
+
+    // Not on the allowlist: the browser keeps its tickets, and reads ucgate's refusal.
+    let out = page.open(&query, &[], &env).await;
+    assert_eq!(out["sso"]["status"], 401, "{out:#}");
+    assert_eq!(out["sso"]["body"]["error"], "SsoAuthenticationFailed");
+    assert_no_secret_in_logs(&gate, &[&token]);
 }

@@ -4,11 +4,13 @@
 //! built by JavaScript's `escape()`, `CasServerInvalidTicket` sending them back to the CAS login,
 //! `TokenExpired` meaning "log in again", and cross-origin calls (CORS).
 
+mod browser_support;
 mod cas_support;
 mod common;
 
 use std::time::Duration;
 
+use browser_support::Page;
 use cas_support::CasServer;
 use common::*;
 use serde_json::{Value, json};
@@ -29,7 +31,7 @@ fn users() -> String {
 }
 
 /// `/api/` opened by UC tokens (the shared token upstream), `/pub/` public, `/web/` with CORS.
-fn config(up: &str, tokens: &str, extra: &str) -> String {
+fn config(up: &str, tokens: &str, origin: &str, extra: &str) -> String {
     ConfigBuilder::new()
         .route(route("api", "/api/", up).accept(&["shared", "uc"]))
         .route(route("pub", "/pub/", up).public().upstream_auth("none"))
@@ -40,13 +42,18 @@ fn config(up: &str, tokens: &str, extra: &str) -> String {
                 .line("cors = true"),
         )
         .raw(&format!(
-            "[tokens]\n{tokens}\n\n[users]\nfile = \"users.toml\"\nrecheck = \"1s\"\n\n[cors]\nallowed_origins = [\"{WEB_ORIGIN}\"]\n{extra}"
+            "[tokens]\n{tokens}\n\n[users]\nfile = \"users.toml\"\nrecheck = \"1s\"\n\n[cors]\nallowed_origins = [\"{origin}\"]\n{extra}"
         ))
         .build()
 }
 
 async fn start(up: &Upstream, tokens: &str) -> Ucgate {
-    Ucgate::builder(config(&up.url(), tokens, ""))
+    start_for(up, tokens, WEB_ORIGIN).await
+}
+
+/// ucgate with `origin` as the one CORS origin.
+async fn start_for(up: &Upstream, tokens: &str, origin: &str) -> Ucgate {
+    Ucgate::builder(config(&up.url(), tokens, origin, ""))
         .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
         .file("users.toml", users())
         .start()
@@ -347,6 +354,7 @@ async fn cas_as_the_web_clients_do_it() {
     let config = config(
         &up.url(),
         "",
+        WEB_ORIGIN,
         &format!(
             "\n[cas]\nserver = {}\nallowed_services = [\"http://127.0.0.1:8081/ucassistant\"]\n",
             toml_str(&cas.base)
@@ -523,4 +531,83 @@ async fn browsers_of_listed_origins_get_cors_grants_and_others_nothing() {
     );
     let response = preflight("/api/x", WEB_ORIGIN, "GET").await.unwrap();
     assert_error(response, 401, "TokenMissing").await;
+}
+
+/// What the web clients do, in a real browser: the page's script (from its own origin) logs in,
+/// checks with Bearer, stores the renewed token and calls a CORS route with it; it reads a 401 of
+/// ucgate's too. Chromium's CORS (preflights for JSON and `Authorization`, credentials) is the
+/// judge.
+const WEB_CLIENT_PAGE: &str = r#"
+const gate = new URLSearchParams(location.search).get('gate');
+const call = async (path, init) => {
+  const r = await fetch(gate + path, init);
+  return {status: r.status, body: await r.json()};
+};
+(async () => {
+  const out = {};
+  try {
+    out.login = await call('/xuc/api/2.0/auth/login', {
+      method: 'POST',
+      headers: {'Content-Type': 'application/json'},
+      body: JSON.stringify({login: 'alice', password: 'alice-pw', softwareType: 'webBrowser'}),
+    });
+    const bearer = (t) => ({headers: {Authorization: 'Bearer ' + t}});
+    out.check = await call('/xuc/api/2.0/auth/check', bearer(out.login.body.token));
+    out.route = await call('/web/calls', bearer(out.check.body.token));
+    out.refused = await call('/xuc/api/2.0/auth/check', bearer('not-a-token'));
+  } catch (e) {
+    out.error = String(e);
+  }
+  await report(out);
+})();
+"#;
+
+#[tokio::test]
+async fn chromium_on_a_listed_origin_logs_in_checks_and_calls_a_route_and_others_are_blocked() {
+    let up = Upstream::start().await;
+    let page = Page::serve(WEB_CLIENT_PAGE).await;
+    let gate = start_for(&up, "", &page.origin()).await;
+    let query = format!("gate={}", gate.url(""));
+
+    let out = page.open(&query, &[], &[]).await;
+    assert!(out.get("error").is_none(), "{out:#}\n{}", gate.logs());
+    assert_eq!(out["login"]["status"], 200, "{out:#}");
+    assert_eq!(out["check"]["status"], 200, "{out:#}");
+    assert_eq!(out["check"]["body"]["login"], "alice");
+    let (first, renewed) = (
+        &out["login"]["body"]["token"],
+        &out["check"]["body"]["token"],
+    );
+    assert!(renewed.is_string() && renewed != first, "{out:#}");
+    assert_eq!(out["route"]["status"], 200, "{out:#}");
+    assert_eq!(out["route"]["body"]["path"], "/web/calls");
+    let seen = up.last();
+    assert_eq!(seen.header("x-auth-user").as_deref(), Some("alice"));
+    assert_eq!(
+        seen.header("authorization"),
+        None,
+        "the Bearer stays at ucgate"
+    );
+    assert_eq!(out["refused"]["status"], 401, "{out:#}");
+    assert_eq!(out["refused"]["body"]["error"], "TokenInvalid");
+
+    // The same page from an origin ucgate does not list: the browser stops at the preflight of
+    // the login, which never happens.
+    let stranger = Page::serve(WEB_CLIENT_PAGE).await;
+    let calls = gate.access_log().len();
+    let out = stranger.open(&query, &[], &[]).await;
+    assert!(out.get("login").is_none(), "{out:#}");
+    assert!(
+        out["error"].as_str().unwrap().contains("Failed to fetch"),
+        "{out:#}"
+    );
+    assert_eq!(up.count(), 1, "only the listed page's call went upstream");
+    let after: Vec<String> = gate.access_log().split_off(calls);
+    assert!(
+        !after.is_empty()
+            && after
+                .iter()
+                .all(|l| l.contains("OPTIONS") && l.contains("403")),
+        "the preflight, refused, and nothing else: {after:#?}"
+    );
 }
