@@ -125,7 +125,10 @@ impl Kerberos {
             }
         };
         if let Some(rc) = &config.replay_cache {
-            let dir = rc.parent().unwrap_or(Path::new("."));
+            let dir = rc
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             if !dir.is_dir() {
                 return Err(format!(
                     "replay_cache {}: folder {} does not exist",

@@ -131,7 +131,11 @@ impl Config {
     /// Parses `text` as if read from `file` (relative paths resolve against its folder).
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| syntax(file, text, &e))?;
-        let base = file.parent().unwrap_or(Path::new("."));
+        // `ucgate.toml` has the parent "", which is no folder to check: name it.
+        let base = file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         Self::validate(file, raw, base).map_err(|reason| ConfigError::Invalid {
             file: file.to_owned(),
             reason,
