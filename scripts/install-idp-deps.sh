@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install what tests/idp/ needs to run real identity providers on loopback:
 #   Debian: MIT KDC + client tools (+ kadmin.local), libkrb5-dev/libclang-dev/pkg-config (Rust GSS-API build), curl;
-#   PostgreSQL (initdb/postgres/psql) and OpenLDAP (slapd + ldap-utils) for tests/directory_support/, which
-#   run throwaway servers as children of the tests (the packages' own system services are never started);
+#   PostgreSQL (initdb/postgres/psql) and OpenLDAP (slapd + ldap-utils) for tests/directory_support/, and
+#   Redis (redis-server + redis-cli) for tests/redis_support/, which run throwaway servers as children of
+#   the tests (the packages' own system services are never started);
 #   Chromium (headless) for tests/browser_support/, the web clients' tests in a real browser;
 #   npm ci in tests/idp/oidc; a Python venv with django-cas-server in tests/idp/cas/.venv.
 # Idempotent and non-interactive; fast when everything is already there. Exits non-zero on any failure.
@@ -14,7 +15,7 @@ log() { printf 'install-idp-deps: %s\n' "$*" >&2; }
 
 # --- Debian packages --------------------------------------------------------
 APT_PKGS=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev libclang-dev pkg-config curl openssl
-  postgresql slapd ldap-utils chromium)
+  postgresql slapd ldap-utils redis-server chromium)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
@@ -24,8 +25,9 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   SUDO=()
   if [ "$(id -u)" -ne 0 ]; then SUDO=(sudo -n); fi
-  # Installing postgresql or slapd must not start their system services (the tests run their
-  # own servers on free ports; a system slapd/postgres would hold 389/5432 and outlive the run):
+  # Installing postgresql, slapd or redis-server must not start their system services (the tests
+  # run their own servers on free ports; a system slapd/postgres/redis would hold 389/5432/6379
+  # and outlive the run):
   # a policy-rc.d that refuses every start, removed afterwards if this script created it.
   CREATED_POLICY_RC=0
   if [ ! -e /usr/sbin/policy-rc.d ]; then
@@ -52,7 +54,7 @@ pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2> /dev/null | sort -V | tail -1 || tru
 for b in initdb postgres; do
   [ -n "$pg_bin" ] && [ -x "$pg_bin/$b" ] || { log "missing /usr/lib/postgresql/*/bin/$b after install"; exit 1; }
 done
-for b in psql ldapadd ldapmodify ldapsearch ldapwhoami; do
+for b in psql ldapadd ldapmodify ldapsearch ldapwhoami redis-server redis-cli; do
   command -v "$b" > /dev/null || { log "missing command after install: $b"; exit 1; }
 done
 [ -x /usr/sbin/slapd ] || { log "missing /usr/sbin/slapd after install"; exit 1; }

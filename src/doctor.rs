@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::cluster::Cluster;
 use crate::config::{Config, UsersSource};
 use crate::directory::Directory;
 use crate::directory::database::Database;
@@ -108,9 +109,10 @@ pub fn run(
     Ok(healthy)
 }
 
-/// Checks the user directory of `config` as ucgate would use it: the users file, or XiVO's
-/// database (reachable, how many users may log in), and the LDAP manager's bind. Prints a
-/// report (never a password or a URL); returns whether everything is fine.
+/// Checks the remote dependencies of `config` as ucgate would use them: the users file, or
+/// XiVO's database (reachable, how many users may log in), the LDAP manager's bind, and the
+/// replicas' Redis. Prints a report (never a password or a URL); returns whether everything is
+/// fine.
 pub async fn directory(config: &Config, out: &mut impl std::io::Write) -> std::io::Result<bool> {
     let Some(users) = &config.users else {
         writeln!(out, "  -  no [users] directory: UC tokens are off")?;
@@ -161,6 +163,32 @@ pub async fn directory(config: &Config, out: &mut impl std::io::Write) -> std::i
                 Err(e) => {
                     healthy = false;
                     writeln!(out, "FAIL LDAP at {url}: {e}")?;
+                }
+            },
+        }
+    }
+    if let (Some(cluster), Some(tokens)) = (&config.cluster, &config.tokens) {
+        match Cluster::new(cluster, &config.shared_token.env_files, tokens.leeway) {
+            Err(e) => {
+                healthy = false;
+                writeln!(out, "FAIL {e}")?;
+            }
+            Ok(link) => match link.probe().await {
+                Ok(n) => writeln!(
+                    out,
+                    " OK  Redis at {} ({}): answers; {n} revocations in force under {:?}",
+                    link.target(),
+                    link.source(),
+                    cluster.key_prefix
+                )?,
+                Err(kind) => {
+                    healthy = false;
+                    writeln!(
+                        out,
+                        "FAIL Redis at {} ({}): {kind}; the instances would run alone",
+                        link.target(),
+                        link.source()
+                    )?;
                 }
             },
         }

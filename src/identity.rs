@@ -210,10 +210,17 @@ impl Asserted<'_> {
         if self.origin.trusted {
             // Behind a believed proxy: its view of the request stands; ucgate adds itself as
             // a hop and fills in what is missing.
-            let chain = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-                Some(prev) => format!("{prev}, {peer}"),
-                None => peer,
-            };
+            // Several header lines are one list (RFC 9110 §5.3), as the client address was
+            // read from them.
+            let mut chain: Vec<&str> = headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .collect();
+            chain.push(&peer);
+            let chain = chain.join(", ");
             if let Ok(v) = HeaderValue::from_str(&chain) {
                 headers.insert(X_FORWARDED_FOR, v);
             }
@@ -434,5 +441,19 @@ mod tests {
         assert_eq!(h[X_FORWARDED_HOST], "gate.example");
         assert_eq!(h[X_FORWARDED_PORT], "80");
         assert_eq!(h["x-forwarded-prefix"], "/ucgate");
+        // Two header lines are one list: none of it is lost.
+        let mut h = xff("198.51.100.1");
+        h.append(X_FORWARDED_FOR, "203.0.113.9".parse().unwrap());
+        Asserted {
+            token: None,
+            user: None,
+            origin: trust(&[]).origin(PEER, &h),
+            tls: false,
+            drop_authorization: false,
+        }
+        .apply(&mut h, None)
+        .unwrap();
+        let chain: Vec<_> = h.get_all(X_FORWARDED_FOR).iter().collect();
+        assert_eq!(chain, ["198.51.100.1, 203.0.113.9, 10.0.0.7"]);
     }
 }

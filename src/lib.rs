@@ -6,7 +6,8 @@
 //! * plain data and tools: [`config`] (the TOML model, validated once), `path` (normalisation),
 //!   `error` (the one error type), `identity` (the identity headers), `body`, `metrics`, `tls`,
 //!   `telemetry`, `lazy_timer`;
-//! * `directory`: who may get a UC token (the `Directory` seam and its backends);
+//! * remote stores: `directory`, who may get a UC token (the `Directory` seam and its
+//!   backends), and `cluster`, the state the replicas share through Redis;
 //! * `auth`: credentials, route policies, the token exchanges and the issuer;
 //! * `proxy` (forwarding) and `routes` (the route table);
 //! * `state`: what one loaded configuration builds, and the connection facts;
@@ -18,6 +19,7 @@
 mod auth;
 mod body;
 mod client_timeouts;
+mod cluster;
 pub mod config;
 mod cors;
 mod directory;

@@ -177,6 +177,9 @@ fn print_config(state: &State) {
         .collect();
     println!("listen: {}", listen.join(", "));
     println!("shared token: from {}", state.shared_token_source());
+    if let Some(cluster) = state.cluster() {
+        println!("cluster: {cluster}");
+    }
     if let (Some(tokens), Some(directory)) = (&config.tokens, state.directory()) {
         println!(
             "uc tokens: {}, ttl {}, {directory}",
@@ -246,6 +249,7 @@ fn run(state: State, listen: Vec<std::net::SocketAddr>) -> ExitCode {
             shared_token = state.shared_token_source(),
             uc_tokens = state.config().tokens.is_some(),
             directory = state.directory().as_deref().unwrap_or("none"),
+            cluster = state.cluster().as_deref().unwrap_or("none"),
             "ucgate starting"
         );
         let config_file = state.config().file.clone();

@@ -82,6 +82,9 @@ pub struct Metrics {
     pub connections_open: Gauge,
     directory_up: Family<BackendLabels, Gauge>,
     directory_errors: Family<KindLabels, Counter>,
+    cluster_up: Gauge,
+    cluster_reconnects: Counter,
+    cluster_errors: Family<KindLabels, Counter>,
     /// Set when encoded, from the runtime.
     tasks_alive: Gauge,
 }
@@ -109,6 +112,9 @@ impl Metrics {
             connections_open: Gauge::default(),
             directory_up: Family::default(),
             directory_errors: Family::default(),
+            cluster_up: Gauge::default(),
+            cluster_reconnects: Counter::default(),
+            cluster_errors: Family::default(),
             tasks_alive: Gauge::default(),
             registry: Registry::default(),
         };
@@ -173,6 +179,21 @@ impl Metrics {
             m.directory_errors.clone(),
         );
         registry.register(
+            "cluster_up",
+            "Whether the replicas' Redis is connected and caught up (1) or not (0, and 0 without [cluster])",
+            m.cluster_up.clone(),
+        );
+        registry.register(
+            "cluster_reconnects",
+            "Attempts to reconnect to the replicas' Redis after it was lost or could not be reached",
+            m.cluster_reconnects.clone(),
+        );
+        registry.register(
+            "cluster_errors",
+            "Failures talking to the replicas' Redis by kind (refused, timeout, io, protocol, command, dropped)",
+            m.cluster_errors.clone(),
+        );
+        registry.register(
             "tasks_alive",
             "Tokio tasks alive: connections, tunnels, background work",
             m.tasks_alive.clone(),
@@ -203,6 +224,23 @@ impl Metrics {
     /// Counts a directory failure of `kind`.
     pub fn directory_error(&self, kind: &'static str) {
         self.directory_errors
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    /// Whether the replicas' Redis is connected and caught up.
+    pub fn cluster_up(&self, up: bool) {
+        self.cluster_up.set(i64::from(up));
+    }
+
+    /// Counts an attempt to reconnect to the replicas' Redis.
+    pub fn cluster_reconnect(&self) {
+        self.cluster_reconnects.inc();
+    }
+
+    /// Counts a failure talking to the replicas' Redis.
+    pub fn cluster_error(&self, kind: &'static str) {
+        self.cluster_errors
             .get_or_create(&KindLabels { kind })
             .inc();
     }

@@ -17,6 +17,7 @@ use crate::auth::standing::Standing;
 use crate::auth::throttle::Throttle;
 use crate::auth::token::TokenService;
 use crate::auth::{Credential, Issuer, SharedToken};
+use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError, TokensConfig, UsersConfig};
 use crate::cors::Cors;
 use crate::directory::{self, OpenError};
@@ -64,6 +65,9 @@ pub struct State {
     pub(crate) trust: Trust,
     /// The origins allowed to call from the browser.
     pub(crate) cors: Option<Cors>,
+    /// The link to the other instances, with `[cluster]`; kept across reloads that leave the
+    /// section as it is.
+    pub(crate) cluster: Option<Cluster>,
 }
 
 /// UC tokens and the exchanges that lead to one: they exist only together, since an exchange
@@ -126,6 +130,14 @@ impl State {
                     })
             })
             .transpose()?;
+        // Validation made sure that `[cluster]` comes with `[tokens]`.
+        let cluster = match (&config.cluster, &config.tokens) {
+            (Some(cluster), Some(tokens)) => Some(
+                Cluster::new(cluster, &config.shared_token.env_files, tokens.leeway)
+                    .map_err(|e| LoadError::unusable(&file, e))?,
+            ),
+            _ => None,
+        };
         // Validation made sure that `[tokens]` comes with `[users]`, and exchanges with both.
         let uc = match (&config.tokens, &config.users, directory) {
             (Some(tokens), Some(users), Some(directory)) => Some(UcAuth {
@@ -159,7 +171,7 @@ impl State {
             }),
             _ => None,
         };
-        Ok(Self {
+        let mut state = Self {
             routes: RouteTable::build(&config.routes, &client, config.server.request_body_timeout),
             throttle: Throttle::new(&config.login),
             trust: Trust::new(&config.server),
@@ -168,12 +180,31 @@ impl State {
             shared,
             tls,
             uc,
-        })
+            cluster: None,
+        };
+        if let Some(cluster) = cluster {
+            state.share(cluster);
+        }
+        Ok(state)
+    }
+
+    /// Shares revocations and lock-outs with the other instances through `cluster`.
+    fn share(&mut self, cluster: Cluster) {
+        self.throttle.share(cluster.clone());
+        if let Some(uc) = &mut self.uc {
+            uc.issuer.share(cluster.clone());
+        }
+        self.cluster = Some(cluster);
     }
 
     /// Carries over what must survive a reload: revocations, lock-outs, the OpenID provider's
-    /// keys.
+    /// keys, the link to the other instances (when `[cluster]` is unchanged: no reconnection).
     pub(crate) fn inherit(&mut self, old: &State) {
+        if let (Some(config), Some(running)) = (&self.config.cluster, &old.cluster)
+            && running.is_for(config)
+        {
+            self.share(running.clone());
+        }
         self.throttle.inherit(&old.throttle);
         if let (Some(new), Some(old)) = (&mut self.uc, &old.uc) {
             new.issuer.inherit(&old.issuer);
@@ -187,6 +218,10 @@ impl State {
     /// the generation is in place.
     pub(crate) fn start_background_tasks(&self) {
         let Some(uc) = &self.uc else { return };
+        if let Some(cluster) = &self.cluster {
+            // Revocations from the other instances go to this generation's tokens from now on.
+            cluster.attach(uc.issuer.tokens().sink());
+        }
         if let Some(oidc) = &uc.oidc {
             oidc.start();
         }
@@ -196,10 +231,27 @@ impl State {
     /// The dependencies that do not answer now (`database`, `ldap`): logins fail (503) while
     /// they are down, but requests with a token keep flowing.
     pub(crate) fn down(&self) -> Vec<&'static str> {
-        self.uc
+        let mut down = self
+            .uc
             .as_ref()
             .map(|uc| uc.issuer.directory().down())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if self.cluster.as_ref().is_some_and(|c| !c.is_up()) {
+            down.push("redis");
+        }
+        down
+    }
+
+    /// The replicas' Redis, described for the start-up log ("redis at HOST:PORT from
+    /// environment variable NAME, prefix \"ucgate:\""); never the URL.
+    pub fn cluster(&self) -> Option<String> {
+        let cluster = self.cluster.as_ref()?;
+        let prefix = &self.config.cluster.as_ref()?.key_prefix;
+        Some(format!(
+            "redis at {} from {}, prefix {prefix:?}",
+            cluster.target(),
+            cluster.source()
+        ))
     }
 
     /// The configuration this generation was built from.
@@ -218,12 +270,14 @@ impl State {
     }
 
     /// Ready to serve: everything needed to check credentials is loaded (the OpenID
-    /// provider's keys are fetched after the start).
+    /// provider's keys are fetched after the start; the other instances' revocations are read
+    /// from Redis after the start, unless it is unreachable).
     pub(crate) fn is_ready(&self) -> bool {
         self.uc
             .as_ref()
             .and_then(|uc| uc.oidc.as_ref())
             .is_none_or(Oidc::is_ready)
+            && self.cluster.as_ref().is_none_or(Cluster::is_ready)
     }
 
     /// Checks a presented token: the shared token first (one digest), then a UC token.

@@ -10,6 +10,7 @@ use std::net::TcpStream;
 use std::process::{Command, Output};
 use std::time::Instant;
 
+use common::run_bounded;
 use directory_support::*;
 
 fn connects(port: u16) -> bool {

@@ -25,7 +25,10 @@ const LAYERS: &[(&str, &[&str])] = &[
             "telemetry",
         ],
     ),
-    ("the user directory", &["directory"]),
+    (
+        "remote stores: the user directory, the replicas' shared state",
+        &["directory", "cluster"],
+    ),
     ("credentials and exchanges", &["auth"]),
     ("forwarding", &["proxy", "routes", "client_timeouts"]),
     ("one configuration's runtime state", &["state"]),

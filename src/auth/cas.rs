@@ -332,7 +332,7 @@ impl Exchange for Cas {
             Ok(login) => Ok(Proof::login(login)),
             Err(refusal) => {
                 if refusal.counts_as_failure() {
-                    attempt.failed_client();
+                    attempt.failed_client().await;
                 }
                 tracing::info!(client = %attempt.client(), method = "cas", reason = %refusal.reason(), "login refused");
                 Err(refusal.into())

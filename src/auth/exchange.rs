@@ -76,31 +76,33 @@ impl<'a> Attempt<'a> {
     }
 
     /// `TooManyAttempts` while the client's address is locked out.
-    pub fn check_client(&self) -> Result<(), GateError> {
+    pub async fn check_client(&self) -> Result<(), GateError> {
         self.throttle
             .check_addr(self.client)
+            .await
             .map_err(GateError::locked_out)
     }
 
     /// `TooManyAttempts` while `login` or the client's address is locked out.
-    pub fn check_login(&self, login: &str) -> Result<(), GateError> {
+    pub async fn check_login(&self, login: &str) -> Result<(), GateError> {
         self.throttle
             .check(login, self.client)
+            .await
             .map_err(GateError::locked_out)
     }
 
     /// A failure for `login`, from this client.
-    pub fn failed(&self, login: &str) {
-        self.throttle.record_failure(login, self.client);
+    pub async fn failed(&self, login: &str) {
+        self.throttle.record_failure(login, self.client).await;
     }
 
     /// A failure whose login is unknown (a refused ticket or token): counted for the address.
-    pub fn failed_client(&self) {
-        self.throttle.record_addr_failure(self.client);
+    pub async fn failed_client(&self) {
+        self.throttle.record_addr_failure(self.client).await;
     }
 
     /// A success clears the login's failures (not the address's).
-    pub fn succeeded(&self, login: &str) {
-        self.throttle.record_success(login);
+    pub async fn succeeded(&self, login: &str) {
+        self.throttle.record_success(login).await;
     }
 }

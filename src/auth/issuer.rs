@@ -31,6 +31,11 @@ impl Issuer {
         &self.tokens
     }
 
+    /// Tells the revocations of its tokens to the other instances through `cluster`.
+    pub fn share(&mut self, cluster: crate::cluster::Cluster) {
+        self.tokens.share(cluster);
+    }
+
     /// Keeps the revocations of the issuer this one replaces (see [`TokenService::inherit`]).
     pub fn inherit(&mut self, old: &Issuer) {
         self.tokens.inherit(&old.tokens);
@@ -56,7 +61,7 @@ impl Issuer {
         request: Request<Incoming>,
         attempt: Attempt<'_>,
     ) -> Result<Response<Body>, GateError> {
-        attempt.check_client()?;
+        attempt.check_client().await?;
         let proof = exchange.prove(request, attempt).await?;
         self.answer(E::METHOD, proof, attempt).await
     }
@@ -73,12 +78,12 @@ impl Issuer {
         let (login, profile) = match proof.proven {
             Proven::Allowed { login, profile } => (login, profile),
             Proven::Login(login) => {
-                attempt.check_login(&login)?;
+                attempt.check_login(&login).await?;
                 let user = self.directory.lookup(&login).await?;
                 match user.as_ref().and_then(User::login_profile) {
                     Some(profile) => (login, profile.to_owned()),
                     None => {
-                        attempt.failed(&login);
+                        attempt.failed(&login).await;
                         tracing::info!(client = %attempt.client(), method = method.as_str(), login, "login refused: not in the directory or not allowed");
                         return Err(GateError::UserNotFound);
                     }
@@ -86,12 +91,12 @@ impl Issuer {
             }
         };
         // Again at the last moment: a lock-out may have started while the proof was made.
-        attempt.check_login(&login)?;
+        attempt.check_login(&login).await?;
         let issued = self
             .tokens
             .issue(&login, &profile, method, proof.lifetime)
             .map_err(|_| GateError::Unhandled)?;
-        attempt.succeeded(&login);
+        attempt.succeeded(&login).await;
         tracing::info!(
             login,
             method = method.as_str(),

@@ -244,10 +244,10 @@ mod accept {
         headers: &HeaderMap,
         attempt: Attempt<'_>,
     ) -> Result<Proof, GateError> {
-        let fail = |reason: &str, message: &'static str| {
+        let fail = async |reason: &str, message: &'static str| {
             // The reason is GSSAPI's or ours: principal names at most, never token bytes.
             tracing::info!(client = %attempt.client(), method = "kerberos", reason, "sso refused");
-            attempt.failed_client();
+            attempt.failed_client().await;
             GateError::SsoAuthenticationFailed(message)
         };
         let token = match negotiate_header(headers) {
@@ -256,21 +256,21 @@ mod accept {
                     "Kerberos authentication is required",
                 ));
             }
-            Negotiate::Malformed(reason) => return Err(fail(reason, reason)),
+            Negotiate::Malformed(reason) => return Err(fail(reason, reason).await),
             Negotiate::Token(text) if text.len() > MAX_TOKEN * 4 / 3 + 4 => {
-                return Err(fail("token too large", "the Negotiate token is too large"));
+                return Err(fail("token too large", "the Negotiate token is too large").await);
             }
             Negotiate::Token(text) => match STANDARD.decode(text) {
                 Ok(token) => token,
                 Err(_) => {
                     let reason = "the Negotiate token is not valid base64";
-                    return Err(fail(reason, reason));
+                    return Err(fail(reason, reason).await);
                 }
             },
         };
         if token.starts_with(b"NTLMSSP\0") {
             let reason = "NTLM is not supported, only Kerberos";
-            return Err(fail(reason, reason));
+            return Err(fail(reason, reason).await);
         }
         let accepted = {
             let _permit = ACCEPTS.acquire().await.map_err(|_| GateError::Unhandled)?;
@@ -282,14 +282,14 @@ mod accept {
         let accepted = match accepted {
             Ok(accepted) => accepted,
             Err(refusal) => {
-                return Err(fail(&refusal.detail, "the Kerberos token was not accepted"));
+                return Err(fail(&refusal.detail, "the Kerberos token was not accepted").await);
             }
         };
         let login = match kerberos.names.login_for(&accepted.principal) {
             Ok(login) => login,
             Err(why) => {
                 tracing::info!(client = %attempt.client(), method = "kerberos", principal = accepted.principal, reason = ?why, "sso refused");
-                attempt.failed_client();
+                attempt.failed_client().await;
                 return Err(match why {
                     Unmapped::Realm => {
                         GateError::SsoAuthenticationFailed("this Kerberos realm is not accepted")

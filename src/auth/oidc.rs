@@ -126,21 +126,25 @@ impl Exchange for Oidc {
         request: Request<Incoming>,
         attempt: Attempt<'_>,
     ) -> Result<Proof, GateError> {
-        let refused = |reason: &str| {
-            attempt.failed_client();
+        let refused = async |reason: &str| {
+            attempt.failed_client().await;
             tracing::info!(client = %attempt.client(), method = "oidc", reason, "token refused");
         };
-        let token = bearer(request.headers()).inspect_err(|e| {
-            if matches!(e, BearerError::Malformed) {
-                refused("malformed bearer");
+        let token = match bearer(request.headers()) {
+            Ok(token) => token,
+            Err(e) => {
+                if e == BearerError::Malformed {
+                    refused("malformed bearer").await;
+                }
+                return Err(e.into());
             }
-        })?;
+        };
         match self.verifier.verify(token).await {
             Ok(verified) => Ok(Proof::login(verified.login.to_string())),
             Err(Failure::NotReady) => Err(GateError::NotReady),
             Err(Failure::Rejected(reason)) => {
                 let reason = reason.to_string();
-                refused(&reason);
+                refused(&reason).await;
                 Err(GateError::OidcAuthenticationFailed(reason))
             }
         }

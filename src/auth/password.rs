@@ -55,7 +55,7 @@ impl Exchange for Password<'_> {
         if request.expiration == Some(0) {
             return Err(GateError::InvalidJson);
         }
-        attempt.check_login(&request.login)?;
+        attempt.check_login(&request.login).await?;
         // Look at the throttle again under the permit, and record a failure before releasing
         // it: otherwise concurrent guesses all pass the check before the first failure is
         // counted. At most one guess per permit gets past max_failures.
@@ -63,7 +63,7 @@ impl Exchange for Password<'_> {
             .acquire()
             .await
             .map_err(|_| GateError::Unhandled)?;
-        attempt.check_login(&request.login)?;
+        attempt.check_login(&request.login).await?;
         let user = self
             .directory
             .verify_password(&request.login, &request.password)
@@ -80,7 +80,7 @@ impl Exchange for Password<'_> {
                 challenge: None,
             }),
             None => {
-                attempt.failed(&request.login);
+                attempt.failed(&request.login).await;
                 tracing::info!(client = %attempt.client(), method = "password", "login refused");
                 Err(GateError::InvalidCredentials)
             }

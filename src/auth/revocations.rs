@@ -17,6 +17,7 @@ use moka::Expiry;
 use serde::{Deserialize, Serialize};
 
 use super::token::unix_now;
+use crate::cluster::{Revoked, Scope};
 
 /// The revocations in force, shared by the token services of successive configurations.
 #[derive(Clone)]
@@ -151,6 +152,35 @@ impl Revocations {
 
     pub fn session_revoked(&self, key: u128) -> bool {
         self.sessions.contains_key(&key)
+    }
+
+    /// Every revocation in force, tokens and sessions, for the other instances.
+    pub fn in_force(&self) -> Vec<Revoked> {
+        let now = unix_now();
+        let of = |cache: &moka::sync::Cache<u128, u64>, scope: Scope| {
+            cache
+                .iter()
+                .filter(move |(_, exp)| exp.saturating_add(1) >= now)
+                .map(move |(key, exp)| Revoked {
+                    scope,
+                    key: *key,
+                    exp,
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut all = of(&self.entries, Scope::Token);
+        all.extend(of(&self.sessions, Scope::Session));
+        all
+    }
+
+    /// Adds `revoked` unless it is known; whether it was new.
+    pub fn add(&self, revoked: &Revoked) -> bool {
+        let cache = match revoked.scope {
+            Scope::Token => &self.entries,
+            Scope::Session => &self.sessions,
+        };
+        let entry = cache.entry(revoked.key).or_insert(revoked.exp);
+        entry.is_fresh()
     }
 
     /// Writes every revocation in force to the file, if there is one: written beside it,

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use super::jose;
 use super::revocations::Revocations;
 use super::standing::{Cell, Standing, Verdict};
+use crate::cluster::{Cluster, RevocationSink, Revoked, Scope};
 use crate::config::{TokenAlgorithm, TokensConfig};
 use crate::metrics::metrics;
 
@@ -128,6 +129,8 @@ pub struct TokenService {
     revoked: Revocations,
     /// With `users.recheck`: what the directory says now of each token's login.
     standing: Option<Standing>,
+    /// With `[cluster]`: where revocations are told to the other instances.
+    cluster: Option<Cluster>,
 }
 
 impl fmt::Debug for TokenService {
@@ -145,6 +148,8 @@ impl fmt::Debug for TokenService {
 #[derive(Clone)]
 struct Cached {
     fingerprint: u64,
+    /// The token's [`revocation_key`], so that a revocation from another instance finds it.
+    revocation: u128,
     claims: Arc<Claims>,
     /// The login's standing, when followed: read at each hit, without a look-up.
     cell: Option<Arc<Cell>>,
@@ -259,6 +264,7 @@ impl TokenService {
             hashers: Default::default(),
             revoked,
             standing: None,
+            cluster: None,
         }
     }
 
@@ -368,6 +374,7 @@ impl TokenService {
         }
         let cached = Cached {
             fingerprint,
+            revocation,
             cell: self.standing.as_ref().map(|s| s.cell(&claims.sub)),
             claims,
         };
@@ -427,12 +434,27 @@ impl TokenService {
     /// authentication): refused everywhere from now on, cached or not. In memory; the
     /// revocations file is written by `Revocations::persist` (see [`TokenService::revocations`]).
     pub fn revoke(&self, token: &str, claims: &Claims) {
-        self.revoked.insert(revocation_key(token), claims.exp);
         let session_end = claims
             .session_start()
             .saturating_add(self.max_session.as_secs());
-        self.revoked
-            .insert_session(session_key(claims.session()), session_end);
+        let revoked = [
+            Revoked {
+                scope: Scope::Token,
+                key: revocation_key(token),
+                exp: claims.exp,
+            },
+            Revoked {
+                scope: Scope::Session,
+                key: session_key(claims.session()),
+                exp: session_end,
+            },
+        ];
+        for r in &revoked {
+            self.revoked.add(r);
+            if let Some(cluster) = &self.cluster {
+                cluster.publish(*r);
+            }
+        }
         self.cache.invalidate(&self.cache_key(token));
         let session = claims.session().to_owned();
         let _ = self
@@ -443,6 +465,20 @@ impl TokenService {
     /// The revocations in force.
     pub fn revocations(&self) -> &Revocations {
         &self.revoked
+    }
+
+    /// Tells every revocation to the other instances through `cluster`.
+    pub fn share(&mut self, cluster: Cluster) {
+        self.cluster = Some(cluster);
+    }
+
+    /// Where `cluster` delivers the other instances' revocations for this service: added to the
+    /// revocations (and their file), and their cached validations dropped.
+    pub fn sink(&self) -> Arc<dyn RevocationSink> {
+        Arc::new(Sink {
+            cache: self.cache.clone(),
+            revoked: self.revoked.clone(),
+        })
     }
 
     /// The cache key: 128 bits of two keyed hashes of the token's signature segment. The
@@ -462,6 +498,47 @@ impl TokenService {
         if let (Some(new), Some(old)) = (&mut self.standing, &old.standing) {
             new.inherit(old);
         }
+    }
+}
+
+/// The other instances' revocations, into one token service.
+struct Sink {
+    cache: moka::sync::Cache<u128, Cached, foldhash::fast::RandomState>,
+    revoked: Revocations,
+}
+
+impl RevocationSink for Sink {
+    fn apply(&self, revoked: &[Revoked]) {
+        let mut new = false;
+        for r in revoked {
+            if !self.revoked.add(r) {
+                continue;
+            }
+            new = true;
+            let key = r.key;
+            // Lazily, as moka does it: each `get` checks the predicate until the entries are
+            // gone (a revocation from elsewhere is as rare as a logout).
+            let _ = match r.scope {
+                Scope::Token => self
+                    .cache
+                    .invalidate_entries_if(move |_, c| c.revocation == key),
+                Scope::Session => self
+                    .cache
+                    .invalidate_entries_if(move |_, c| session_key(c.claims.session()) == key),
+            };
+        }
+        if new && let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let revocations = self.revoked.clone();
+            runtime.spawn_blocking(move || {
+                if let Err(e) = revocations.persist() {
+                    tracing::error!(error = %e, "cannot write the revocations file");
+                }
+            });
+        }
+    }
+
+    fn in_force(&self) -> Vec<Revoked> {
+        self.revoked.in_force()
     }
 }
 

@@ -6,6 +6,7 @@
 //! connection: that is what `state` does with a [`Config`].
 
 mod cas;
+mod cluster;
 mod cors;
 mod kerberos;
 mod ldap;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 pub use cas::{CasConfig, CasProtocol, ServicePattern};
+pub use cluster::ClusterConfig;
 pub use cors::CorsConfig;
 pub use kerberos::KerberosConfig;
 pub use ldap::LdapConfig;
@@ -76,6 +78,8 @@ pub struct Config {
     pub oidc: Option<OidcConfig>,
     /// The web origins allowed to call from the browser.
     pub cors: Option<CorsConfig>,
+    /// Revocations and lock-outs shared with the other instances; only with `tokens`.
+    pub cluster: Option<ClusterConfig>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -103,6 +107,8 @@ struct RawConfig {
     oidc: Option<oidc::RawOidc>,
     #[serde(default)]
     cors: Option<cors::RawCors>,
+    #[serde(default)]
+    cluster: Option<ClusterConfig>,
     #[serde(default, rename = "route")]
     routes: Vec<route::RawRoute>,
 }
@@ -195,6 +201,15 @@ impl Config {
             .map(cors::RawCors::validate)
             .transpose()
             .map_err(in_section("cors"))?;
+        if let Some(cluster) = &raw.cluster {
+            cluster.validate().map_err(in_section("cluster"))?;
+            if tokens.is_none() {
+                return Err(
+                    "cluster: shares UC token revocations and lock-outs, which need [tokens]"
+                        .into(),
+                );
+            }
+        }
         let (mut server, mut shared_token) = (raw.server, raw.shared_token);
         server.validate(base)?;
         shared_token.validate(base)?;
@@ -231,6 +246,7 @@ impl Config {
             cas,
             oidc,
             cors,
+            cluster: raw.cluster,
             routes,
         })
     }

@@ -14,13 +14,12 @@
 //! sleeping. A missing program fails the test with the command that installs it: these tests
 //! never skip.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::BOUND;
+use crate::common::{BOUND, run_bounded};
 
 const INSTALL: &str =
     "run scripts/install-idp-deps.sh (apt-get install postgresql slapd ldap-utils)";
@@ -649,50 +648,6 @@ fn on_path(program: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Shared
 // ---------------------------------------------------------------------------------------------
-
-/// Runs a command to completion with `stdin` as its input, killing it and failing the test if
-/// it has not finished within [`BOUND`].
-pub fn run_bounded(cmd: &mut Command, stdin: &[u8]) -> Output {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
-    // Pipes are drained in threads so that a chatty program never blocks on a full pipe.
-    let mut input = child.stdin.take().unwrap();
-    let input_data = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&input_data);
-    });
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = pipe.read_to_end(&mut buf);
-            buf
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + BOUND;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish within {BOUND:?}");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    let _ = writer.join();
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
-}
 
 /// Panics with the program's stderr unless it succeeded.
 fn check(out: &Output, what: &str) {
