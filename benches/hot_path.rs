@@ -9,7 +9,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 
 use ucgate::config::{Config, TokensConfig};
 use ucgate::{
-    Method, RouteTable, SharedToken, Standing, TokenService, http_client, normalise_path,
+    Method, RouteTable, SharedToken, Standing, TokenService, normalise_path, upstream_tls,
 };
 
 const SHARED: &str = "d7f3a9c1e5b2046f8a1c3e5d7b9f0a2c4e6d8b0f";
@@ -105,7 +105,7 @@ fn route_matching(c: &mut Criterion) {
         let config = Config::parse(Path::new("bench.toml"), &routes_config(n)).unwrap();
         let routes = RouteTable::build(
             &config.routes,
-            &http_client(None).unwrap(),
+            &upstream_tls(None).unwrap(),
             config.server.request_body_timeout,
         );
         let hit = format!(

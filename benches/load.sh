@@ -15,8 +15,11 @@
 #   1. the upstream directly                    4. ucgate, shared token
 #   2. nginx checking a static X-Auth-Token     5. ucgate, UC token (cached)
 #   3. HAProxy jwt_verify (HS256)               6. ucgate, UC token over h2 (h2load)
-# then ucgate's memory with TOKENS distinct valid UC tokens cached. Prints a markdown table;
-# exits non-zero when a setup produced no numbers (or answered anything but 2xx).
+# then ucgate's memory with TOKENS distinct valid UC tokens cached, and a 200 MiB download and
+# upload through nginx and ucgate (BIG_MIB, 200; ROUNDS, 3; streamed both ways, files on tmpfs).
+# CPU per request (or per MiB) is the user + system time of the proxy's processes over the
+# measured run. Prints markdown tables, then the ratios against the peers; exits non-zero when a
+# setup produced no numbers (or answered anything but 2xx).
 #
 # Installs what it lacks from Debian (nginx, haproxy, wrk, nghttp2-client, ...), without
 # starting their system services; servers run as children under a temporary directory.
@@ -37,13 +40,16 @@ CONNECTIONS=${CONNECTIONS:-32}
 H2_CONNECTIONS=${H2_CONNECTIONS:-4}
 H2_STREAMS=${H2_STREAMS:-8}
 TOKENS=${TOKENS:-100000}
+BIG_MIB=${BIG_MIB:-200}
+ROUNDS=${ROUNDS:-3}
 REQUEST_PATH=/api/bench
+BIG=""                # a tmpfs directory for the large-body setups, removed on exit
 
 WORK=""               # the temporary directory, removed on exit
 CHILDREN=()           # pids of every server started, stopped on exit
 CREATED_POLICY_RC=0   # whether this script created /usr/sbin/policy-rc.d
 FAILED=0
-declare -A RPS P50 P99 RSS NOTE
+declare -A RPS P50 P99 RSS CPU NOTE DL_MBS DL_CPU UL_MBS UL_CPU
 
 log() { printf 'load.sh: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
@@ -57,6 +63,9 @@ cleanup() {
   done
   if [ "$CREATED_POLICY_RC" = 1 ]; then
     rm -f /usr/sbin/policy-rc.d
+  fi
+  if [ -n "$BIG" ] && [ -d "$BIG" ]; then
+    rm -rf "$BIG"
   fi
   if [ -n "$WORK" ] && [ -d "$WORK" ]; then
     if [ "${KEEP_LOGS:-0}" = 1 ]; then
@@ -152,7 +161,7 @@ random_secret() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 render() {
   local template=$1 out=$2 content name
   content=$(< "$TEMPLATES/$template")
-  for name in DIR UPSTREAM_PORT PORT SHARED_TOKEN SIGNING_KEY PASSWORD_HASH; do
+  for name in DIR BIG UPSTREAM_PORT PORT SHARED_TOKEN SIGNING_KEY PASSWORD_HASH; do
     content=${content//@$name@/${!name:-}}
   done
   ! [[ $content =~ @[A-Z_]+@ ]] || die "unrendered placeholder in $template"
@@ -284,6 +293,17 @@ check_auth() {
   [ "$bad" = 401 ] || { NOTE[$id]="answers $bad to a forged token"; return 1; }
 }
 
+# cpu_ticks PID: user + system clock ticks of PID and its children (nginx's worker).
+cpu_ticks() {
+  local pid=$1 total=0 p
+  for p in "$pid" $(pgrep -P "$pid" 2> /dev/null || true); do
+    # Fields 14 and 15 of /proc/PID/stat, counted after the command name (which may hold spaces).
+    total=$((total + $(sed 's/.*) //' "/proc/$p/stat" 2> /dev/null | awk '{print $12 + $13}' || echo 0)))
+  done
+  echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
 # --- load generators ----------------------------------------------------------------------------
 
 # wrk_run ID PORT TOKEN PID: warm-up, then a measured run; records the numbers under ID.
@@ -294,8 +314,10 @@ wrk_run() {
     -H "X-Auth-Token: $token" -s "$TEMPLATES/report.lua")
   "${wrk[@]}" -d"${WARMUP}s" "$url" < /dev/null > "$WORK/$id.warmup" 2>&1 || true
   out="$WORK/$id.wrk"
+  local ticks=$(cpu_ticks "$pid")
   "${wrk[@]}" -d"${DURATION}s" "$url" < /dev/null > "$out" 2>&1 ||
     { NOTE[$id]="wrk failed: $(tail -1 "$out")"; return 1; }
+  ticks=$(($(cpu_ticks "$pid") - ticks))
   line=$(grep '^WRK_RESULT' "$out") || { NOTE[$id]="no wrk result"; return 1; }
   local rps p50 p99 requests status_errors socket_errors
   rps=$(field "$line" rps) p50=$(field "$line" p50_us) p99=$(field "$line" p99_us)
@@ -307,6 +329,7 @@ wrk_run() {
   fi
   [ "$socket_errors" -eq 0 ] || NOTE[$id]="$socket_errors socket errors"
   RPS[$id]=$rps P50[$id]=$p50 P99[$id]=$p99 RSS[$id]=$(peak_rss_kib "$pid")
+  CPU[$id]=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
 }
 
 # h2load_run ID PORT TOKEN PID: the same over h2 with prior knowledge; percentiles from its log.
@@ -314,6 +337,7 @@ h2load_run() {
   local id=$1 port=$2 token=$3 pid=$4 out requests ok bad
   local url="http://127.0.0.1:$port$REQUEST_PATH"
   out="$WORK/$id.h2load"
+  local ticks=$(cpu_ticks "$pid")
   taskset -c "$CLIENT_CPU" timeout $((DURATION + WARMUP + 30)) h2load -t1 \
     -c"$H2_CONNECTIONS" -m"$H2_STREAMS" -D"$DURATION" --warm-up-time="$WARMUP" \
     -H "x-auth-token: $token" --log-file="$WORK/$id.h2log" "$url" < /dev/null > "$out" 2>&1 ||
@@ -325,11 +349,42 @@ h2load_run() {
     NOTE[$id]="h2load: ${ok:-0} of ${requests:-0} requests answered 2xx"
     return 1
   fi
+  ticks=$(($(cpu_ticks "$pid") - ticks))
   RPS[$id]=$(awk '/^finished in/ {sub(/,/, "", $5); print $4}' "$out")
+  # The warm-up is inside h2load's run: the CPU counts it too, divided by the measured requests.
+  CPU[$id]=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$requests" -v d="$DURATION" -v w="$WARMUP" \
+    'BEGIN { printf "%.2f", t / hz * 1e6 / n * d / (d + w) }')
   # --log-file: start time, status, microseconds to the end of the response; one line a request.
   read -r P50["$id"] P99["$id"] < <(awk '{print $3}' "$WORK/$id.h2log" | sort -n | awk '
     { v[NR] = $1 } END { if (NR) printf "%d %d\n", v[int((NR - 1) * 0.50) + 1], v[int((NR - 1) * 0.99) + 1] }')
   RSS[$id]=$(peak_rss_kib "$pid")
+}
+
+# transfer_run ID PORT TOKEN PID: ROUNDS downloads of the BIG_MIB file and ROUNDS uploads of it,
+# one at a time with curl; the median MB/s of each, and the proxy's CPU per MiB moved.
+transfer_run() {
+  local id=$1 port=$2 token=$3 pid=$4 dir ticks speeds
+  local base="http://127.0.0.1:$port/api"
+  for dir in down up; do
+    ticks=$(cpu_ticks "$pid")
+    speeds=()
+    for _ in $(seq "$ROUNDS"); do
+      local args=(-fsS -o /dev/null -H "X-Auth-Token: $token")
+      if [ "$dir" = down ]; then
+        args+=(-w '%{speed_download}' "$base/big.bin")
+      else
+        args+=(-w '%{speed_upload}' -T "$BIG/www/api/big.bin" "$base/upload.bin")
+      fi
+      speeds+=("$(taskset -c "$CLIENT_CPU" timeout 120 curl "${args[@]}" < /dev/null)") ||
+        { NOTE[$id]="large $dir transfer failed"; return 1; }
+    done
+    ticks=$(($(cpu_ticks "$pid") - ticks))
+    local mbs cpu
+    mbs=$(printf '%s\n' "${speeds[@]}" | sort -n | awk '{ v[NR] = $1 } END { printf "%.0f", v[int((NR + 1) / 2)] / 1e6 }')
+    cpu=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$ROUNDS" -v mib="$BIG_MIB" \
+      'BEGIN { printf "%.1f", t / hz * 1e6 / (n * mib) }')
+    if [ "$dir" = down ]; then DL_MBS[$id]=$mbs DL_CPU[$id]=$cpu; else UL_MBS[$id]=$mbs UL_CPU[$id]=$cpu; fi
+  done
 }
 
 field() { sed -n "s/.*\b$2=\([0-9.]*\).*/\1/p" <<< "$1"; }
@@ -354,7 +409,8 @@ run_setup() {
     nginx)
       start_nginx_proxy || { NOTE[$id]="nginx did not start"; return 1; }
       { check_auth nginx "$NGINX_PORT" "$SHARED_TOKEN" &&
-        wrk_run nginx "$NGINX_PORT" "$SHARED_TOKEN" "$STARTED"; } || { stop "$STARTED"; return 1; }
+        wrk_run nginx "$NGINX_PORT" "$SHARED_TOKEN" "$STARTED" &&
+        transfer_run nginx "$NGINX_PORT" "$SHARED_TOKEN" "$STARTED"; } || { stop "$STARTED"; return 1; }
       stop "$STARTED" ;;
     haproxy)
       start_haproxy || { NOTE[$id]="HAProxy did not start"; return 1; }
@@ -367,7 +423,9 @@ run_setup() {
       check_auth "$id" "$UCGATE_PORT" "$([ "$id" = ucgate_shared ] && echo "$SHARED_TOKEN" || echo "$UC_TOKEN")" ||
         { stop "$pid"; return 1; }
       case $id in
-        ucgate_shared) wrk_run "$id" "$UCGATE_PORT" "$SHARED_TOKEN" "$pid" || rc=1 ;;
+        ucgate_shared)
+          { wrk_run "$id" "$UCGATE_PORT" "$SHARED_TOKEN" "$pid" &&
+            transfer_run "$id" "$UCGATE_PORT" "$SHARED_TOKEN" "$pid"; } || rc=1 ;;
         ucgate_uc) wrk_run "$id" "$UCGATE_PORT" "$UC_TOKEN" "$pid" || rc=1 ;;
         ucgate_h2) h2load_run "$id" "$UCGATE_PORT" "$UC_TOKEN" "$pid" || rc=1 ;;
       esac
@@ -407,30 +465,59 @@ report() {
   echo "${DURATION}s a setup after ${WARMUP}s of warm-up, wrk 1 thread $CONNECTIONS connections," \
     "h2load 1 thread ${H2_CONNECTIONS}x${H2_STREAMS} streams; $CPU_NOTE."
   echo
-  echo "| setup | requests/s | p50 | p99 | peak RSS |"
-  echo "|---|---:|---:|---:|---:|"
+  echo "| setup | requests/s | p50 | p99 | CPU per request | peak RSS |"
+  echo "|---|---:|---:|---:|---:|---:|"
   for id in "${SETUPS[@]}"; do
     label=${LABEL[$id]}
     if [ -n "${RPS[$id]:-}" ]; then
-      printf '| %s | %.0f | %s | %s | %s |\n' "$label" "${RPS[$id]}" "$(latency "${P50[$id]}")" \
-        "$(latency "${P99[$id]}")" "$(mib "${RSS[$id]}")"
+      printf '| %s | %.0f | %s | %s | %s µs | %s |\n' "$label" "${RPS[$id]}" "$(latency "${P50[$id]}")" \
+        "$(latency "${P99[$id]}")" "${CPU[$id]}" "$(mib "${RSS[$id]}")"
     else
-      printf '| %s | FAILED: %s | | | |\n' "$label" "${NOTE[$id]:-no numbers}"
+      printf '| %s | FAILED: %s | | | | |\n' "$label" "${NOTE[$id]:-no numbers}"
     fi
   done
   echo
+  echo "| $BIG_MIB MiB, streamed, median of $ROUNDS | download MB/s | CPU per MiB | upload MB/s | CPU per MiB |"
+  echo "|---|---:|---:|---:|---:|"
+  for id in nginx ucgate_shared; do
+    if [ -n "${DL_MBS[$id]:-}" ] && [ -n "${UL_MBS[$id]:-}" ]; then
+      printf '| %s | %s | %s µs | %s | %s µs |\n' "${LABEL[$id]}" "${DL_MBS[$id]}" "${DL_CPU[$id]}" \
+        "${UL_MBS[$id]}" "${UL_CPU[$id]}"
+    else
+      printf '| %s | FAILED: %s | | | |\n' "${LABEL[$id]}" "${NOTE[$id]:-no numbers}"
+    fi
+  done
+  echo
+  echo "Ratios against the peers (one run):"
+  echo
   if [ -n "${RPS[ucgate_shared]:-}" ] && [ -n "${RPS[nginx]:-}" ]; then
     r=$(ratio "${RPS[ucgate_shared]}" "${RPS[nginx]}") p=$(ratio "${P99[ucgate_shared]}" "${P99[nginx]}")
-    echo "* ucgate (shared token) / nginx: requests/s ×$r (target ≥ 1: $(verdict "$r" ge)), p99 ×$p"
+    local c
+    c=$(ratio "${CPU[ucgate_shared]}" "${CPU[nginx]}")
+    echo "* ucgate (shared token) / nginx: requests/s ×$r (target ≥ 1: $(verdict "$r" ge))," \
+      "p99 ×$p (target ≤ 1: $(verdict "$p" le)), CPU per request ×$c (target ≤ 1: $(verdict "$c" le))"
+  fi
+  if [ -n "${DL_MBS[ucgate_shared]:-}" ] && [ -n "${DL_MBS[nginx]:-}" ]; then
+    local dir
+    for dir in download upload; do
+      local mbs cpu
+      if [ "$dir" = download ]; then
+        mbs=$(ratio "${DL_MBS[ucgate_shared]}" "${DL_MBS[nginx]}") cpu=$(ratio "${DL_CPU[ucgate_shared]}" "${DL_CPU[nginx]}")
+      else
+        mbs=$(ratio "${UL_MBS[ucgate_shared]}" "${UL_MBS[nginx]}") cpu=$(ratio "${UL_CPU[ucgate_shared]}" "${UL_CPU[nginx]}")
+      fi
+      echo "* $BIG_MIB MiB $dir, ucgate / nginx: MB/s ×$mbs (target ≥ 1: $(verdict "$mbs" ge))," \
+        "CPU per MiB ×$cpu (target ≤ 1: $(verdict "$cpu" le))"
+    done
   fi
   if [ -n "${RPS[ucgate_uc]:-}" ] && [ -n "${RPS[haproxy]:-}" ]; then
     r=$(ratio "${RPS[ucgate_uc]}" "${RPS[haproxy]}") p=$(ratio "${P99[ucgate_uc]}" "${P99[haproxy]}")
-    echo "* ucgate (UC token) / HAProxy: requests/s ×$r (target ≥ 1: $(verdict "$r" ge))," \
-      "p99 ×$p (target ≤ 1: $(verdict "$p" le))"
+    echo "* ucgate (UC token) / HAProxy: requests/s ×$r (target ≥ 1.3: $(awk -v r="$r" 'BEGIN { print ((r >= 1.3) ? "met" : "MISSED") }'))," \
+      "p99 ×$p (target ≤ 1: $(verdict "$p" le)), CPU per request ×$(ratio "${CPU[ucgate_uc]}" "${CPU[haproxy]}")"
   fi
   if [ -n "${TOKENS_KIB:-}" ]; then
     echo "* ucgate with $TOKENS distinct UC tokens cached: peak RSS $(mib "$TOKENS_KIB")" \
-      "(idle $(mib "$IDLE_KIB"); target < 100 MiB) — $TOKENS_NOTE"
+      "(idle $(mib "$IDLE_KIB"); target < 50 MiB) — $TOKENS_NOTE"
   else
     echo "* ucgate with $TOKENS distinct UC tokens: FAILED: ${TOKENS_NOTE:-no numbers}"
   fi
@@ -448,6 +535,11 @@ main() {
   build_ucgate
   choose_cpus
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/ucgate-load.XXXXXX")
+  # The large-body files on tmpfs, so that disks do not take part.
+  BIG=$(mktemp -d /dev/shm/ucgate-load.XXXXXX)
+  mkdir -p "$BIG/www/api" "$BIG/dav/api" "$BIG/dav-tmp"
+  head -c "$((BIG_MIB * 1024 * 1024))" /dev/urandom > "$BIG/www/api/big.bin"
+  chmod -R a+rwX "$BIG"
   chmod 755 "$WORK"
   # shellcheck disable=SC2034 # DIR is read by render, through ${!name}
   DIR=$WORK

@@ -27,9 +27,13 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     Either::Right(Full::new(bytes.into()))
 }
 
-/// An upstream body streamed through, cut off after `stall` of silence mid-body.
-pub fn streamed(body: Incoming, stall: Duration) -> Body {
-    Either::Left(Streamed::new(body, stall))
+/// Run once a body has been read to its end (its upstream connection can then be reused).
+pub type OnEnd = Box<dyn FnOnce() + Send + Sync>;
+
+/// An upstream body streamed through, cut off after `stall` of silence mid-body; `on_end` runs
+/// when it has been read to its end (never when it is dropped before).
+pub fn streamed(body: Incoming, stall: Duration, on_end: Option<OnEnd>) -> Body {
+    Either::Left(Streamed::new(body, stall, on_end))
 }
 
 /// A body streamed through, cut off when its sender goes silent for `stall` mid-body. Upstream
@@ -40,6 +44,7 @@ pub struct Streamed {
     stall: Duration,
     last_frame: Instant,
     timer: LazyTimer,
+    on_end: Option<OnEnd>,
 }
 
 /// Why a streamed body ended early.
@@ -52,12 +57,13 @@ pub enum StreamError {
 }
 
 impl Streamed {
-    fn new(body: Incoming, stall: Duration) -> Self {
+    fn new(body: Incoming, stall: Duration, on_end: Option<OnEnd>) -> Self {
         Self {
             body,
             stall,
             last_frame: Instant::now(),
             timer: LazyTimer::default(),
+            on_end,
         }
     }
 }
@@ -73,6 +79,18 @@ impl http_body::Body for Streamed {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
             this.last_frame = Instant::now();
+            // The end: a reader may stop at the last frame once `is_end_stream` says so.
+            let ended = match &frame {
+                None => true,
+                Some(Ok(_)) => this.body.is_end_stream(),
+                Some(Err(_)) => {
+                    this.on_end = None;
+                    false
+                }
+            };
+            if ended && let Some(on_end) = this.on_end.take() {
+                on_end();
+            }
             return Poll::Ready(frame.map(|f| f.map_err(StreamError::from)));
         }
         if this
@@ -126,7 +144,7 @@ pub fn upload(body: Incoming, stall: Duration) -> (Upload, UploadEnd) {
             (Some(tx), UploadEnd(Some(rx)))
         }
     };
-    let body = Streamed::new(body, stall);
+    let body = Streamed::new(body, stall, None);
     (Upload { body, ended }, end)
 }
 

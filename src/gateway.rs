@@ -156,7 +156,9 @@ async fn process(
     let route = match target {
         Target::Endpoint(endpoint) => {
             let request = Request::from_parts(parts, body);
-            return endpoint.serve(state, request, origin.client, log).await;
+            // Boxed: the exchanges' futures are large, and would make every proxied request's
+            // future (moved whole at least once) as large as the largest of them.
+            return Box::pin(endpoint.serve(state, request, origin.client, log)).await;
         }
         Target::Route(route) => route,
     };

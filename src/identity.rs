@@ -24,55 +24,70 @@ pub const X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
 /// How that person authenticated: `password`, `kerberos`, `cas` or `oidc`.
 pub const X_AUTH_METHOD: HeaderName = HeaderName::from_static("x-auth-method");
 
-const IDENTITY: [HeaderName; 3] = [X_AUTH_TOKEN, X_AUTH_USER, X_AUTH_METHOD];
-
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 
-/// Every header by which a proxy tells its upstream about the original request: the client's
-/// address, the scheme, host, port or server it reached, the path prefix it stripped, the
-/// original or rewritten URL and method, the client certificate. From a client that is not a
-/// trusted proxy each one is a claim nobody checked: all are removed, and ucgate sets
-/// `X-Forwarded-For`, `-Proto`, `-Host` and `-Port`, whose values it knows.
-const FORWARDING: [HeaderName; 35] = [
-    header::FORWARDED,
-    X_FORWARDED_FOR,
-    X_FORWARDED_PROTO,
-    X_FORWARDED_HOST,
-    X_FORWARDED_PORT,
-    HeaderName::from_static("x-forwarded-prefix"),
-    HeaderName::from_static("x-forwarded-server"),
-    HeaderName::from_static("x-forwarded-uri"),
-    HeaderName::from_static("x-forwarded-path"),
-    HeaderName::from_static("x-forwarded-method"),
-    HeaderName::from_static("x-forwarded-scheme"),
-    HeaderName::from_static("x-forwarded-protocol"),
-    HeaderName::from_static("x-forwarded-ssl"),
-    HeaderName::from_static("x-forwarded-client-cert"),
-    HeaderName::from_static("x-forwarded-tls-client-cert"),
-    HeaderName::from_static("x-original-url"),
-    HeaderName::from_static("x-original-uri"),
-    HeaderName::from_static("x-original-host"),
-    HeaderName::from_static("x-original-method"),
-    HeaderName::from_static("x-original-forwarded-for"),
-    HeaderName::from_static("x-rewrite-url"),
-    HeaderName::from_static("x-envoy-original-path"),
-    HeaderName::from_static("x-envoy-external-address"),
-    HeaderName::from_static("x-real-ip"),
-    HeaderName::from_static("x-client-ip"),
-    HeaderName::from_static("x-cluster-client-ip"),
-    HeaderName::from_static("true-client-ip"),
-    HeaderName::from_static("cf-connecting-ip"),
-    HeaderName::from_static("fastly-client-ip"),
-    HeaderName::from_static("client-ip"),
-    HeaderName::from_static("x-proxyuser-ip"),
-    HeaderName::from_static("x-host"),
-    HeaderName::from_static("x-scheme"),
-    HeaderName::from_static("x-url-scheme"),
-    HeaderName::from_static("front-end-https"),
-];
+// Every header by which a proxy tells its upstream about the original request: the client's
+// address, the scheme, host, port or server it reached, the path prefix it stripped, the
+// original or rewritten URL and method, the client certificate. From a client that is not a
+// trusted proxy each one is a claim nobody checked: all are removed, and ucgate sets
+// `X-Forwarded-For`, `-Proto`, `-Host` and `-Port`, whose values it knows.
+forwarding_headers!(
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-forwarded-method",
+    "x-forwarded-scheme",
+    "x-forwarded-protocol",
+    "x-forwarded-ssl",
+    "x-forwarded-client-cert",
+    "x-forwarded-tls-client-cert",
+    "x-original-url",
+    "x-original-uri",
+    "x-original-host",
+    "x-original-method",
+    "x-original-forwarded-for",
+    "x-rewrite-url",
+    "x-envoy-original-path",
+    "x-envoy-external-address",
+    "x-real-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "client-ip",
+    "x-proxyuser-ip",
+    "x-host",
+    "x-scheme",
+    "x-url-scheme",
+    "front-end-https",
+);
+
+/// [`is_forwarding`] (and, for the tests, `FORWARDING`) from one list.
+macro_rules! forwarding_headers {
+    ($($name:literal,)*) => {
+        /// The forwarding headers of the list above.
+        #[cfg(test)]
+        const FORWARDING: [&str; 35] = [$($name),*];
+
+        /// Whether `name` (lower case, as a `HeaderName` is) is one of the list above: a
+        /// `match` on the text, which the compiler turns into a switch on the length, where a
+        /// look-up per listed name would hash 35 times per request.
+        fn is_forwarding(name: &str) -> bool {
+            matches!(name, $($name)|*)
+        }
+    };
+}
+use forwarding_headers;
 
 /// Whose forwarding headers are believed (`server.trust_forwarded_headers`,
 /// `server.trusted_proxies`), built once per configuration.
@@ -183,7 +198,7 @@ impl Asserted<'_> {
         headers: &mut HeaderMap,
         original_host: Option<HeaderValue>,
     ) -> Result<(), GateError> {
-        strip(headers, &IDENTITY);
+        strip(headers, is_identity);
         if self.drop_authorization {
             headers.remove(header::AUTHORIZATION);
         }
@@ -235,7 +250,7 @@ impl Asserted<'_> {
             }
             return;
         }
-        strip(headers, &FORWARDING);
+        strip(headers, is_forwarding);
         headers.insert(
             X_FORWARDED_FOR,
             HeaderValue::from_str(&peer).expect("an IP address is a valid header"),
@@ -252,23 +267,30 @@ fn proto(tls: bool) -> HeaderValue {
     HeaderValue::from_static(if tls { "https" } else { "http" })
 }
 
-/// Removes `names` and their aliases (`X_Auth_User`, `x.forwarded.for`).
-fn strip(headers: &mut HeaderMap, names: &[HeaderName]) {
-    for name in names {
-        headers.remove(name);
-    }
-    let aliases: Vec<HeaderName> = headers
+/// Removes the headers `listed` names, and their aliases (`X_Auth_User`, `x.forwarded.for`).
+fn strip(headers: &mut HeaderMap, listed: fn(&str) -> bool) {
+    // One pass over the request's names (a handful), not one look-up per listed name.
+    let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().contains(['_', '.']))
         .filter(|k| {
-            let canonical = k.as_str().replace(['_', '.'], "-");
-            names.iter().any(|n| n.as_str() == canonical)
+            let text = k.as_str();
+            if text.contains(['_', '.']) {
+                listed(&text.replace(['_', '.'], "-"))
+            } else {
+                listed(text)
+            }
         })
         .cloned()
         .collect();
-    for name in aliases {
+    for name in doomed {
         headers.remove(name);
     }
+}
+
+/// Whether `name` is one of the identity headers ucgate sets: `X-Auth-Token`, `-User`,
+/// `-Method`.
+fn is_identity(name: &str) -> bool {
+    matches!(name, "x-auth-token" | "x-auth-user" | "x-auth-method")
 }
 
 #[cfg(test)]
@@ -320,7 +342,7 @@ mod tests {
             "x-auth-tokens",
             "x_other",
         ]);
-        strip(&mut h, &IDENTITY);
+        strip(&mut h, is_identity);
         assert_eq!(names(&h), ["x-auth-tokens", "x_other"]);
     }
 

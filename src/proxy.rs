@@ -1,27 +1,23 @@
 //! Forwarding: request rewrite, the pooled upstream client, streaming both ways, upgrades.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{Extensions, Request, Response, StatusCode, Uri, Version, request};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
-use crate::body::{Body, StreamError, Upload};
+use crate::body::{Body, StreamError};
 use crate::config::UpstreamUrl;
 use crate::error::GateError;
 use crate::identity::Asserted;
+use crate::pool::{Lease, Pool, PoolError};
 use crate::tls;
-
-/// The upstream client, shared by every route of a configuration.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Upload>;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the legacy ones.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -37,55 +33,43 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 const UPGRADE_VALUE: HeaderValue = HeaderValue::from_static("upgrade");
 
-/// One client for every route: connections are pooled per upstream origin. `https://`
-/// upstreams are checked against `ca_bundle`, or the system's roots.
-pub fn http_client(ca_bundle: Option<&Path>) -> Result<HttpClient, String> {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    // A dead upstream must fail fast with 502, not eat the route's whole timeout.
-    http.set_connect_timeout(Some(Duration::from_secs(5)));
-    http.enforce_http(false);
-    let connector = HttpsConnectorBuilder::new()
-        .with_tls_config(tls::upstream_config(ca_bundle)?)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector))
+/// The TLS client configuration of `https://` upstreams, shared by every route of a
+/// configuration: checked against `ca_bundle`, or the system's roots; HTTP/1.1 by ALPN.
+pub fn upstream_tls(ca_bundle: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut config = tls::upstream_config(ca_bundle)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
-/// The upstream of one route: its origin, the route's timeout and the shared client.
+/// The upstream of one route: its origin, the route's timeout and its connections.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    scheme: Scheme,
     authority: Authority,
     host: HeaderValue,
     /// For the response head once the request body is sent, and for any silence mid-body.
     timeout: Duration,
     /// For a client's silence mid-upload.
     upload_stall: Duration,
-    client: HttpClient,
+    pool: Pool,
 }
 
 impl Upstream {
     /// The upstream at `url`: `timeout` for its answer once the upload ended (and for any
-    /// silence mid-body), `upload_stall` for a client's silence mid-upload.
+    /// silence mid-body), `upload_stall` for a client's silence mid-upload; `tls` for
+    /// `https://` upstreams.
     pub fn new(
         url: &UpstreamUrl,
         timeout: Duration,
         upload_stall: Duration,
-        client: HttpClient,
+        tls: &Arc<rustls::ClientConfig>,
     ) -> Self {
         Self {
-            scheme: url.scheme.clone(),
             authority: url.authority.clone(),
             host: HeaderValue::from_str(url.authority.as_str())
                 .expect("an authority is a valid header"),
             timeout,
             upload_stall,
-            client,
+            pool: Pool::new(url, tls),
         }
     }
 }
@@ -113,10 +97,7 @@ impl Forward<'_> {
             .flatten();
         self.rewrite(&mut parts, upgrade.is_some())?;
         let (body, upload_end) = crate::body::upload(body, self.upstream.upload_stall);
-        let response = self
-            .upstream
-            .client
-            .request(Request::from_parts(parts, body));
+        let response = self.upstream.pool.send(Request::from_parts(parts, body));
         // The route's timeout runs from the end of the upload, not from its start: a long upload
         // is bounded by its stall limit instead. (So not tower's Timeout, which would start the
         // clock with the call.)
@@ -130,8 +111,8 @@ impl Forward<'_> {
             result = response => result,
             () = answer_due => return Err(GateError::UpstreamTimeout),
         };
-        let mut response = match result {
-            Ok(response) => response,
+        let (mut response, lease) = match result {
+            Ok(answer) => answer,
             Err(e) => return Err(self.failure(&e)),
         };
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -145,12 +126,12 @@ impl Forward<'_> {
             (false, _) => {}
         }
         strip_hop_by_hop(response.headers_mut(), switching);
-        small_body_in_one_piece(response, self.upstream.timeout).await
+        small_body_in_one_piece(response, lease, self.upstream.timeout).await
     }
 
     /// Whose fault a failed exchange is: the client's body (silent: 408; malformed or cut off:
     /// 400), or the upstream's (502).
-    fn failure(&self, e: &hyper_util::client::legacy::Error) -> GateError {
+    fn failure(&self, e: &PoolError) -> GateError {
         match request_body_error(e) {
             Some(StreamError::Stalled) => {
                 tracing::debug!("the client went silent mid-upload");
@@ -186,14 +167,9 @@ impl Forward<'_> {
             headers.insert(header::CONNECTION, UPGRADE_VALUE);
             headers.insert(header::UPGRADE, protocol);
         }
-        parts.uri = Uri::from_parts({
-            let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(self.upstream.scheme.clone());
-            uri.authority = Some(self.upstream.authority.clone());
-            uri.path_and_query = Some(self.path_and_query.clone());
-            uri
-        })
-        .map_err(|_| GateError::InvalidTarget)?;
+        // Origin-form (RFC 9112 §3.2.1): the connection is already the upstream's, and Host
+        // names it.
+        parts.uri = Uri::from(self.path_and_query.clone());
         parts.version = Version::HTTP_11;
         parts.extensions = Extensions::new();
         Ok(())
@@ -220,25 +196,40 @@ const SMALL_BODY: u64 = 16 * 1024;
 /// upstream connection goes back to the pool at once. Larger or unsized bodies stream.
 async fn small_body_in_one_piece(
     response: Response<Incoming>,
+    lease: Option<Lease>,
     timeout: Duration,
 ) -> Result<Response<Body>, GateError> {
     use http_body::Body as _;
+    if response.body().is_end_stream() {
+        if let Some(lease) = lease {
+            lease.release();
+        }
+        let (parts, _) = response.into_parts();
+        return Ok(Response::from_parts(parts, crate::body::empty()));
+    }
     let small = response
         .body()
         .size_hint()
         .exact()
         .is_some_and(|n| n <= SMALL_BODY);
-    if !small || response.body().is_end_stream() {
-        return Ok(response.map(|body| crate::body::streamed(body, timeout)));
+    if !small {
+        // The connection goes back to the pool when the client has read the body to its end.
+        let release = lease.map(|lease| Box::new(move || lease.release()) as _);
+        return Ok(response.map(|body| crate::body::streamed(body, timeout, release)));
     }
     let (parts, body) = response.into_parts();
     // The head is not sent yet: an upstream that breaks off or stalls mid-body gets the client
     // a clean 502 or 504.
     match tokio::time::timeout(timeout, body.collect()).await {
-        Ok(Ok(collected)) => Ok(Response::from_parts(
-            parts,
-            crate::body::full(collected.to_bytes()),
-        )),
+        Ok(Ok(collected)) => {
+            if let Some(lease) = lease {
+                lease.release();
+            }
+            Ok(Response::from_parts(
+                parts,
+                crate::body::full(collected.to_bytes()),
+            ))
+        }
         Ok(Err(_)) => Err(GateError::UpstreamUnavailable),
         Err(_) => Err(GateError::UpstreamTimeout),
     }
@@ -282,22 +273,27 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// Removes the hop-by-hop headers and those the `Connection` header names. `Upgrade` stays only
 /// on a protocol switch. Framing headers stay whatever `Connection` says: hyper owns framing.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|n| *n != header::CONTENT_LENGTH && *n != header::HOST)
-        // `Connection: upgrade` names Upgrade: on a protocol switch it must survive.
-        .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
+    // One pass over the message's names (a handful), not one look-up per hop-by-hop name.
+    let named: Vec<&str> = connection_tokens(headers).collect();
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            if *k == header::UPGRADE {
+                // `Connection: upgrade` names Upgrade: on a protocol switch it must survive.
+                return !keep_upgrade;
+            }
+            HOP_BY_HOP.contains(k)
+                || (*k != header::CONTENT_LENGTH
+                    && *k != header::HOST
+                    && named.iter().any(|t| k.as_str().eq_ignore_ascii_case(t)))
+        })
+        .cloned()
         .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in &HOP_BY_HOP {
+    for name in doomed {
         headers.remove(name);
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, UPGRADE_VALUE);
-    } else {
-        headers.remove(header::UPGRADE);
     }
 }
 

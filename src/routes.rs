@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::auth::Policy;
 use crate::config::RouteConfig;
-use crate::proxy::{HttpClient, Upstream};
+use crate::proxy::Upstream;
 
 /// A route ready to serve.
 #[derive(Debug)]
@@ -27,27 +27,31 @@ pub struct Route {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
-    /// Prefix without its trailing slash ("" for "/") → index in `routes`.
-    by_prefix: HashMap<Box<str>, usize>,
+    /// Prefix without its trailing slash ("" for "/") → index in `routes`. foldhash, not
+    /// SipHash: one look-up per path segment of every request, and prefixes are the operator's.
+    by_prefix: HashMap<Box<str>, usize, foldhash::fast::RandomState>,
 }
 
 impl RouteTable {
-    /// The routes of `configs`, all forwarding through `client`; `upload_stall`: how long a
-    /// client may go silent mid-upload (`server.request_body_timeout`).
-    pub fn build(configs: &[RouteConfig], client: &HttpClient, upload_stall: Duration) -> Self {
+    /// The routes of `configs`, each with its own upstream connections (`tls` for `https://`
+    /// upstreams); `upload_stall`: how long a client may go silent mid-upload
+    /// (`server.request_body_timeout`).
+    pub fn build(
+        configs: &[RouteConfig],
+        tls: &Arc<rustls::ClientConfig>,
+        upload_stall: Duration,
+    ) -> Self {
         let mut routes = Vec::with_capacity(configs.len());
-        let mut by_prefix = HashMap::with_capacity(configs.len());
+        let mut by_prefix = HashMap::with_capacity_and_hasher(
+            configs.len(),
+            foldhash::fast::RandomState::default(),
+        );
         for (i, config) in configs.iter().enumerate() {
             by_prefix.insert(config.prefix.trim_end_matches('/').into(), i);
             routes.push(Route {
                 name: config.name.clone(),
                 policy: Policy::new(config),
-                upstream: Upstream::new(
-                    &config.upstream,
-                    config.timeout,
-                    upload_stall,
-                    client.clone(),
-                ),
+                upstream: Upstream::new(&config.upstream, config.timeout, upload_stall, tls),
                 websocket: config.websocket,
                 cors: config.cors,
             });

@@ -23,7 +23,7 @@ use crate::cors::Cors;
 use crate::directory::{self, OpenError};
 use crate::error::GateError;
 use crate::identity::Trust;
-use crate::proxy::http_client;
+use crate::proxy::upstream_tls;
 use crate::routes::RouteTable;
 use crate::tls;
 
@@ -108,7 +108,7 @@ impl State {
             let file = file.clone();
             move |e: String| LoadError::unusable(&file, format!("{key}: {e}"))
         };
-        let client = http_client(config.server.upstream_ca.as_deref())
+        let upstream_tls = upstream_tls(config.server.upstream_ca.as_deref())
             .map_err(in_file("server.upstream_ca"))?;
         let tls = config
             .server
@@ -172,7 +172,11 @@ impl State {
             _ => None,
         };
         let mut state = Self {
-            routes: RouteTable::build(&config.routes, &client, config.server.request_body_timeout),
+            routes: RouteTable::build(
+                &config.routes,
+                &upstream_tls,
+                config.server.request_body_timeout,
+            ),
             throttle: Throttle::new(&config.login),
             trust: Trust::new(&config.server),
             cors: config.cors.as_ref().map(Cors::new),

@@ -30,7 +30,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["directory", "cluster"],
     ),
     ("credentials and exchanges", &["auth"]),
-    ("forwarding", &["proxy", "routes", "client_timeouts"]),
+    (
+        "forwarding",
+        &["pool", "proxy", "routes", "client_timeouts"],
+    ),
     ("one configuration's runtime state", &["state"]),
     ("the request pipeline", &["endpoints", "gateway"]),
     (

@@ -1599,3 +1599,85 @@ async fn no_secret_reaches_logs_error_bodies_or_upstream_urls() {
     assert_eq!(lines.len(), requests, "{lines:#?}");
     assert!(lines.iter().all(|l| !l.contains('?')), "{lines:#?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Upstream connections
+// ---------------------------------------------------------------------------------------------
+
+/// A raw keep-alive upstream that answers every request with a small 200 and closes each
+/// connection `idle_close` after its last answer (a keep-alive timeout shorter than ucgate's);
+/// counts the connections it accepted.
+async fn closing_upstream(
+    idle_close: Duration,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let read = tokio::time::timeout(idle_close, stream.read(&mut chunk)).await;
+                    let Ok(Ok(n @ 1..)) = read else { return };
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (url, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_and_one_the_upstream_closed_is_replaced() {
+    use std::sync::atomic::Ordering;
+    let (url, accepted) = closing_upstream(Duration::from_millis(150)).await;
+    let gate = Ucgate::start(
+        ConfigBuilder::new()
+            .route(route("api", "/api/", &url))
+            .build(),
+    )
+    .await;
+    let get = || with_token(client().get(gate.url("/api/x"))).send();
+    for _ in 0..20 {
+        assert_eq!(get().await.unwrap().status(), 200);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one connection, kept alive"
+    );
+    // The upstream closes it while idle: the next request goes on a new one, and succeeds.
+    for round in 2..=4 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = get().await.unwrap();
+        assert_eq!(r.status(), 200, "{}", gate.logs());
+        assert_eq!(r.text().await.unwrap(), "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), round);
+    }
+    // Concurrent requests get connections of their own, then share them.
+    let answers = futures_util::future::join_all((0..8).map(|_| get())).await;
+    assert!(answers.iter().all(|r| r.as_ref().unwrap().status() == 200));
+    let after_burst = accepted.load(Ordering::SeqCst);
+    assert!(after_burst <= 4 + 8, "{after_burst}");
+    for _ in 0..20 {
+        assert_eq!(get().await.unwrap().status(), 200);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        after_burst,
+        "the pool serves them"
+    );
+}

@@ -3,7 +3,6 @@
 use std::fmt;
 
 use http::HeaderValue;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::SharedTokenConfig;
@@ -21,10 +20,12 @@ pub enum SharedMatch {
 pub struct SharedToken {
     /// Sent upstream; marked sensitive so that HPACK never indexes it.
     header: HeaderValue,
-    /// Presented tokens are compared digest to digest, so the comparison takes the same time
-    /// whatever their length and content.
-    current: [u8; 32],
-    previous: Option<[u8; 32]>,
+    /// Presented tokens of the same length are compared in constant time (`subtle`); a token of
+    /// another length is refused at once, which tells a timing attacker the length and nothing
+    /// else (as `subtle`'s own slice comparison does): a length is no secret worth a SHA-256 per
+    /// request, and most requests carry a UC token, a JWT never of the shared token's length.
+    current: Box<[u8]>,
+    previous: Option<Box<[u8]>>,
     source: String,
 }
 
@@ -64,13 +65,13 @@ impl SharedToken {
             .as_deref()
             .and_then(|name| std::env::var(name).ok())
             .filter(|v| !v.is_empty() && *v != value)
-            .map(|v| digest(v.as_bytes()));
+            .map(|v| v.into_bytes().into_boxed_slice());
         Self::new(&value, previous, source)
     }
 
     fn new(
         value: &str,
-        previous: Option<[u8; 32]>,
+        previous: Option<Box<[u8]>>,
         source: String,
     ) -> Result<Self, SharedTokenError> {
         let mut header = HeaderValue::from_str(value).map_err(|_| SharedTokenError::Invalid {
@@ -79,7 +80,7 @@ impl SharedToken {
         header.set_sensitive(true);
         Ok(Self {
             header,
-            current: digest(value.as_bytes()),
+            current: value.as_bytes().into(),
             previous,
             source,
         })
@@ -100,11 +101,13 @@ impl SharedToken {
         &self.header
     }
 
-    /// Checks a presented token in constant time.
+    /// Checks a presented token: in constant time against a value of its length.
     pub fn matches(&self, presented: &[u8]) -> Option<SharedMatch> {
-        let d = digest(presented);
-        let current = self.current.ct_eq(&d);
-        let previous = self.previous.map_or(0u8.ct_eq(&1), |p| p.ct_eq(&d));
+        let current = self.current.ct_eq(presented);
+        let previous = self
+            .previous
+            .as_deref()
+            .map_or(0u8.ct_eq(&1), |p| p.ct_eq(presented));
         if bool::from(current) {
             Some(SharedMatch::Current)
         } else if bool::from(previous) {
@@ -113,10 +116,6 @@ impl SharedToken {
             None
         }
     }
-}
-
-fn digest(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
 }
 
 #[cfg(test)]
@@ -129,7 +128,8 @@ mod tests {
         assert_eq!(t.matches(b"s3cret-token-value"), Some(SharedMatch::Current));
         assert_eq!(t.matches(b"s3cret-token-valu"), None);
         assert_eq!(t.matches(b""), None);
-        t.previous = Some(digest(b"old"));
+        assert_eq!(t.matches(b"s3cret-token-valuE"), None);
+        t.previous = Some(b"old".as_slice().into());
         assert_eq!(t.matches(b"old"), Some(SharedMatch::Previous));
         assert!(!format!("{t:?}").contains("s3cret"));
     }
