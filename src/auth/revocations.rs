@@ -10,6 +10,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use moka::Expiry;
 use serde::{Deserialize, Serialize};
 
 use super::token::unix_now;
-use crate::cluster::{Revoked, Scope};
+use crate::cluster::{RevocationSink, Revoked, Scope};
 
 /// The revocations in force, shared by the token services of successive configurations.
 #[derive(Clone)]
@@ -27,6 +28,9 @@ pub struct Revocations {
     entries: moka::sync::Cache<u128, u64>,
     /// Session key → the session's end: every token of the session is refused.
     sessions: moka::sync::Cache<u128, u64>,
+    /// Bumped by every revocation: a validation cached at an older revision is checked again
+    /// (see `TokenService::validate`), so that revoking never has to search the cache.
+    revision: Arc<AtomicU64>,
     file: Option<Arc<RevocationsFile>>,
 }
 
@@ -91,6 +95,7 @@ impl Revocations {
         let revocations = Self {
             entries: cache(),
             sessions: cache(),
+            revision: Arc::new(AtomicU64::new(0)),
             file: file.map(|path| {
                 Arc::new(RevocationsFile {
                     path: path.to_owned(),
@@ -143,11 +148,18 @@ impl Revocations {
     /// [`Revocations::persist`].
     pub fn insert(&self, key: u128, exp: u64) {
         self.entries.insert(key, exp);
+        self.revision.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Ends the session of `key` until `end` (unix seconds), when its last token would expire.
     pub fn insert_session(&self, key: u128, end: u64) {
         self.sessions.insert(key, end);
+        self.revision.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many revocations were added so far (one atomic load): validations remember it.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
     }
 
     pub fn session_revoked(&self, key: u128) -> bool {
@@ -179,8 +191,11 @@ impl Revocations {
             Scope::Token => &self.entries,
             Scope::Session => &self.sessions,
         };
-        let entry = cache.entry(revoked.key).or_insert(revoked.exp);
-        entry.is_fresh()
+        let fresh = cache.entry(revoked.key).or_insert(revoked.exp).is_fresh();
+        if fresh {
+            self.revision.fetch_add(1, Ordering::AcqRel);
+        }
+        fresh
     }
 
     /// Writes every revocation in force to the file, if there is one: written beside it,
@@ -233,6 +248,28 @@ impl Revocations {
         }
         self.entries = old.entries.clone();
         self.sessions = old.sessions.clone();
+        old.revision.fetch_add(1, Ordering::AcqRel);
+        self.revision = old.revision.clone();
+    }
+}
+
+/// Another instance's revocations, told by the cluster: into these revocations (shared by every
+/// generation), and their file.
+impl RevocationSink for Revocations {
+    fn apply(&self, revoked: &[Revoked]) {
+        let new = revoked.iter().filter(|r| self.add(r)).count() > 0;
+        if new && let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let revocations = self.clone();
+            runtime.spawn_blocking(move || {
+                if let Err(e) = revocations.persist() {
+                    tracing::error!(error = %e, "cannot write the revocations file");
+                }
+            });
+        }
+    }
+
+    fn in_force(&self) -> Vec<Revoked> {
+        Revocations::in_force(self)
     }
 }
 

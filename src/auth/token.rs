@@ -148,8 +148,8 @@ impl fmt::Debug for TokenService {
 #[derive(Clone)]
 struct Cached {
     fingerprint: u64,
-    /// The token's [`revocation_key`], so that a revocation from another instance finds it.
-    revocation: u128,
+    /// The revocations' revision when it was last checked against them.
+    revision: u64,
     claims: Arc<Claims>,
     /// The login's standing, when followed: read at each hit, without a look-up.
     cell: Option<Arc<Cell>>,
@@ -258,8 +258,6 @@ impl TokenService {
             cache: moka::sync::Cache::builder()
                 .max_capacity(config.cache_capacity)
                 .expire_after(UntilExpiry)
-                // A logout ends its whole session: the session's cached tokens go at once.
-                .support_invalidation_closures()
                 .build_with_hasher(foldhash::fast::RandomState::default()),
             hashers: Default::default(),
             revoked,
@@ -361,11 +359,28 @@ impl TokenService {
             .filter(|c| c.fingerprint == fingerprint)
         {
             metrics().token_cache_hits.inc();
+            let revision = self.revoked.revision();
+            if cached.revision != revision {
+                // Something was revoked since this token was checked: check it again, once.
+                if self.is_revoked(token, &cached.claims) {
+                    self.cache.invalidate(&key);
+                    return Err(TokenError::Revoked);
+                }
+                self.cache.insert(
+                    key,
+                    Cached {
+                        revision,
+                        ..cached.clone()
+                    },
+                );
+            }
             return self.as_followed(cached);
         }
         metrics().token_cache_misses.inc();
-        let revocation = revocation_key(token);
-        if self.revoked.contains(revocation) {
+        // Read before the checks: a revocation made after them changes it, and the entry is
+        // checked again at its next use.
+        let revision = self.revoked.revision();
+        if self.revoked.contains(revocation_key(token)) {
             return Err(TokenError::Revoked);
         }
         let claims = Arc::new(self.decode(token)?);
@@ -374,21 +389,23 @@ impl TokenService {
         }
         let cached = Cached {
             fingerprint,
-            revocation,
+            revision,
             cell: self.standing.as_ref().map(|s| s.cell(&claims.sub)),
             claims,
         };
         self.cache.insert(key, cached.clone());
         // A logout may have run between the checks above and the insert.
-        if self.revoked.contains(revocation)
-            || self
-                .revoked
-                .session_revoked(session_key(cached.claims.session()))
-        {
+        if self.revoked.revision() != revision && self.is_revoked(token, &cached.claims) {
             self.cache.invalidate(&key);
             return Err(TokenError::Revoked);
         }
         self.as_followed(cached)
+    }
+
+    /// Whether the token, or its session, is revoked.
+    fn is_revoked(&self, token: &str, claims: &Claims) -> bool {
+        self.revoked.contains(revocation_key(token))
+            || self.revoked.session_revoked(session_key(claims.session()))
     }
 
     /// The claims with the profile the directory gives now.
@@ -450,16 +467,12 @@ impl TokenService {
             },
         ];
         for r in &revoked {
+            // Every cached validation is checked again at its next use (the revision moved).
             self.revoked.add(r);
             if let Some(cluster) = &self.cluster {
                 cluster.publish(*r);
             }
         }
-        self.cache.invalidate(&self.cache_key(token));
-        let session = claims.session().to_owned();
-        let _ = self
-            .cache
-            .invalidate_entries_if(move |_, cached| cached.claims.session() == session);
     }
 
     /// The revocations in force.
@@ -472,13 +485,10 @@ impl TokenService {
         self.cluster = Some(cluster);
     }
 
-    /// Where `cluster` delivers the other instances' revocations for this service: added to the
-    /// revocations (and their file), and their cached validations dropped.
+    /// Where `cluster` delivers the other instances' revocations: the revocations themselves,
+    /// shared by every generation (their revision makes the caches check again).
     pub fn sink(&self) -> Arc<dyn RevocationSink> {
-        Arc::new(Sink {
-            cache: self.cache.clone(),
-            revoked: self.revoked.clone(),
-        })
+        Arc::new(self.revoked.clone())
     }
 
     /// The cache key: 128 bits of two keyed hashes of the token's signature segment. The
@@ -498,47 +508,6 @@ impl TokenService {
         if let (Some(new), Some(old)) = (&mut self.standing, &old.standing) {
             new.inherit(old);
         }
-    }
-}
-
-/// The other instances' revocations, into one token service.
-struct Sink {
-    cache: moka::sync::Cache<u128, Cached, foldhash::fast::RandomState>,
-    revoked: Revocations,
-}
-
-impl RevocationSink for Sink {
-    fn apply(&self, revoked: &[Revoked]) {
-        let mut new = false;
-        for r in revoked {
-            if !self.revoked.add(r) {
-                continue;
-            }
-            new = true;
-            let key = r.key;
-            // Lazily, as moka does it: each `get` checks the predicate until the entries are
-            // gone (a revocation from elsewhere is as rare as a logout).
-            let _ = match r.scope {
-                Scope::Token => self
-                    .cache
-                    .invalidate_entries_if(move |_, c| c.revocation == key),
-                Scope::Session => self
-                    .cache
-                    .invalidate_entries_if(move |_, c| session_key(c.claims.session()) == key),
-            };
-        }
-        if new && let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let revocations = self.revoked.clone();
-            runtime.spawn_blocking(move || {
-                if let Err(e) = revocations.persist() {
-                    tracing::error!(error = %e, "cannot write the revocations file");
-                }
-            });
-        }
-    }
-
-    fn in_force(&self) -> Vec<Revoked> {
-        self.revoked.in_force()
     }
 }
 
