@@ -32,6 +32,12 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The operator's endpoints (health, readiness, metrics): on `server.admin_listen` when
+    /// it is set.
+    pub fn is_operational(self) -> bool {
+        matches!(self, Endpoint::Health | Endpoint::Ready | Endpoint::Metrics)
+    }
+
     /// The endpoint at exactly `path` (normalised), if any.
     pub fn find(path: &str) -> Option<Self> {
         Some(match path {

@@ -43,7 +43,7 @@ use crate::metrics::{RouteLabels, RouteName, metrics};
 use crate::path::normalise_path;
 use crate::proxy::Forward;
 use crate::routes::Route;
-use crate::state::{ConnInfo, LoadError, State};
+use crate::state::{ConnInfo, Listener, LoadError, State};
 use crate::telemetry::RequestLog;
 
 /// The methods ucgate serves. The others make no sense through an authenticating proxy, or are
@@ -85,8 +85,12 @@ impl Gateway {
     pub fn reload(&self, config_file: &Path) -> Result<(), LoadError> {
         let config = Config::load(config_file)?;
         let old = self.state();
-        if config.server.listen != old.config.server.listen {
-            tracing::warn!("server.listen changed: it takes effect at the next restart");
+        if config.server.listen != old.config.server.listen
+            || config.server.admin_listen != old.config.server.admin_listen
+        {
+            tracing::warn!(
+                "server.listen or server.admin_listen changed: it takes effect at the next restart"
+            );
         }
         let mut state = State::load(config)?;
         state.inherit(&old);
@@ -148,7 +152,7 @@ async fn process(
     let log = &mut ctx.log;
     let (parts, body) = req.into_parts();
     let (path, origin) = admit(state, &parts, conn, log)?;
-    let target = target(state, &path, log)?;
+    let target = target(state, &path, conn, log)?;
     if let Some(response) = cross_origin(state, &target, &parts, &mut ctx.cors_origin)? {
         return Ok(response);
     }
@@ -216,9 +220,26 @@ enum Target<'s> {
     Route(&'s Route),
 }
 
-/// Phase 2: an endpoint of ucgate's own (exact path), else the longest-prefix route.
-fn target<'s>(state: &'s State, path: &str, log: &mut RequestLog) -> Result<Target<'s>, GateError> {
-    if let Some(endpoint) = Endpoint::find(path) {
+/// Phase 2: an endpoint of ucgate's own (exact path), else the longest-prefix route. With
+/// `server.admin_listen`, the operator's endpoints are there and only there, and that listener
+/// serves nothing else.
+fn target<'s>(
+    state: &'s State,
+    path: &str,
+    conn: ConnInfo,
+    log: &mut RequestLog,
+) -> Result<Target<'s>, GateError> {
+    let endpoint = Endpoint::find(path);
+    let operational = endpoint.is_some_and(Endpoint::is_operational);
+    let served_here = match conn.listener {
+        Listener::Everything => true,
+        Listener::Public => !operational,
+        Listener::Admin => operational,
+    };
+    if !served_here {
+        return Err(GateError::NoRoute);
+    }
+    if let Some(endpoint) = endpoint {
         return Ok(Target::Endpoint(endpoint));
     }
     let route = state.routes.find(path).ok_or(GateError::NoRoute)?;

@@ -236,9 +236,10 @@ fn run(state: State, listen: Vec<std::net::SocketAddr>) -> ExitCode {
         ucgate::init_logging(server_config.log_format);
         // Before the listeners are announced: a SIGHUP sent from then on reloads.
         let hup = ucgate::hangup();
-        let listeners = match ucgate::bind(&listen).await {
-            Ok(listeners) => listeners,
-            Err(e) => {
+        let admin = server_config.admin_listen.as_slice();
+        let (listeners, admin) = match (ucgate::bind(&listen).await, ucgate::bind(admin).await) {
+            (Ok(listeners), Ok(mut admin)) => (listeners, admin.pop()),
+            (Err(e), _) | (_, Err(e)) => {
                 tracing::error!("{e}");
                 return ExitCode::FAILURE;
             }
@@ -259,6 +260,7 @@ fn run(state: State, listen: Vec<std::net::SocketAddr>) -> ExitCode {
         tokio::spawn(ucgate::watch(gateway.clone(), config_file, interval, hup));
         ucgate::serve(
             listeners,
+            admin,
             gateway,
             &server_config,
             ucgate::shutdown_signal(),

@@ -18,7 +18,7 @@ use tower::ServiceBuilder;
 use crate::client_timeouts::{self, Timeouts};
 use crate::config::ServerConfig;
 use crate::gateway::Gateway;
-use crate::state::ConnInfo;
+use crate::state::{ConnInfo, Listener};
 use crate::telemetry::AccessLogLayer;
 
 /// Binds every configured address before anything is served, so that a port in use fails the
@@ -38,6 +38,7 @@ pub async fn bind(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
 /// for up to `shutdown_grace`.
 pub async fn serve(
     listeners: Vec<TcpListener>,
+    admin: Option<TcpListener>,
     gateway: Gateway,
     config: &ServerConfig,
     shutdown: impl Future<Output = ()>,
@@ -56,34 +57,55 @@ pub async fn serve(
     let (drain, draining) = watch::channel(false);
     let (accepted_tx, mut accepted) = mpsc::channel::<Accepted>(64);
     let connections = Arc::new(Semaphore::new(config.max_connections));
+    // Slots of their own: a flood of clients must not keep Prometheus and the probes out.
+    let admin_connections = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
     let mut acceptors = tokio::task::JoinSet::new();
-    for listener in listeners {
+    let public = if admin.is_some() {
+        Listener::Public
+    } else {
+        Listener::Everything
+    };
+    let kinds = listeners
+        .into_iter()
+        .map(|l| (l, public, &connections))
+        .chain(admin.map(|l| (l, Listener::Admin, &admin_connections)));
+    for (listener, kind, slots) in kinds {
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "listening");
+            if kind == Listener::Admin {
+                tracing::info!(%addr, "listening for the operator (metrics, health)");
+            } else {
+                tracing::info!(%addr, "listening");
+            }
         }
         acceptors.spawn(accept_loop(
             listener,
+            kind,
             accepted_tx.clone(),
-            connections.clone(),
+            slots.clone(),
         ));
     }
     drop(accepted_tx);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            Some((stream, remote, permit)) = accepted.recv() => {
+            Some((stream, remote, listener, permit)) = accepted.recv() => {
                 let (gateway, builder, draining) = (gateway.clone(), builder.clone(), draining.clone());
                 let handshake_timeout = config.request_header_timeout;
                 tokio::spawn(async move {
                     let _slot = Slot::taken(permit);
                     // The acceptor of the current state: a reload brings new certificates to
                     // new connections.
-                    let Some(tls) = gateway.state().tls.clone() else {
-                        return serve_connection(&builder, limits, draining, &gateway, stream, ConnInfo { remote, tls: false }).await;
+                    // The operator's listener is plain HTTP.
+                    let tls = match listener {
+                        Listener::Admin => None,
+                        Listener::Public | Listener::Everything => gateway.state().tls.clone(),
+                    };
+                    let Some(tls) = tls else {
+                        return serve_connection(&builder, limits, draining, &gateway, stream, ConnInfo { remote, tls: false, listener }).await;
                     };
                     match tokio::time::timeout(handshake_timeout, TlsAcceptor::from(tls).accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            serve_connection(&builder, limits, draining, &gateway, stream, ConnInfo { remote, tls: true }).await;
+                            serve_connection(&builder, limits, draining, &gateway, stream, ConnInfo { remote, tls: true, listener }).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
@@ -100,8 +122,14 @@ pub async fn serve(
     tracing::info!(open_connections = open, grace = ?config.shutdown_grace, "shutting down");
     drain.send_replace(true);
     let every_slot = u32::try_from(config.max_connections).expect("max_connections is bounded");
+    let all_closed = async {
+        let _ = connections.acquire_many(every_slot).await;
+        let _ = admin_connections
+            .acquire_many(ADMIN_MAX_CONNECTIONS as u32)
+            .await;
+    };
     tokio::select! {
-        _ = connections.acquire_many(every_slot) => tracing::info!("all connections closed"),
+        () = all_closed => tracing::info!("all connections closed"),
         () = tokio::time::sleep(config.shutdown_grace) => {
             tracing::warn!("grace period over, closing the remaining connections");
         }
@@ -203,11 +231,16 @@ impl Drop for Slot {
     }
 }
 
-/// An accepted connection and its slot among `max_connections`.
-type Accepted = (TcpStream, SocketAddr, OwnedSemaphorePermit);
+/// Connections open at once on `server.admin_listen` (Prometheus, probes), apart from
+/// `server.max_connections`.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// An accepted connection, the listener it came on, and its slot.
+type Accepted = (TcpStream, SocketAddr, Listener, OwnedSemaphorePermit);
 
 async fn accept_loop(
     listener: TcpListener,
+    kind: Listener,
     accepted: mpsc::Sender<Accepted>,
     slots: Arc<Semaphore>,
 ) {
@@ -220,7 +253,7 @@ async fn accept_loop(
         match listener.accept().await {
             Ok((stream, remote)) => {
                 let _ = stream.set_nodelay(true);
-                if accepted.send((stream, remote, permit)).await.is_err() {
+                if accepted.send((stream, remote, kind, permit)).await.is_err() {
                     return;
                 }
             }

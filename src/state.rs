@@ -97,6 +97,20 @@ fn followed(mut tokens: TokenService, config: &TokensConfig, users: &UsersConfig
 pub struct ConnInfo {
     pub remote: SocketAddr,
     pub tls: bool,
+    pub listener: Listener,
+}
+
+/// Which listener accepted a connection, which decides the endpoints it serves. What is bound
+/// decides, not a reloaded configuration: `server.admin_listen` takes effect at a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `server.listen` without an operator's listener: every endpoint and route.
+    Everything,
+    /// `server.listen` while `server.admin_listen` is bound: routes and the exchange API, not
+    /// `/metrics`, `/healthz`, `/readyz` (404 here).
+    Public,
+    /// `server.admin_listen` (plain HTTP): `/metrics`, `/healthz`, `/readyz` and nothing else.
+    Admin,
 }
 
 impl State {

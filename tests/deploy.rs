@@ -205,6 +205,114 @@ fn the_revocations_file_has_a_writable_volume_in_the_read_only_container() {
     );
 }
 
+/// The image's `ENTRYPOINT` + `CMD`, as JSON arrays (exec form).
+fn image_command() -> Vec<String> {
+    let dockerfile = std::fs::read_to_string(deploy("Dockerfile")).unwrap();
+    let final_stage = dockerfile.rsplit("\nFROM ").next().unwrap();
+    ["ENTRYPOINT ", "CMD "]
+        .iter()
+        .flat_map(|instruction| {
+            let json = final_stage
+                .lines()
+                .find_map(|l| l.strip_prefix(instruction))
+                .unwrap_or_else(|| panic!("no {instruction}in the final stage"));
+            serde_json::from_str::<Vec<String>>(json)
+                .unwrap_or_else(|e| panic!("{instruction}{json} is not the exec form: {e}"))
+        })
+        .collect()
+}
+
+/// Issue 19: what the image runs, with the environment compose gives it, is a command `ucgate
+/// check-config` accepts on the mounted configuration; the ports compose, the image and the
+/// configuration name agree, and the operator's listener stays on the host's loopback.
+#[test]
+fn the_image_command_and_ports_agree_with_the_configuration() {
+    let service = compose_service();
+    let command = image_command();
+    assert_eq!(
+        command.first().map(String::as_str),
+        Some("/usr/local/bin/ucgate")
+    );
+    assert_eq!(
+        command.last().map(String::as_str),
+        Some("run"),
+        "{command:?}"
+    );
+    let config_at = command
+        .iter()
+        .position(|a| a == "--config")
+        .map(|i| &command[i + 1])
+        .expect("--config in the image command");
+    assert_eq!(config_at, CONFIG_IN_IMAGE);
+
+    // The same arguments, `run` replaced by `check-config`, on the mounted files: custom.env is
+    // the XiVO host's, so the test gives its variables in the environment instead.
+    let mounts = mounts(&service);
+    let source = &mounts[Path::new(CONFIG_IN_IMAGE)];
+    let environment = service["environment"].as_mapping().unwrap();
+    let listen = environment[&Value::String("UCGATE_LISTEN".into())]
+        .as_str()
+        .expect("UCGATE_LISTEN is a string")
+        .to_owned();
+    let mut args: Vec<String> = command[1..command.len() - 1].to_vec();
+    let i = args.iter().position(|a| a == "--config").unwrap();
+    args[i + 1] = source.display().to_string();
+    args.push("check-config".into());
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ucgate"))
+        .args(&args)
+        .env_clear()
+        .env("UCGATE_LISTEN", &listen)
+        .env("PLAY_AUTH_TOKEN", SHARED_TOKEN)
+        .env(
+            "UCGATE_SIGNING_KEY",
+            "deploy-signing-key-0123456789abcdef0123456789",
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "ucgate {args:?}: {stdout}{stderr}");
+    assert!(stdout.contains("is valid"), "{stdout}");
+
+    let text = std::fs::read_to_string(source).unwrap();
+    let config = Config::parse(Path::new(CONFIG_IN_IMAGE), &text).unwrap();
+    let listen: std::net::SocketAddr = listen.parse().expect("UCGATE_LISTEN is one address");
+    let port = listen.port();
+    assert!(
+        config.server.listen.iter().all(|a| a.port() == port),
+        "compose listens on {port}, the configuration on {:?}",
+        config.server.listen
+    );
+    let dockerfile = std::fs::read_to_string(deploy("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains(&format!("\nEXPOSE {port}\n")),
+        "EXPOSE {port}"
+    );
+    let admin = config
+        .server
+        .admin_listen
+        .expect("the example has an operator's listener");
+    assert!(
+        admin.ip().is_loopback(),
+        "metrics stay on loopback: {admin}"
+    );
+    assert_ne!(admin.port(), port);
+    // Loopback upstreams (configmgt 9100, recording 9400) are the host's only with its network.
+    assert_eq!(service["network_mode"].as_str(), Some("host"));
+    for (name, upstream_port) in [("configmgt", 9100), ("recording", 9400)] {
+        let route = config
+            .routes
+            .iter()
+            .find(|r| &*r.name == name)
+            .unwrap_or_else(|| panic!("no {name} route"));
+        let url = route.upstream.to_string();
+        assert!(
+            url.starts_with(&format!("http://127.0.0.1:{upstream_port}")),
+            "{name}: {url}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // deploy/replicas: three instances behind HAProxy, sharing a signing key and a Redis
 // ---------------------------------------------------------------------------------------------
@@ -649,6 +757,25 @@ fn haproxy_health_checks_readyz_on_every_replica_and_keeps_tokens_out_of_its_log
             .clone()
     };
     let defaults = section("defaults");
+    let replica_config = std::fs::read_to_string(deploy("replicas/ucgate.toml")).unwrap();
+    let replica_config = Config::parse(Path::new(CONFIG_IN_IMAGE), &replica_config).unwrap();
+    let admin_port = replica_config
+        .server
+        .admin_listen
+        .expect("the replicas have an operator's listener")
+        .port();
+    // Prometheus's ports reach each instance's operator's listener.
+    for (i, name) in ucgates.keys().enumerate() {
+        let metrics = section(&format!("backend metrics-{name}"));
+        assert_eq!(
+            metrics,
+            [format!(
+                "server {name} {name}:{admin_port} resolvers docker init-addr libc,none"
+            )],
+            "metrics port {}",
+            9181 + i
+        );
+    }
 
     // The backend that health-checks /readyz, 200 expected (200 "degraded" stays in).
     let checked: Vec<&(String, Vec<String>)> = sections
@@ -691,7 +818,14 @@ fn haproxy_health_checks_readyz_on_every_replica_and_keeps_tokens_out_of_its_log
             "the compose service's port"
         );
         assert!(words.contains(&"check".to_owned()), "{name}: {words:?}");
-        for (key, value) in [("inter", "2s"), ("fall", "2"), ("rise", "2")] {
+        // /readyz is answered on the operator's listener only (404 on 8080).
+        let admin_port = admin_port.to_string();
+        for (key, value) in [
+            ("inter", "2s"),
+            ("fall", "2"),
+            ("rise", "2"),
+            ("port", admin_port.as_str()),
+        ] {
             assert!(
                 words.windows(2).any(|w| w[0] == key && w[1] == value),
                 "{name}: no `{key} {value}` in {words:?}"

@@ -1151,6 +1151,120 @@ async fn metrics_count_requests_latency_and_auth_failures() {
     assert_eq!(up.count(), 4);
 }
 
+/// Issue 19: with `server.admin_listen`, `/metrics`, `/healthz` and `/readyz` are answered there
+/// (plain HTTP, even when the public listener speaks TLS) and 404 on the public listener; the
+/// operator's listener serves nothing else, not a route, not the exchange API.
+#[tokio::test]
+async fn the_operators_listener_alone_serves_metrics_and_health() {
+    let up = Upstream::start().await;
+    let ca = ca("ucgate admin test CA");
+    let leaf = leaf(&ca, "ucgate-admin", 3);
+    let gate = tls_gate(&up, &leaf, "admin_listen = \"127.0.0.1:0\"").await;
+    let line = gate.wait_log("listening for the operator").await;
+    let admin: SocketAddr = line
+        .split("addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    assert_ne!(admin, gate.addr());
+    let public = tls_client(&ca).build().unwrap();
+    let https = |path: &str| format!("https://{}{path}", gate.addr());
+    let plain = |path: &str| format!("http://{admin}{path}");
+
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        let response = public.get(https(path)).send().await.unwrap();
+        assert_error(response, 404, "NoRoute").await;
+        let response = public
+            .get(https(path))
+            .header(X_AUTH_TOKEN, SHARED_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 404, "NoRoute").await;
+        let response = client().get(plain(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path} on the operator's listener");
+    }
+    // The public listener still does its job.
+    let response = public
+        .get(https("/api/x"))
+        .header(X_AUTH_TOKEN, SHARED_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(up.count(), 1);
+
+    // The operator's listener serves nothing else, whatever the credential.
+    let forwarded = client()
+        .get(plain("/api/x"))
+        .header(X_AUTH_TOKEN, SHARED_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_error(forwarded, 404, "NoRoute").await;
+    let login = client()
+        .post(plain("/xuc/api/2.0/auth/login"))
+        .json(&serde_json::json!({"login": "alice", "password": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(login, 404, "NoRoute").await;
+    assert_eq!(
+        up.count(),
+        1,
+        "nothing forwarded from the operator's listener"
+    );
+    // It is plain HTTP: a TLS client gets no answer there.
+    let tls_on_admin = public.get(format!("https://{admin}/metrics")).send().await;
+    assert!(tls_on_admin.is_err(), "{tls_on_admin:?}");
+
+    let text = client()
+        .get(plain("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(
+            &text,
+            "ucgate_requests_total",
+            &[("route", "api"), ("status", "200")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(!text.contains(SHARED_TOKEN));
+}
+
+/// Without `server.admin_listen` the public listener keeps serving them; and the operator's
+/// listener cannot share an address with a public one.
+#[tokio::test]
+async fn without_an_operators_listener_health_stays_on_the_public_one() {
+    let up = Upstream::start().await;
+    let config = ConfigBuilder::new().route(route("api", "/api/", &up.url()));
+    let gate = Ucgate::start(config.build()).await;
+    assert!(!gate.logs().contains("listening for the operator"));
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        let response = client().get(gate.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+
+    let clash = config
+        .server("listen = [\"127.0.0.1:18123\"]")
+        .server("admin_listen = \"127.0.0.1:18123\"")
+        .build();
+    let finished = Ucgate::builder(clash).run(&["check-config"]);
+    assert_eq!(finished.code(), Some(2), "{finished:?}");
+    assert!(
+        finished.stderr.contains("server.admin_listen"),
+        "{}",
+        finished.stderr
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 8. The deploy example
 // ---------------------------------------------------------------------------------------------

@@ -31,6 +31,9 @@ const MAX_CONNECTIONS: usize = 1_000_000;
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
+    /// The operator's listener (plain HTTP): `/metrics`, `/healthz` and `/readyz` are served
+    /// there, and no longer on `listen` (404 there). Absent: they are served on `listen`.
+    pub admin_listen: Option<SocketAddr>,
     /// Tokio worker threads; 0 = one per core.
     pub workers: usize,
     /// A request head (and a TLS handshake) must arrive in this time: 408 and close otherwise.
@@ -83,6 +86,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            admin_listen: None,
             workers: 0,
             request_header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
@@ -127,6 +131,15 @@ impl ServerConfig {
     pub(super) fn validate(&mut self, base: &Path) -> Result<(), String> {
         if self.listen.is_empty() {
             return Err("server.listen: needs at least one address".into());
+        }
+        // Port 0 (an ephemeral port, each bind its own) cannot clash.
+        if let Some(admin) = self.admin_listen
+            && admin.port() != 0
+            && self.listen.contains(&admin)
+        {
+            return Err(format!(
+                "server.admin_listen: {admin} is also in server.listen; the operator's listener needs an address of its own"
+            ));
         }
         if self.max_header_bytes < 8192 {
             return Err(
