@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use redis_support::Redis;
-use support::load;
+use support::{agent_token, load, status};
 
 const SIGNING_KEY: &str = "bench-cluster-signing-key-0123456789abcdef";
 const LOGOUTS: usize = 1000;
@@ -51,31 +51,6 @@ async fn start(upstream: &str, cluster: bool, redis: &Redis, users: &str) -> Ucg
         .await
 }
 
-/// A token for `agent{n}`, through `gate`'s login.
-async fn token(gate: &Ucgate, n: usize) -> String {
-    let body: serde_json::Value = client()
-        .post(gate.url("/xuc/api/2.0/auth/login"))
-        .json(&serde_json::json!({"login": format!("agent{n}"), "password": "password"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["token"].as_str().expect("a token").to_owned()
-}
-
-async fn status(client: &reqwest::Client, url: &str, token: &str) -> u16 {
-    client
-        .get(url)
-        .header(X_AUTH_TOKEN, token)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 fn main() {
     // `cargo nextest run --all-targets` lists bench targets: this one has no test.
     if std::env::args().any(|a| a == "--list") {
@@ -103,7 +78,7 @@ fn main() {
                 let gate = start(&up.url(), cluster, &redis, &users).await;
                 let mut tokens = Vec::new();
                 for n in 0..TOKENS {
-                    tokens.push(token(&gate, n).await);
+                    tokens.push(agent_token(&client(), &gate.url("/xuc/api/2.0/auth/login"), n).await);
                 }
                 let (url, tokens, client) = (gate.url("/api/x"), Arc::new(tokens), client());
                 let request = move |i: usize| {
@@ -125,7 +100,7 @@ fn main() {
         let (on_b, logout) = (b.url("/api/x"), a.url("/xuc/api/2.0/auth/logout"));
         let mut took = Vec::with_capacity(LOGOUTS);
         for n in 0..LOGOUTS {
-            let t = token(&a, n).await;
+            let t = agent_token(&client, &a.url("/xuc/api/2.0/auth/login"), n).await;
             assert_eq!(status(&client, &on_b, &t).await, 200);
             let revoked = client
                 .post(&logout)

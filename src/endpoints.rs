@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 
 use crate::auth::exchange::Exchange;
 use crate::auth::password::Password;
-use crate::auth::token::{Claims, Method};
+use crate::auth::token::{Claims, Issued, Method};
 use crate::auth::{self, Attempt};
 use crate::body::{self, Body};
 use crate::error::{GateError, json_response};
@@ -160,17 +160,26 @@ impl Endpoint {
                 // XiVO's web clients store the token of the answer in place of theirs: a fresh
                 // one of the same session (see TokenService::renew).
                 let uc = uc(state)?;
-                let (claims, _) = uc_token(uc, &request)?;
+                let (claims, token) = uc_token(uc, &request, client).await?;
                 log.credential = Some("uc");
+                if claims.method == Method::Xuc {
+                    // xuc's to renew: the same token back, as long as it is known to live.
+                    let same = Issued {
+                        login: claims.sub.clone(),
+                        token,
+                        ttl: claims.ttl(),
+                    };
+                    return Ok(json_response(StatusCode::OK, serde_json::json!(same)));
+                }
                 let renewed = uc.issuer.tokens().renew(&claims)?;
                 tracing::debug!(login = %claims.sub, ttl = renewed.ttl, "token renewed");
                 Ok(json_response(StatusCode::OK, serde_json::json!(renewed)))
             }
             Endpoint::Logout => {
                 let uc = uc(state)?;
-                let (claims, token) = uc_token(uc, &request)?;
+                let (claims, token) = uc_token(uc, &request, client).await?;
                 log.credential = Some("uc");
-                tracing::info!(login = %claims.sub, "token revoked");
+                tracing::info!(login = %claims.sub, method = claims.method.as_str(), "token revoked");
                 let tokens = uc.issuer.tokens();
                 tokens.revoke(&token, &claims);
                 // Durable before the answer: a 204 means the token stays refused after a
@@ -207,11 +216,15 @@ async fn exchange<'s, E: Exchange + 's>(
     uc.issuer.exchange(exchange, request, attempt).await
 }
 
-/// The UC token a request presents, validated, with its text.
-fn uc_token(uc: &UcAuth, request: &Request<Incoming>) -> Result<(Arc<Claims>, String), GateError> {
+/// The UC token a request presents (ucgate's or, with `[xuc]`, xuc's), validated, with its text.
+async fn uc_token(
+    uc: &UcAuth,
+    request: &Request<Incoming>,
+    client: IpAddr,
+) -> Result<(Arc<Claims>, String), GateError> {
     let token = auth::presented(request.headers(), request.uri().query(), true)?
         .token
         .ok_or(GateError::TokenMissing)?;
-    let claims = uc.issuer.tokens().validate(&token)?;
+    let claims = uc.validate(&token, client).await?;
     Ok((claims, token.into_owned()))
 }

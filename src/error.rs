@@ -119,11 +119,18 @@ pub enum GateError {
     /// seconds.
     #[error("the user directory cannot be reached, retry later")]
     DirectoryUnavailable(u64),
+    /// The site's xuc (`[xuc]`) cannot check a token it issued now: unreachable, too slow, or
+    /// answering something else than a check answer. Fail closed; retry after a few seconds.
+    #[error("the xuc that issued the token cannot check it now, retry later")]
+    XucUnavailable,
     #[error("the service is not ready")]
     NotReady,
     #[error("an internal error occurred")]
     Unhandled,
 }
+
+/// Seconds a client is told to wait after `XucUnavailable`: about one reachability probe.
+const XUC_RETRY_AFTER: u64 = 5;
 
 impl GateError {
     /// The answer to a client locked out by the brute-force protection.
@@ -159,7 +166,7 @@ impl GateError {
             UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             UpstreamUnavailable | CasInvalidResponse | CasInvalidRequest | CasInternalError
             | CasUnavailable => StatusCode::BAD_GATEWAY,
-            NotReady | DirectoryUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            NotReady | DirectoryUnavailable(_) | XucUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamTimeout | CasTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -205,6 +212,7 @@ impl GateError {
             CasTimeout => "CasTimeout",
             NotReady => "NotReady",
             DirectoryUnavailable(_) => "DirectoryUnavailable",
+            XucUnavailable => "XucUnavailable",
             Unhandled => "UnhandledError",
         }
     }
@@ -239,6 +247,9 @@ impl GateError {
         match self {
             GateError::TooManyAttempts(seconds) | GateError::DirectoryUnavailable(seconds) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
+            GateError::XucUnavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(XUC_RETRY_AFTER));
             }
             // The body was not read to its end: the connection cannot carry another request.
             GateError::BodyTooLarge | GateError::InvalidBody | GateError::RequestTimeout => {

@@ -169,7 +169,7 @@ async fn process(
     // On a public route, `Authorization` is the upstream's business, not a credential.
     let public = route.policy.is_public();
     let presented = auth::presented(&parts.headers, parts.uri.query(), !public)?;
-    let credential = authenticate(state, route, &presented)?;
+    let credential = authenticate(state, route, &presented, origin.client).await?;
     log.credential = Some(credential.kind());
     let permit = authorise(route, &credential)?;
     let mut asserted = permit.asserted(&state.shared, origin, conn.tls);
@@ -279,14 +279,15 @@ fn cross_origin(
 
 /// Phase 3: the presented token, checked. A public route checks nothing; no token is
 /// `Anonymous`, which only a public route lets through.
-fn authenticate(
+async fn authenticate(
     state: &State,
     route: &Route,
     presented: &Presented<'_>,
+    client: std::net::IpAddr,
 ) -> Result<Credential, GateError> {
     match (&presented.token, route.policy.is_public()) {
         (_, true) | (None, false) => Ok(Credential::Anonymous),
-        (Some(token), false) => state.authenticate(token),
+        (Some(token), false) => state.authenticate(token, client).await,
     }
 }
 

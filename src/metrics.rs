@@ -85,6 +85,9 @@ pub struct Metrics {
     cluster_up: Gauge,
     cluster_reconnects: Counter,
     cluster_errors: Family<KindLabels, Counter>,
+    xuc_checks: Family<OutcomeLabels, Counter>,
+    pub xuc_check_seconds: Histogram,
+    pub xuc_up: Gauge,
     /// Set when encoded, from the runtime.
     tasks_alive: Gauge,
 }
@@ -115,6 +118,9 @@ impl Metrics {
             cluster_up: Gauge::default(),
             cluster_reconnects: Counter::default(),
             cluster_errors: Family::default(),
+            xuc_checks: Family::default(),
+            xuc_check_seconds: latency_histogram(),
+            xuc_up: Gauge::default(),
             tasks_alive: Gauge::default(),
             registry: Registry::default(),
         };
@@ -194,6 +200,21 @@ impl Metrics {
             m.cluster_errors.clone(),
         );
         registry.register(
+            "xuc_checks",
+            "Tokens checked at the site's xuc by outcome (vouched, refused, unavailable, limited)",
+            m.xuc_checks.clone(),
+        );
+        registry.register(
+            "xuc_check_seconds",
+            "Time of each check at the site's xuc",
+            m.xuc_check_seconds.clone(),
+        );
+        registry.register(
+            "xuc_up",
+            "Whether the site's xuc answers (1) or not (0, and 0 without [xuc])",
+            m.xuc_up.clone(),
+        );
+        registry.register(
             "tasks_alive",
             "Tokio tasks alive: connections, tunnels, background work",
             m.tasks_alive.clone(),
@@ -242,6 +263,13 @@ impl Metrics {
     pub fn cluster_error(&self, kind: &'static str) {
         self.cluster_errors
             .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    /// Counts a check at the site's xuc by outcome.
+    pub fn xuc_check(&self, outcome: &'static str) {
+        self.xuc_checks
+            .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
 

@@ -6,7 +6,7 @@
 //! This module assembles the services of `auth/`, so it sits above it: the exchanges get their
 //! narrow arguments from here, never the whole state.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,7 +15,8 @@ use crate::auth::kerberos::Kerberos;
 use crate::auth::oidc::Oidc;
 use crate::auth::standing::Standing;
 use crate::auth::throttle::Throttle;
-use crate::auth::token::TokenService;
+use crate::auth::token::{Claims, TokenError, TokenService};
+use crate::auth::xuc::Xuc;
 use crate::auth::{Credential, Issuer, SharedToken};
 use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError, TokensConfig, UsersConfig};
@@ -78,6 +79,30 @@ pub(crate) struct UcAuth {
     pub(crate) kerberos: Option<Kerberos>,
     pub(crate) cas: Option<Cas>,
     pub(crate) oidc: Option<Oidc>,
+    /// The site's xuc, whose tokens are accepted too.
+    pub(crate) xuc: Option<Xuc>,
+}
+
+impl UcAuth {
+    /// The claims of a UC token: ucgate's own (no remote call), else, with `[xuc]`, one the
+    /// site's xuc vouches for (see `auth::xuc`; `client` is charged for the remote check).
+    /// `TokenInvalid`, `TokenExpired`, and with `[xuc]` `XucUnavailable`, `TooManyAttempts`,
+    /// `DirectoryUnavailable`.
+    pub(crate) async fn validate(
+        &self,
+        token: &str,
+        client: IpAddr,
+    ) -> Result<Arc<Claims>, GateError> {
+        let tokens = self.issuer.tokens();
+        match (tokens.validate(token), &self.xuc) {
+            // Not one ucgate signed (a bad signature, another issuer): maybe xuc's. Boxed: the
+            // remote check's future would make every request's future as large.
+            (Err(TokenError::Invalid), Some(xuc)) => {
+                Box::pin(xuc.authenticate(token, client, tokens, self.issuer.directory())).await
+            }
+            (result, _) => Ok(result?),
+        }
+    }
 }
 
 /// `tokens` following each token's login in the directory, unless `users.recheck` is zero.
@@ -182,6 +207,12 @@ impl State {
                     .map(Oidc::load)
                     .transpose()
                     .map_err(in_file("oidc"))?,
+                xuc: config
+                    .xuc
+                    .as_ref()
+                    .map(Xuc::load)
+                    .transpose()
+                    .map_err(in_file("xuc"))?,
             }),
             _ => None,
         };
@@ -229,6 +260,12 @@ impl State {
             if let (Some(new), Some(old)) = (&new.oidc, &old.oidc) {
                 new.inherit(old);
             }
+            // The same xuc: what it answered stays valid, and its probe keeps running.
+            if let (Some(config), Some(old)) = (&self.config.xuc, &old.xuc)
+                && old.is_for(config)
+            {
+                new.xuc = Some(old.clone());
+            }
         }
     }
 
@@ -243,6 +280,9 @@ impl State {
         if let Some(oidc) = &uc.oidc {
             oidc.start();
         }
+        if let Some(xuc) = &uc.xuc {
+            xuc.start();
+        }
         uc.issuer.start();
     }
 
@@ -256,6 +296,14 @@ impl State {
             .unwrap_or_default();
         if self.cluster.as_ref().is_some_and(|c| !c.is_up()) {
             down.push("redis");
+        }
+        if self
+            .uc
+            .as_ref()
+            .and_then(|uc| uc.xuc.as_ref())
+            .is_some_and(|x| !x.is_up())
+        {
+            down.push("xuc");
         }
         down
     }
@@ -298,14 +346,18 @@ impl State {
             && self.cluster.as_ref().is_none_or(Cluster::is_ready)
     }
 
-    /// Checks a presented token: the shared token first (one digest), then a UC token.
-    /// `TokenInvalid` or `TokenExpired` when it is neither.
-    pub(crate) fn authenticate(&self, token: &str) -> Result<Credential, GateError> {
+    /// Checks a presented token: the shared token first (one comparison), then a UC token
+    /// (see [`UcAuth::validate`]). `TokenInvalid` or `TokenExpired` when it is neither.
+    pub(crate) async fn authenticate(
+        &self,
+        token: &str,
+        client: IpAddr,
+    ) -> Result<Credential, GateError> {
         if let Some(m) = self.shared.matches(token.as_bytes()) {
             return Ok(Credential::Shared(m));
         }
         match &self.uc {
-            Some(uc) => Ok(Credential::Uc(uc.issuer.tokens().validate(token)?)),
+            Some(uc) => Ok(Credential::Uc(uc.validate(token, client).await?)),
             None => Err(GateError::TokenInvalid),
         }
     }

@@ -1,4 +1,6 @@
 //! What the benchmarks share: a closed-loop load generator over loopback.
+// Each bench uses a part of it.
+#![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 
@@ -37,4 +39,30 @@ where
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     (latencies.len() as f64 / elapsed, at(0.50), at(0.99))
+}
+
+/// A UC token for `agent{n}` (password `password`), from the login endpoint at `login_url`.
+pub async fn agent_token(client: &reqwest::Client, login_url: &str, n: usize) -> String {
+    let body: serde_json::Value = client
+        .post(login_url)
+        .json(&serde_json::json!({"login": format!("agent{n}"), "password": "password"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["token"].as_str().expect("a token").to_owned()
+}
+
+/// The status of a GET of `url` with `token` in `X-Auth-Token`.
+pub async fn status(client: &reqwest::Client, url: &str, token: &str) -> u16 {
+    client
+        .get(url)
+        .header("X-Auth-Token", token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }

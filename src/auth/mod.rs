@@ -9,6 +9,9 @@
 //! [`throttle`], and the one [`Issuer`] turns the proven login into the `{login, token, TTL}`
 //! answer, once the directory allows it. Exchanges get their own provider and the attempt's
 //! narrow facts, never the whole runtime state.
+//!
+//! With `[xuc]`, a UC token ucgate did not sign may be one of the site's xuc: [`xuc`] checks it
+//! there and vouches for it in the token cache.
 
 pub mod cas;
 pub mod credential;
@@ -24,6 +27,7 @@ pub mod shared;
 pub mod standing;
 pub mod throttle;
 pub mod token;
+pub mod xuc;
 
 pub use credential::{Credential, presented};
 pub use exchange::Attempt;

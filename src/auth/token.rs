@@ -26,6 +26,9 @@ pub enum Method {
     Kerberos,
     Cas,
     Oidc,
+    /// A token of the site's xuc, vouched for by its check endpoint (`[xuc]`); never in a
+    /// token ucgate signs.
+    Xuc,
 }
 
 impl Method {
@@ -36,6 +39,7 @@ impl Method {
             Method::Kerberos => "kerberos",
             Method::Cas => "cas",
             Method::Oidc => "oidc",
+            Method::Xuc => "xuc",
         }
     }
 }
@@ -153,14 +157,21 @@ struct Cached {
     claims: Arc<Claims>,
     /// The login's standing, when followed: read at each hit, without a look-up.
     cell: Option<Arc<Cell>>,
+    /// A token vouched for by another issuer (xuc) is reused this long, then asked again.
+    fresh_for: Option<Duration>,
 }
 
-/// Cached validations live until the token's `exp`.
+/// Cached validations live until the token's `exp`, or less for a vouched token.
 struct UntilExpiry;
 
 impl Expiry<u128, Cached> for UntilExpiry {
     fn expire_after_create(&self, _: &u128, cached: &Cached, _: Instant) -> Option<Duration> {
-        Some(Duration::from_secs(cached.claims.ttl()))
+        let until_exp = Duration::from_secs(cached.claims.ttl());
+        Some(
+            cached
+                .fresh_for
+                .map_or(until_exp, |fresh| fresh.min(until_exp)),
+        )
     }
 }
 
@@ -284,6 +295,10 @@ impl TokenService {
     /// login, profile and method, living `tokens.ttl` but never past the session's end
     /// (`auth_time` + `tokens.max_session`): `Expired` once the session is over.
     pub fn renew(&self, claims: &Claims) -> Result<Issued, TokenError> {
+        // An xuc token is xuc's to renew: signing one here would outlive a logout at xuc.
+        if claims.method == Method::Xuc {
+            return Err(TokenError::Invalid);
+        }
         let end = claims
             .session_start()
             .saturating_add(self.max_session.as_secs());
@@ -392,14 +407,47 @@ impl TokenService {
             revision,
             cell: self.standing.as_ref().map(|s| s.cell(&claims.sub)),
             claims,
+            fresh_for: None,
         };
+        self.remember(token, key, cached)
+    }
+
+    /// Caches `cached` for `token`, unless a logout ran since its revision was read.
+    fn remember(&self, token: &str, key: u128, cached: Cached) -> Result<Arc<Claims>, TokenError> {
+        let revision = cached.revision;
         self.cache.insert(key, cached.clone());
-        // A logout may have run between the checks above and the insert.
+        // A logout may have run between the checks before and the insert.
         if self.revoked.revision() != revision && self.is_revoked(token, &cached.claims) {
             self.cache.invalidate(&key);
             return Err(TokenError::Revoked);
         }
         self.as_followed(cached)
+    }
+
+    /// Caches a token that another issuer (the site's xuc) vouched for, as `claims` (method
+    /// [`Method::Xuc`]), for `fresh_for` at most: from then on it costs what a cache hit of
+    /// ucgate's own tokens costs, and it is revocable like them. `Revoked` when it is revoked
+    /// here (ucgate's logout), whatever its issuer says. The login's profile is the caller's
+    /// (not followed by `users.recheck`: `fresh_for` bounds its age).
+    pub fn vouch(
+        &self,
+        token: &str,
+        claims: Claims,
+        fresh_for: Duration,
+    ) -> Result<Arc<Claims>, TokenError> {
+        debug_assert_eq!(claims.method, Method::Xuc);
+        let revision = self.revoked.revision();
+        if self.is_revoked(token, &claims) {
+            return Err(TokenError::Revoked);
+        }
+        let cached = Cached {
+            fingerprint: self.hashers[2].hash_one(token),
+            revision,
+            claims: Arc::new(claims),
+            cell: None,
+            fresh_for: Some(fresh_for),
+        };
+        self.remember(token, self.cache_key(token), cached)
     }
 
     /// Whether the token, or its session, is revoked.

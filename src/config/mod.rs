@@ -17,6 +17,7 @@ mod server;
 mod shared_token;
 mod tokens;
 mod users;
+mod xuc;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ pub use server::{LogFormat, ServerConfig, TlsFiles};
 pub use shared_token::SharedTokenConfig;
 pub use tokens::{TokenAlgorithm, TokensConfig};
 pub use users::{UsersConfig, UsersSource};
+pub use xuc::{ProfilesFrom, XucConfig};
 
 /// A configuration file that could not be used. `Display` is one line naming the file and, for
 /// syntax errors, the line; for the rest, the key and the reason.
@@ -80,6 +82,8 @@ pub struct Config {
     pub cors: Option<CorsConfig>,
     /// Revocations and lock-outs shared with the other instances; only with `tokens`.
     pub cluster: Option<ClusterConfig>,
+    /// The site's xuc, whose tokens routes accepting `"uc"` accept too; only with `tokens`.
+    pub xuc: Option<XucConfig>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -109,6 +113,8 @@ struct RawConfig {
     cors: Option<cors::RawCors>,
     #[serde(default)]
     cluster: Option<ClusterConfig>,
+    #[serde(default)]
+    xuc: Option<xuc::RawXuc>,
     #[serde(default, rename = "route")]
     routes: Vec<route::RawRoute>,
 }
@@ -186,15 +192,25 @@ impl Config {
             .map(|o| o.validate(base))
             .transpose()
             .map_err(in_section("oidc"))?;
+        let xuc = raw
+            .xuc
+            .map(|x| x.validate(base))
+            .transpose()
+            .map_err(in_section("xuc"))?;
+        // [xuc] lives beside ucgate's own UC tokens: their cache, revocations (ucgate's logout
+        // of an xuc token) and directory (profiles) serve both.
         let exchanges = [
             ("kerberos", kerberos.is_some()),
             ("cas", cas.is_some()),
             ("oidc", oidc.is_some()),
+            ("xuc", xuc.is_some()),
         ];
         if let (Some((section, _)), None) = (exchanges.iter().find(|(_, on)| *on), &tokens) {
-            return Err(format!(
-                "{section}: needs a [tokens] section to issue UC tokens"
-            ));
+            let why = match *section {
+                "xuc" => "its tokens share the cache, revocations and directory of UC tokens",
+                _ => "to issue UC tokens",
+            };
+            return Err(format!("{section}: needs a [tokens] section {why}"));
         }
         let cors = raw
             .cors
@@ -247,6 +263,7 @@ impl Config {
             oidc,
             cors,
             cluster: raw.cluster,
+            xuc,
             routes,
         })
     }
@@ -266,6 +283,7 @@ impl Config {
         files.extend(self.shared_token.env_files.iter().cloned());
         files.extend(self.oidc.as_ref().and_then(|o| o.ca_bundle.clone()));
         files.extend(self.cas.as_ref().and_then(|c| c.ca_bundle.clone()));
+        files.extend(self.xuc.as_ref().and_then(|x| x.ca_bundle.clone()));
         files.extend(self.kerberos.as_ref().map(|k| k.keytab.clone()));
         if let Some(tls) = &self.server.tls {
             files.extend([tls.cert.clone(), tls.key.clone()]);

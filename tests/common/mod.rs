@@ -1159,6 +1159,15 @@ pub async fn eventually(mut done: impl FnMut() -> bool) -> bool {
     true
 }
 
+/// A loopback port free now (for a server that must come back on the same port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Seconds since the Unix epoch, as JWT claims count them.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

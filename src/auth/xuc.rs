@@ -1,0 +1,440 @@
+//! Trusting the site's running xuc (`[xuc]`): a UC token that ucgate did not sign is checked at
+//! `GET <url>/xuc/api/2.0/auth/check` with `Authorization: Bearer <token>`, the check XiVO's
+//! web clients make, and a 200 naming a login is believed. It is token introspection (what
+//! RFC 7662 defines for OAuth servers) in xuc's terms.
+//!
+//! The remote check stays off the request path: a vouched token goes into the token service's
+//! cache ([`TokenService::vouch`]) for `check_cache`, where it costs what a cache hit of
+//! ucgate's own tokens costs. Misses are coalesced per token (one remote check however many
+//! requests wait for it), refusals are remembered for `negative_cache` in a bounded cache, and
+//! each client address may cause at most [`CHECKS_PER_SECOND`] remote checks a second (429
+//! beyond). xuc down or slow fails closed: `503 XucUnavailable` for a token not in the cache.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::StatusCode;
+use moka::Expiry;
+use serde::Deserialize;
+use url::Url;
+
+use super::token::{Claims, Method, TokenError, TokenService, unix_now};
+use crate::config::{ProfilesFrom, XucConfig};
+use crate::directory::{Directory, User};
+use crate::error::GateError;
+use crate::metrics::metrics;
+
+/// Remote checks one client address may cause per second; past it, `429 TooManyAttempts`.
+pub const CHECKS_PER_SECOND: u32 = 20;
+/// Answers remembered at most (refusals and coalesced acceptances): about 100 bytes each.
+const MAX_ANSWERS: u64 = 100_000;
+/// Client addresses whose remote checks are counted at once.
+const MAX_CLIENTS: u64 = 100_000;
+/// The largest check answer read; xuc's is well under 1 KiB.
+const MAX_ANSWER: usize = 16 * 1024;
+/// How often xuc's reachability is probed, for `/readyz` and `ucgate_xuc_up`.
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest login believed (it becomes `X-Auth-User`).
+const MAX_LOGIN: usize = 256;
+/// The check path under `[xuc].url` (XiVO UC API 2.0).
+const CHECK_PATH: &str = "xuc/api/2.0/auth/check";
+
+/// The site's xuc as a token issuer. Cheap to clone; kept across reloads that leave `[xuc]`
+/// as it is, with what it remembers.
+#[derive(Debug, Clone)]
+pub struct Xuc {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: XucConfig,
+    check_url: Url,
+    client: reqwest::Client,
+    /// Answers by [`Inner::key`]: refusals for `negative_cache`, acceptances for what is left
+    /// of their freshness (so that the requests of one token share one remote check).
+    answers: moka::future::Cache<u128, Answer, foldhash::fast::RandomState>,
+    /// Remote checks per client address in the current second (the entry's lifetime).
+    budget: moka::sync::Cache<IpAddr, Arc<AtomicU32>, foldhash::fast::RandomState>,
+    /// Random per process: the answers' keys are keyed hashes of the token, never the text.
+    hashers: [foldhash::quality::RandomState; 2],
+    /// The last probe or check reached xuc.
+    up: AtomicBool,
+    /// The reachability probe runs (once per `Xuc`, whatever the reloads that keep it).
+    probing: AtomicBool,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Xuc")
+            .field("url", &self.config.url.as_str())
+            .field("answers", &self.answers.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What xuc said of a token.
+#[derive(Debug, Clone)]
+enum Answer {
+    Vouched(Arc<Vouched>),
+    Refused,
+}
+
+/// A token xuc vouched for.
+#[derive(Debug)]
+struct Vouched {
+    login: String,
+    /// The profile, or "" when none is known (routes with `profiles` refuse it).
+    profile: String,
+    /// The token's expiry as far as known, seconds since the epoch.
+    exp: u64,
+    /// When xuc answered, and for how long the answer may be reused.
+    at: Instant,
+    fresh_for: Duration,
+}
+
+/// Refusals live `negative_cache`, acceptances their freshness.
+struct AnswerExpiry(Duration);
+
+impl Expiry<u128, Answer> for AnswerExpiry {
+    fn expire_after_create(&self, _: &u128, answer: &Answer, _: Instant) -> Option<Duration> {
+        Some(match answer {
+            Answer::Vouched(v) => v.fresh_for,
+            Answer::Refused => self.0,
+        })
+    }
+}
+
+/// xuc's check answer (`{"login", "token", "TTL"}`); `profile` when a ucgate stands in.
+#[derive(Deserialize)]
+struct CheckAnswer {
+    login: String,
+    #[serde(rename = "TTL", default)]
+    ttl: Option<u64>,
+    #[serde(default)]
+    profile: Option<String>,
+}
+
+/// Why a check did not end in an answer; cloned to every request that waited for it.
+#[derive(Debug, Clone)]
+enum Failure {
+    /// xuc unreachable, too slow, or answering something else than a check answer.
+    Unavailable,
+    /// The client address spent its remote checks of this second.
+    Limited,
+    /// The directory could not give the profile.
+    Directory(GateError),
+}
+
+impl From<Failure> for GateError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Unavailable => GateError::XucUnavailable,
+            Failure::Limited => GateError::TooManyAttempts(1),
+            Failure::Directory(e) => e,
+        }
+    }
+}
+
+impl Xuc {
+    /// The check URL and the pooled client (with `ca_bundle`'s CAs, if set).
+    pub fn load(config: &XucConfig) -> Result<Self, String> {
+        let check_url = config
+            .url
+            .join(CHECK_PATH)
+            .map_err(|e| format!("url: {e}"))?;
+        let builder = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            // A check answer is never a redirect; following one would send the token on.
+            .redirect(reqwest::redirect::Policy::none())
+            // The token goes to the configured xuc and nowhere else.
+            .no_proxy();
+        let client = crate::tls::provider_client(builder, config.ca_bundle.as_deref())?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                check_url,
+                client,
+                answers: moka::future::Cache::builder()
+                    .max_capacity(MAX_ANSWERS)
+                    .expire_after(AnswerExpiry(config.negative_cache))
+                    .build_with_hasher(foldhash::fast::RandomState::default()),
+                budget: moka::sync::Cache::builder()
+                    .max_capacity(MAX_CLIENTS)
+                    .time_to_live(Duration::from_secs(1))
+                    .build_with_hasher(foldhash::fast::RandomState::default()),
+                hashers: Default::default(),
+                up: AtomicBool::new(true),
+                probing: AtomicBool::new(false),
+                config: config.clone(),
+            }),
+        })
+    }
+
+    /// Whether this is the xuc `config` describes, as it describes it: a reload keeps it then.
+    pub fn is_for(&self, config: &XucConfig) -> bool {
+        self.inner.config == *config
+    }
+
+    /// Whether the last probe or check reached xuc.
+    pub fn is_up(&self) -> bool {
+        self.inner.up.load(Ordering::Relaxed)
+    }
+
+    /// The claims of a token ucgate did not sign, as xuc vouches for them, cached in `tokens`
+    /// (see [`TokenService::vouch`]). `client` is the address whose remote checks are counted;
+    /// `directory` gives the profile when `profiles_from = "directory"`.
+    ///
+    /// Errors: `TokenInvalid` (xuc refuses it, now or within `negative_cache`; or ucgate's
+    /// logout revoked it), `XucUnavailable` (xuc unreachable, slow, or not answering as xuc),
+    /// `TooManyAttempts` (the client's remote checks are spent), `DirectoryUnavailable`.
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        client: IpAddr,
+        tokens: &TokenService,
+        directory: &dyn Directory,
+    ) -> Result<Arc<Claims>, GateError> {
+        let inner = &*self.inner;
+        // Only what can be a bearer token goes to xuc (RFC 6750 §2.1 b64token).
+        if !is_bearer_token(token) {
+            return Err(GateError::TokenInvalid);
+        }
+        let answer = inner
+            .answers
+            .try_get_with(inner.key(token), inner.ask(token, client, directory))
+            .await
+            .map_err(|failure| GateError::from((*failure).clone()))?;
+        let vouched = match answer {
+            Answer::Vouched(vouched) => vouched,
+            Answer::Refused => return Err(GateError::TokenInvalid),
+        };
+        let fresh_for = vouched.fresh_for.saturating_sub(vouched.at.elapsed());
+        let now = unix_now();
+        let claims = Claims {
+            iss: inner.config.url.origin().ascii_serialization(),
+            sub: vouched.login.clone(),
+            profile: vouched.profile.clone(),
+            method: Method::Xuc,
+            iat: now,
+            exp: vouched.exp,
+            jti: String::new(),
+            auth_time: now,
+            // Its own session: a logout here of one xuc token must not end another's.
+            sid: format!("xuc:{:032x}", inner.key(token)),
+        };
+        tokens.vouch(token, claims, fresh_for).map_err(|e| match e {
+            TokenError::Expired => GateError::TokenExpired,
+            _ => GateError::TokenInvalid,
+        })
+    }
+
+    /// Probes xuc every [`PROBE_INTERVAL`] while this `Xuc` lives: any HTTP answer of its check
+    /// endpoint below 500 (a 401 to a request without a token) means reachable.
+    pub fn start(&self) {
+        if self.inner.probing.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(probe(weak));
+    }
+}
+
+async fn probe(weak: Weak<Inner>) {
+    let mut ticks = tokio::time::interval(PROBE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(inner) = weak.upgrade() else { return };
+        let request = inner.client.get(inner.check_url.clone()).send();
+        let reached = request
+            .await
+            .is_ok_and(|r| r.status() < StatusCode::INTERNAL_SERVER_ERROR);
+        inner.set_up(reached);
+    }
+}
+
+impl Inner {
+    /// 128 bits of two keyed hashes of the whole token.
+    fn key(&self, token: &str) -> u128 {
+        use std::hash::BuildHasher;
+        (u128::from(self.hashers[0].hash_one(token)) << 64)
+            | u128::from(self.hashers[1].hash_one(token))
+    }
+
+    fn set_up(&self, up: bool) {
+        if self.up.swap(up, Ordering::Relaxed) != up {
+            if up {
+                tracing::info!(url = %self.config.url, "xuc answers again");
+            } else {
+                tracing::warn!(url = %self.config.url, "xuc cannot be reached: tokens it issued and not checked yet are refused (503)");
+            }
+        }
+        metrics().xuc_up.set(i64::from(up));
+    }
+
+    /// Takes one remote check from `client`'s budget of this second.
+    fn spend(&self, client: IpAddr) -> bool {
+        let count = self.budget.get_with(client, || Arc::new(AtomicU32::new(0)));
+        count.fetch_add(1, Ordering::Relaxed) < CHECKS_PER_SECOND
+    }
+
+    /// One remote check, then the profile. Counted in `ucgate_xuc_checks_total{outcome}` and
+    /// timed in `ucgate_xuc_check_seconds`.
+    async fn ask(
+        &self,
+        token: &str,
+        client: IpAddr,
+        directory: &dyn Directory,
+    ) -> Result<Answer, Failure> {
+        if !self.spend(client) {
+            metrics().xuc_check("limited");
+            return Err(Failure::Limited);
+        }
+        let started = Instant::now();
+        let outcome = self.check(token).await;
+        metrics()
+            .xuc_check_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.set_up(!matches!(outcome, Err(Failure::Unavailable)));
+        let answer = match outcome {
+            Ok(Some(answer)) => answer,
+            Ok(None) => {
+                metrics().xuc_check("refused");
+                return Ok(Answer::Refused);
+            }
+            Err(failure) => {
+                metrics().xuc_check("unavailable");
+                return Err(failure);
+            }
+        };
+        metrics().xuc_check("vouched");
+        let profile = match self.config.profiles_from {
+            ProfilesFrom::Check => answer.profile.unwrap_or_default(),
+            ProfilesFrom::Directory => directory
+                .lookup(&answer.login)
+                .await
+                .map_err(Failure::Directory)?
+                .as_ref()
+                .and_then(User::login_profile)
+                .unwrap_or_default()
+                .to_owned(),
+        };
+        let now = unix_now();
+        // The token's own expiry when it is a JWT that says it (read, not verified: xuc vouched
+        // for the token, and this only bounds how long ucgate keeps it), else the answer's TTL.
+        let exp = jwt_exp(token)
+            .filter(|&exp| exp > now)
+            .or_else(|| answer.ttl.map(|ttl| now.saturating_add(ttl)))
+            .unwrap_or(now.saturating_add(self.config.check_cache.as_secs()));
+        let left = Duration::from_secs(exp.saturating_sub(now));
+        let ttl = answer.ttl.map_or(left, Duration::from_secs);
+        Ok(Answer::Vouched(Arc::new(Vouched {
+            login: answer.login,
+            profile,
+            exp,
+            at: Instant::now(),
+            fresh_for: self.config.check_cache.min(left).min(ttl),
+        })))
+    }
+
+    /// `Some` for a 200 with a check answer naming a login, `None` for 401 or 403 (xuc refuses
+    /// the token), `Unavailable` otherwise.
+    async fn check(&self, token: &str) -> Result<Option<CheckAnswer>, Failure> {
+        let response = self
+            .client
+            .get(self.check_url.clone())
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| {
+                // reqwest's errors name the URL, which holds no token (the token is a header).
+                tracing::debug!(error = %e, "xuc check failed");
+                Failure::Unavailable
+            })?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Ok(None),
+            status => {
+                tracing::warn!(%status, "xuc answered a check with an unexpected status");
+                return Err(Failure::Unavailable);
+            }
+        }
+        let body = read_bounded(response).await?;
+        let answer: CheckAnswer = serde_json::from_slice(&body).map_err(|_| {
+            tracing::warn!("xuc's check answer is not {{\"login\", \"token\", \"TTL\"}}");
+            Failure::Unavailable
+        })?;
+        if !is_login(&answer.login) {
+            tracing::warn!("xuc's check answer names no usable login");
+            return Err(Failure::Unavailable);
+        }
+        Ok(Some(answer))
+    }
+}
+
+/// A login that can go upstream as `X-Auth-User`: visible ASCII, not too long.
+fn is_login(login: &str) -> bool {
+    !login.is_empty() && login.len() <= MAX_LOGIN && login.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// RFC 6750 §2.1: `b64token`, within the longest bearer token ucgate reads.
+fn is_bearer_token(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty()
+        && token.len() <= super::credential::MAX_BEARER
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+}
+
+/// Reads at most [`MAX_ANSWER`] bytes.
+async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, Failure> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|_| Failure::Unavailable)? {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(Failure::Unavailable);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The `exp` claim of a JWT, unverified; `None` when the token is no JWT or has none.
+fn jwt_exp(token: &str) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Exp {
+        exp: u64,
+    }
+    let payload = token.split('.').nth(1)?;
+    let json = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    serde_json::from_slice::<Exp>(&json).ok().map(|e| e.exp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logins_and_expiries() {
+        assert!(is_login("alice"));
+        assert!(is_login("j.doe@example.com"));
+        for bad in ["", "a b", "a\r\nX-Auth-Token: x", "é", &"a".repeat(257)] {
+            assert!(!is_login(bad), "{bad:?}");
+        }
+        let payload = URL_SAFE_NO_PAD.encode(br#"{"login":"alice","exp":1900000000}"#);
+        assert_eq!(jwt_exp(&format!("e30.{payload}.sig")), Some(1_900_000_000));
+        assert_eq!(jwt_exp("opaque-token"), None);
+        assert_eq!(jwt_exp("a.!!!.c"), None);
+        let no_exp = URL_SAFE_NO_PAD.encode(br#"{"login":"alice"}"#);
+        assert_eq!(jwt_exp(&format!("e30.{no_exp}.sig")), None);
+        assert!(is_bearer_token("eyJ0.eyJ1.c2ln"));
+        assert!(is_bearer_token("abc=="));
+        for bad in ["", "==", "a b", "a,b", "a\"b", &"a".repeat(16 * 1024 + 1)] {
+            assert!(!is_bearer_token(bad), "{bad:?}");
+        }
+    }
+}
