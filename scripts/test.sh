@@ -13,7 +13,11 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-auto}
 export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}" no_proxy="127.0.0.1,localhost${no_proxy:+,$no_proxy}"
 # In CI the lock file is the contract.
 CARGO_FLAGS=()
-if [ -n "${CI:-}" ] && [ "${CI}" != "false" ]; then CARGO_FLAGS=(--locked); fi
+if [ -n "${CI:-}" ] && [ "${CI}" != "false" ]; then
+  CARGO_FLAGS=(--locked)
+  # A clean build is never rebuilt in part: incremental caches only cost time there.
+  export CARGO_INCREMENTAL=0
+fi
 
 # --- what the tests need ----------------------------------------------------
 command -v cargo > /dev/null || { log "cargo is required (https://rustup.rs)"; exit 1; }
@@ -37,6 +41,10 @@ cargo fmt --all --check
 log "cargo clippy"
 cargo clippy "${CARGO_FLAGS[@]}" --workspace --all-targets -- -D warnings
 
+# The demo upstream of run-example.sh, as a plain binary: tests/first_run.rs runs the script
+# with it (--all-targets builds examples only as test harnesses).
+log "cargo build --example echo_upstream"
+cargo build "${CARGO_FLAGS[@]}" --example echo_upstream
 if cargo nextest --version > /dev/null 2>&1; then
   log "cargo nextest run"
   # The crate has no doctests (nextest does not run them): the summary line is the last word.
