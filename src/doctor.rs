@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::auth::xuc::Xuc;
 use crate::cluster::Cluster;
 use crate::config::{Config, UsersSource};
 use crate::directory::Directory;
@@ -163,6 +164,25 @@ pub async fn directory(config: &Config, out: &mut impl std::io::Write) -> std::i
                 Err(e) => {
                     healthy = false;
                     writeln!(out, "FAIL LDAP at {url}: {e}")?;
+                }
+            },
+        }
+    }
+    if let Some(config) = &config.xuc {
+        match Xuc::load(config) {
+            Err(e) => {
+                healthy = false;
+                writeln!(out, "FAIL xuc: {e}")?;
+            }
+            Ok(xuc) => match xuc.reach().await {
+                Ok(()) => writeln!(out, " OK  xuc at {}: its check endpoint answers", xuc.url())?,
+                Err(e) => {
+                    healthy = false;
+                    writeln!(
+                        out,
+                        "FAIL xuc at {}: {e}; its tokens would get 503 XucUnavailable",
+                        xuc.url()
+                    )?;
                 }
             },
         }

@@ -451,3 +451,45 @@ async fn a_reload_keeps_what_xuc_answered() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(remote_checks(&xuc), 1, "{}", xuc.logs());
 }
+
+/// `ucgate doctor` says whether the xuc answers.
+#[tokio::test]
+async fn doctor_says_whether_xuc_answers() {
+    let port = free_port();
+    let mut xuc = stand_in(port).await;
+    let env = tempfile::tempdir().unwrap();
+    let custom_env = env.path().join("custom.env");
+    // A sound shared token, so that the exit code is xuc's.
+    std::fs::write(
+        &custom_env,
+        "PLAY_AUTH_TOKEN=Zq7vK2mX9pL4wR8tY3nB6cF1hJ5dG0sA\n",
+    )
+    .unwrap();
+    let doctor = move || {
+        let config = ConfigBuilder::new()
+            .route(route("open", "/open/", &closed_url()).accept(&["uc"]))
+            .raw(&format!(
+                "[tokens]\n\n[users]\nfile = \"users.toml\"\n\n[xuc]\nurl = \"http://127.0.0.1:{port}\"\ntimeout = \"1s\""
+            ))
+            .build();
+        Ucgate::builder(config)
+            .env("UCGATE_SIGNING_KEY", GATE_KEY)
+            .file("users.toml", users(&[("alice", "admin")]))
+            .run(&[
+                "doctor",
+                "--root",
+                "/nonexistent",
+                custom_env.to_str().unwrap(),
+            ])
+    };
+    let out = tokio::task::spawn_blocking(doctor.clone()).await.unwrap();
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    let ok = format!(" OK  xuc at http://127.0.0.1:{port}: its check endpoint answers");
+    assert!(out.stdout.contains(&ok), "{}", out.stdout);
+    xuc.sigterm();
+    xuc.wait().await;
+    let out = tokio::task::spawn_blocking(doctor.clone()).await.unwrap();
+    assert_eq!(out.code(), Some(1), "{}{}", out.stdout, out.stderr);
+    let fail = format!("FAIL xuc at http://127.0.0.1:{port}: ");
+    assert!(out.stdout.contains(&fail), "{}", out.stdout);
+}

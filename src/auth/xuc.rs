@@ -232,6 +232,17 @@ impl Xuc {
         })
     }
 
+    /// Whether xuc's check endpoint answers a request without a token (with a 401, as xuc
+    /// does; any status below 500), for `ucgate doctor`; the reason when it does not.
+    pub async fn reach(&self) -> Result<(), String> {
+        self.inner.reach().await
+    }
+
+    /// The xuc, for reports: its URL (which holds no secret).
+    pub fn url(&self) -> &str {
+        self.inner.config.url.as_str().trim_end_matches('/')
+    }
+
     /// Probes xuc every [`PROBE_INTERVAL`] while this `Xuc` lives: any HTTP answer of its check
     /// endpoint below 500 (a 401 to a request without a token) means reachable.
     pub fn start(&self) {
@@ -249,10 +260,7 @@ async fn probe(weak: Weak<Inner>) {
     loop {
         ticks.tick().await;
         let Some(inner) = weak.upgrade() else { return };
-        let request = inner.client.get(inner.check_url.clone()).send();
-        let reached = request
-            .await
-            .is_ok_and(|r| r.status() < StatusCode::INTERNAL_SERVER_ERROR);
+        let reached = inner.reach().await.is_ok();
         inner.set_up(reached);
     }
 }
@@ -263,6 +271,19 @@ impl Inner {
         use std::hash::BuildHasher;
         (u128::from(self.hashers[0].hash_one(token)) << 64)
             | u128::from(self.hashers[1].hash_one(token))
+    }
+
+    async fn reach(&self) -> Result<(), String> {
+        let response = self
+            .client
+            .get(self.check_url.clone())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        match response.status() {
+            status if status < StatusCode::INTERNAL_SERVER_ERROR => Ok(()),
+            status => Err(format!("its check endpoint answers {status}")),
+        }
     }
 
     fn set_up(&self, up: bool) {
