@@ -220,6 +220,15 @@ async fn xuc_tokens_open_routes_with_the_directory_s_profile() {
     );
     assert_eq!(metric(&gate, "ucgate_xuc_check_seconds_count").await, 6);
     assert_eq!(metric(&gate, "ucgate_xuc_up").await, 1);
+    // 5 + 1 (alice) + 1 (carol) + 20 (bob's fresh token) answered requests with xuc tokens.
+    assert_eq!(
+        metric(
+            &gate,
+            "ucgate_requests_total{route=\"open\",status=\"200\",credential=\"xuc\"}"
+        )
+        .await,
+        26
+    );
     assert_no_secret(&gate.logs(), &[&alice, &bob, &carol, &fresh, &forged]);
     assert_no_secret(&xuc.logs(), &[&alice, &bob, &carol, &fresh, &forged]);
     for request in up.requests() {

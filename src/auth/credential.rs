@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::{HeaderMap, header};
 
 use super::shared::SharedMatch;
-use super::token::{Claims, TokenError};
+use super::token::{Claims, Method, TokenError};
 use crate::error::GateError;
 use crate::identity::X_AUTH_TOKEN;
 
@@ -74,12 +74,14 @@ pub enum Credential {
 }
 
 impl Credential {
-    /// The kind, for logs and metrics: `none`, `shared`, `shared-previous` or `uc`.
+    /// The kind, for logs and metrics: `none`, `shared`, `shared-previous`, `uc`, or `xuc` (a
+    /// token of the site's xuc).
     pub fn kind(&self) -> &'static str {
         match self {
             Credential::Anonymous => "none",
             Credential::Shared(SharedMatch::Current) => "shared",
             Credential::Shared(SharedMatch::Previous) => "shared-previous",
+            Credential::Uc(claims) if claims.method == Method::Xuc => "xuc",
             Credential::Uc(_) => "uc",
         }
     }

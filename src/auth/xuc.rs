@@ -203,9 +203,10 @@ impl Xuc {
         if !is_bearer_token(token) {
             return Err(GateError::TokenInvalid);
         }
+        let key = inner.key(token);
         let answer = inner
             .answers
-            .try_get_with(inner.key(token), inner.ask(token, client, directory))
+            .try_get_with(key, inner.ask(token, client, directory))
             .await
             .map_err(|failure| GateError::from((*failure).clone()))?;
         let vouched = match answer {
@@ -224,7 +225,7 @@ impl Xuc {
             jti: String::new(),
             auth_time: now,
             // Its own session: a logout here of one xuc token must not end another's.
-            sid: format!("xuc:{:032x}", inner.key(token)),
+            sid: format!("xuc:{key:032x}"),
         };
         tokens.vouch(token, claims, fresh_for).map_err(|e| match e {
             TokenError::Expired => GateError::TokenExpired,
