@@ -121,4 +121,5 @@ TRY
 
 # Until Ctrl-C, or until one of them stops.
 wait -n "${CHILDREN[@]}" || true
-log "a server stopped"
+log "ucgate or the demo upstream ended on its own (see the log above): stopping the other"
+exit 1

@@ -169,7 +169,7 @@ pub async fn directory(config: &Config, out: &mut impl std::io::Write) -> std::i
         }
     }
     if let Some(config) = &config.xuc {
-        match Xuc::load(config) {
+        match Xuc::load(config, std::time::Duration::ZERO) {
             Err(e) => {
                 healthy = false;
                 writeln!(out, "FAIL xuc: {e}")?;

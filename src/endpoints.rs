@@ -160,7 +160,7 @@ impl Endpoint {
                 // XiVO's web clients store the token of the answer in place of theirs: a fresh
                 // one of the same session (see TokenService::renew).
                 let uc = uc(state)?;
-                let (claims, token) = uc_token(uc, &request, client).await?;
+                let (claims, token) = uc_token(state, &request, client).await?;
                 log.credential = Some("uc");
                 if claims.method == Method::Xuc {
                     // xuc's to renew: the same token back, as long as it is known to live.
@@ -177,7 +177,7 @@ impl Endpoint {
             }
             Endpoint::Logout => {
                 let uc = uc(state)?;
-                let (claims, token) = uc_token(uc, &request, client).await?;
+                let (claims, token) = uc_token(state, &request, client).await?;
                 log.credential = Some("uc");
                 tracing::info!(login = %claims.sub, method = claims.method.as_str(), "token revoked");
                 let tokens = uc.issuer.tokens();
@@ -218,13 +218,13 @@ async fn exchange<'s, E: Exchange + 's>(
 
 /// The UC token a request presents (ucgate's or, with `[xuc]`, xuc's), validated, with its text.
 async fn uc_token(
-    uc: &UcAuth,
+    state: &State,
     request: &Request<Incoming>,
     client: IpAddr,
 ) -> Result<(Arc<Claims>, String), GateError> {
     let token = auth::presented(request.headers(), request.uri().query(), true)?
         .token
         .ok_or(GateError::TokenMissing)?;
-    let claims = uc.validate(&token, client).await?;
+    let claims = state.uc_claims(&token, client).await?;
     Ok((claims, token.into_owned()))
 }

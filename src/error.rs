@@ -58,7 +58,9 @@ pub enum GateError {
     NoRoute,
 
     // --- credentials on routes, check and logout (400, 401, 403) ---------------------------
-    #[error("an X-Auth-Token header or a token parameter is required")]
+    #[error(
+        "an X-Auth-Token header, an Authorization: Bearer header or a token parameter is required"
+    )]
     TokenMissing,
     #[error("the token is invalid or expired")]
     TokenInvalid,

@@ -176,6 +176,9 @@ fn print_config(state: &State) {
         .map(ToString::to_string)
         .collect();
     println!("listen: {}", listen.join(", "));
+    if let Some(admin) = config.server.admin_listen {
+        println!("admin_listen: {admin} (metrics, health; not on listen)");
+    }
     println!("shared token: from {}", state.shared_token_source());
     if let Some(cluster) = state.cluster() {
         println!("cluster: {cluster}");
@@ -185,6 +188,16 @@ fn print_config(state: &State) {
             "uc tokens: {}, ttl {}, {directory}",
             tokens.algorithm.name(),
             humantime::format_duration(tokens.ttl),
+        );
+    }
+    if let Some(xuc) = &config.xuc {
+        println!(
+            "xuc: tokens checked at {}, check_cache {}, negative_cache {}, timeout {}, profiles from {:?}",
+            xuc.url.as_str().trim_end_matches('/'),
+            humantime::format_duration(xuc.check_cache),
+            humantime::format_duration(xuc.negative_cache),
+            humantime::format_duration(xuc.timeout),
+            format!("{:?}", xuc.profiles_from).to_lowercase(),
         );
     }
     println!("routes:");

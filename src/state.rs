@@ -87,12 +87,8 @@ impl UcAuth {
     /// The claims of a UC token: ucgate's own (no remote call), else, with `[xuc]`, one the
     /// site's xuc vouches for (see `auth::xuc`; `client` is charged for the remote check).
     /// `TokenInvalid`, `TokenExpired`, and with `[xuc]` `XucUnavailable`, `TooManyAttempts`,
-    /// `DirectoryUnavailable`.
-    pub(crate) async fn validate(
-        &self,
-        token: &str,
-        client: IpAddr,
-    ) -> Result<Arc<Claims>, GateError> {
+    /// `DirectoryUnavailable`. Never given the shared token (see [`State::uc_claims`]).
+    async fn validate(&self, token: &str, client: IpAddr) -> Result<Arc<Claims>, GateError> {
         let tokens = self.issuer.tokens();
         match (tokens.validate(token), &self.xuc) {
             // Not one ucgate signed (a bad signature, another issuer): maybe xuc's. Boxed: the
@@ -210,7 +206,7 @@ impl State {
                 xuc: config
                     .xuc
                     .as_ref()
-                    .map(Xuc::load)
+                    .map(|xuc| Xuc::load(xuc, tokens.max_session))
                     .transpose()
                     .map_err(in_file("xuc"))?,
             }),
@@ -360,5 +356,20 @@ impl State {
             Some(uc) => Ok(Credential::Uc(uc.validate(token, client).await?)),
             None => Err(GateError::TokenInvalid),
         }
+    }
+
+    /// The claims of a UC token (see [`UcAuth::validate`]), for check and logout: the shared
+    /// token is no UC token, and is refused here (`TokenInvalid`) before it could be sent to
+    /// xuc. `NoRoute` without UC tokens.
+    pub(crate) async fn uc_claims(
+        &self,
+        token: &str,
+        client: IpAddr,
+    ) -> Result<Arc<Claims>, GateError> {
+        let uc = self.uc.as_ref().ok_or(GateError::NoRoute)?;
+        if self.shared.matches(token.as_bytes()).is_some() {
+            return Err(GateError::TokenInvalid);
+        }
+        uc.validate(token, client).await
     }
 }

@@ -190,6 +190,17 @@ async fn xuc_tokens_open_routes_with_the_directory_s_profile() {
         .unwrap();
     assert_error(spaced, 401, "TokenInvalid").await;
 
+    // The shared token is no UC token: never sent to xuc from check or logout.
+    for (method, path) in [("GET", CHECK), ("POST", LOGOUT)] {
+        let response = client()
+            .request(method.parse().unwrap(), gate.url(path))
+            .header("Authorization", format!("Bearer {SHARED_TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 401, "TokenInvalid").await;
+    }
+
     // Check at ucgate with an xuc token: the same token back (xuc's to renew).
     let response = client()
         .get(gate.url(CHECK))
@@ -501,4 +512,109 @@ async fn doctor_says_whether_xuc_answers() {
     assert_eq!(out.code(), Some(1), "{}{}", out.stdout, out.stderr);
     let fail = format!("FAIL xuc at http://127.0.0.1:{port}: ");
     assert!(out.stdout.contains(&fail), "{}", out.stdout);
+}
+
+/// An xuc that answers what it should not. Its own failures (5xx) mark it down; answers about a
+/// token (431: too large for it) refuse the token and leave its health alone; a wrong URL (404)
+/// or a garbled answer is 503 without marking it down, logged once, not once per request; a
+/// TTL of 0 is no token; a TTL past `tokens.max_session` is cut there.
+#[tokio::test]
+async fn what_a_misbehaving_xuc_says_is_not_believed_blindly() {
+    let up = Upstream::start().await;
+    let answer = |status: u16, body: &str| {
+        let body = body.to_owned();
+        async move {
+            let xuc = Upstream::start().await;
+            xuc.on(
+                CHECK,
+                Behavior::respond(status, body).header("content-type", "application/json"),
+            );
+            xuc
+        }
+    };
+    let ready = |gate: &Ucgate| {
+        let url = gate.url("/readyz");
+        async move {
+            let body: Value = client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            body
+        }
+    };
+    let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl";
+
+    // 431: the token is refused; xuc is up.
+    let xuc = answer(431, "").await;
+    let gate = gate(&up, &xuc.url(), "").await;
+    assert_error(get(&gate, "/open/x", token).await, 401, "TokenInvalid").await;
+    assert_eq!(ready(&gate).await, json!({"status": "ready"}));
+
+    // A token longer than any xuc token is not even sent.
+    let long = "a".repeat(5000);
+    assert_error(get(&gate, "/open/x", &long).await, 401, "TokenInvalid").await;
+    assert!(
+        xuc.requests()
+            .iter()
+            .all(|r| !r.head_text().contains(&long))
+    );
+
+    // 404 (a wrong URL): 503, logged once however many requests, xuc not marked down.
+    let xuc = answer(404, "not here").await;
+    let gate = self::gate(&up, &xuc.url(), "negative_cache = \"0s\"").await;
+    for i in 0..5 {
+        let response = get(&gate, "/open/x", &format!("{token}{i}")).await;
+        assert_error(response, 503, "XucUnavailable").await;
+    }
+    assert_eq!(ready(&gate).await, json!({"status": "ready"}));
+    gate.wait_log("is [xuc].url the xuc's address?").await;
+    let warnings = gate
+        .logs()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("answered a check 404"))
+        .count();
+    assert_eq!(warnings, 1, "{}", gate.logs());
+
+    // 500: xuc fails, and is down.
+    let xuc = answer(500, "").await;
+    let gate = self::gate(&up, &xuc.url(), "").await;
+    assert_error(get(&gate, "/open/x", token).await, 503, "XucUnavailable").await;
+    let body = ready(&gate).await;
+    assert_eq!(body, json!({"status": "degraded", "down": ["xuc"]}));
+
+    // A login that cannot be a header: 503, nothing forwarded.
+    let xuc = answer(200, r#"{"login": "alice\r\nX-Auth-User: root", "TTL": 60}"#).await;
+    let gate = self::gate(&up, &xuc.url(), "").await;
+    assert_error(get(&gate, "/open/x", token).await, 503, "XucUnavailable").await;
+
+    // TTL 0: no token.
+    let xuc = answer(200, r#"{"login": "alice", "token": "t", "TTL": 0}"#).await;
+    let gate = self::gate(&up, &xuc.url(), "").await;
+    assert_error(get(&gate, "/open/x", token).await, 401, "TokenInvalid").await;
+
+    // A TTL of centuries: kept no longer than tokens.max_session (7 days by default).
+    let xuc = answer(
+        200,
+        r#"{"login": "alice", "token": "t", "TTL": 18446744073709551615}"#,
+    )
+    .await;
+    let gate = self::gate(&up, &xuc.url(), "").await;
+    let opaque = "opaque-xuc-token-0123456789";
+    assert_eq!(get(&gate, "/open/x", opaque).await.status(), 200);
+    let response = client()
+        .get(gate.url(CHECK))
+        .header(X_AUTH_TOKEN, opaque)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["TTL"].as_u64().is_some_and(|ttl| ttl <= 7 * 24 * 3600),
+        "{body}"
+    );
+    assert_eq!(up.requests().len(), 1);
 }

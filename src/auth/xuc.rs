@@ -11,7 +11,7 @@
 //! beyond). xuc down or slow fails closed: `503 XucUnavailable` for a token not in the cache.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,11 @@ const MAX_ANSWER: usize = 16 * 1024;
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest login believed (it becomes `X-Auth-User`).
 const MAX_LOGIN: usize = 256;
+/// Longest token sent to xuc: its tokens are well under 1 KiB, and a longer one would only
+/// meet xuc's header limit (431), which says nothing of xuc's health.
+const MAX_TOKEN: usize = 4096;
+/// Unexpected answers of xuc are logged at most this often (a flood would repeat them).
+const WARN_EVERY: Duration = Duration::from_secs(60);
 /// The check path under `[xuc].url` (XiVO UC API 2.0).
 const CHECK_PATH: &str = "xuc/api/2.0/auth/check";
 
@@ -65,6 +70,10 @@ struct Inner {
     up: AtomicBool,
     /// The reachability probe runs (once per `Xuc`, whatever the reloads that keep it).
     probing: AtomicBool,
+    /// A vouched token is kept no longer than this (`tokens.max_session`), whatever it says.
+    max_lifetime: Duration,
+    /// When an unexpected answer was last logged, in seconds since the epoch.
+    warned_at: AtomicU64,
 }
 
 impl std::fmt::Debug for Inner {
@@ -121,8 +130,10 @@ struct CheckAnswer {
 /// Why a check did not end in an answer; cloned to every request that waited for it.
 #[derive(Debug, Clone)]
 enum Failure {
-    /// xuc unreachable, too slow, or answering something else than a check answer.
-    Unavailable,
+    /// xuc unreachable, too slow, failing (5xx): `reached` false, and xuc counts as down; or
+    /// answering something else than a check answer (a 404 of a wrong URL, a 429, a garbled
+    /// body): `reached` true.
+    Unavailable { reached: bool },
     /// The client address spent its remote checks of this second.
     Limited,
     /// The directory could not give the profile.
@@ -132,7 +143,7 @@ enum Failure {
 impl From<Failure> for GateError {
     fn from(f: Failure) -> Self {
         match f {
-            Failure::Unavailable => GateError::XucUnavailable,
+            Failure::Unavailable { .. } => GateError::XucUnavailable,
             Failure::Limited => GateError::TooManyAttempts(1),
             Failure::Directory(e) => e,
         }
@@ -140,8 +151,9 @@ impl From<Failure> for GateError {
 }
 
 impl Xuc {
-    /// The check URL and the pooled client (with `ca_bundle`'s CAs, if set).
-    pub fn load(config: &XucConfig) -> Result<Self, String> {
+    /// The check URL and the pooled client (with `ca_bundle`'s CAs, if set). A vouched token
+    /// is kept `max_lifetime` at most (`tokens.max_session`).
+    pub fn load(config: &XucConfig, max_lifetime: Duration) -> Result<Self, String> {
         let check_url = config
             .url
             .join(CHECK_PATH)
@@ -169,6 +181,8 @@ impl Xuc {
                 hashers: Default::default(),
                 up: AtomicBool::new(true),
                 probing: AtomicBool::new(false),
+                max_lifetime,
+                warned_at: AtomicU64::new(0),
                 config: config.clone(),
             }),
         })
@@ -199,8 +213,8 @@ impl Xuc {
         directory: &dyn Directory,
     ) -> Result<Arc<Claims>, GateError> {
         let inner = &*self.inner;
-        // Only what can be a bearer token goes to xuc (RFC 6750 §2.1 b64token).
-        if !is_bearer_token(token) {
+        // Only what can be an xuc token goes to xuc (RFC 6750 §2.1 b64token, not too long).
+        if !is_bearer_token(token) || token.len() > MAX_TOKEN {
             return Err(GateError::TokenInvalid);
         }
         let key = inner.key(token);
@@ -298,8 +312,29 @@ impl Inner {
         metrics().xuc_up.set(i64::from(up));
     }
 
-    /// Takes one remote check from `client`'s budget of this second.
+    /// Logs an unexpected answer of xuc, at most once every [`WARN_EVERY`].
+    fn warn(&self, what: &str) {
+        let now = unix_now();
+        let last = self.warned_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= WARN_EVERY.as_secs()
+            && self
+                .warned_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(url = %self.config.url, "xuc {what} (said at most once a minute)");
+        } else {
+            tracing::debug!(url = %self.config.url, "xuc {what}");
+        }
+    }
+
+    /// Takes one remote check from `client`'s budget of this second. IPv6 clients are counted
+    /// by their /64, which one host commonly holds whole.
     fn spend(&self, client: IpAddr) -> bool {
+        let client = match client {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+            v4 => v4,
+        };
         let count = self.budget.get_with(client, || Arc::new(AtomicU32::new(0)));
         count.fetch_add(1, Ordering::Relaxed) < CHECKS_PER_SECOND
     }
@@ -321,10 +356,14 @@ impl Inner {
         metrics()
             .xuc_check_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.set_up(!matches!(outcome, Err(Failure::Unavailable)));
+        self.set_up(!matches!(
+            outcome,
+            Err(Failure::Unavailable { reached: false })
+        ));
         let answer = match outcome {
-            Ok(Some(answer)) => answer,
-            Ok(None) => {
+            // A token with no life left is no token.
+            Ok(Some(answer)) if answer.ttl != Some(0) => answer,
+            Ok(_) => {
                 metrics().xuc_check("refused");
                 return Ok(Answer::Refused);
             }
@@ -351,7 +390,8 @@ impl Inner {
         let exp = jwt_exp(token)
             .filter(|&exp| exp > now)
             .or_else(|| answer.ttl.map(|ttl| now.saturating_add(ttl)))
-            .unwrap_or(now.saturating_add(self.config.check_cache.as_secs()));
+            .unwrap_or(now.saturating_add(self.config.check_cache.as_secs()))
+            .min(now.saturating_add(self.max_lifetime.as_secs()));
         let left = Duration::from_secs(exp.saturating_sub(now));
         let ttl = answer.ttl.map_or(left, Duration::from_secs);
         Ok(Answer::Vouched(Arc::new(Vouched {
@@ -375,24 +415,41 @@ impl Inner {
             .map_err(|e| {
                 // reqwest's errors name the URL, which holds no token (the token is a header).
                 tracing::debug!(error = %e, "xuc check failed");
-                Failure::Unavailable
+                Failure::Unavailable { reached: false }
             })?;
+        let garbled = Failure::Unavailable { reached: true };
         match response.status() {
             StatusCode::OK => {}
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Ok(None),
+            // Refused; or a request xuc cannot take (a token too large for its limits): the
+            // token is bad, xuc is fine.
+            StatusCode::UNAUTHORIZED
+            | StatusCode::FORBIDDEN
+            | StatusCode::BAD_REQUEST
+            | StatusCode::URI_TOO_LONG
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => return Ok(None),
+            status if status.is_server_error() => {
+                self.warn(&format!("fails: it answered a check {status}"));
+                return Err(Failure::Unavailable { reached: false });
+            }
             status => {
-                tracing::warn!(%status, "xuc answered a check with an unexpected status");
-                return Err(Failure::Unavailable);
+                self.warn(&format!(
+                    "answered a check {status}: is [xuc].url the xuc's address?"
+                ));
+                return Err(garbled);
             }
         }
-        let body = read_bounded(response).await?;
-        let answer: CheckAnswer = serde_json::from_slice(&body).map_err(|_| {
-            tracing::warn!("xuc's check answer is not {{\"login\", \"token\", \"TTL\"}}");
-            Failure::Unavailable
-        })?;
+        let Ok(body) = read_bounded(response).await else {
+            self.warn("sent a check answer too large or cut off");
+            return Err(garbled);
+        };
+        let Ok(answer) = serde_json::from_slice::<CheckAnswer>(&body) else {
+            self.warn("answered a check with something else than {\"login\", \"token\", \"TTL\"}");
+            return Err(garbled);
+        };
         if !is_login(&answer.login) {
-            tracing::warn!("xuc's check answer names no usable login");
-            return Err(Failure::Unavailable);
+            self.warn("answered a check naming no usable login");
+            return Err(garbled);
         }
         Ok(Some(answer))
     }
@@ -414,11 +471,11 @@ fn is_bearer_token(token: &str) -> bool {
 }
 
 /// Reads at most [`MAX_ANSWER`] bytes.
-async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, Failure> {
+async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, ()> {
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|_| Failure::Unavailable)? {
+    while let Some(chunk) = response.chunk().await.map_err(|_| ())? {
         if body.len() + chunk.len() > MAX_ANSWER {
-            return Err(Failure::Unavailable);
+            return Err(());
         }
         body.extend_from_slice(&chunk);
     }
