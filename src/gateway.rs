@@ -188,7 +188,12 @@ fn admit<'r>(
     let origin = state.trust.origin(conn.remote.ip(), &parts.headers);
     log.client = Some(origin.client);
     if !METHODS.contains(&parts.method) {
-        return Err(GateError::MethodNotAllowed(ALLOW));
+        // The operator's listener serves only GET and HEAD endpoints: say so.
+        let allow = match conn.listener {
+            Listener::Admin => "GET, HEAD",
+            Listener::Public | Listener::Everything => ALLOW,
+        };
+        return Err(GateError::MethodNotAllowed(allow));
     }
     // hyper decodes `chunked` and ucgate re-frames the body; any other coding would be
     // dropped on the way (Transfer-Encoding is hop-by-hop), so refuse it (RFC 9112 §6.1).

@@ -1215,6 +1215,16 @@ async fn the_operators_listener_alone_serves_metrics_and_health() {
         1,
         "nothing forwarded from the operator's listener"
     );
+    // Its methods are GET and HEAD, whatever the method refused.
+    for method in ["POST", "TRACE"] {
+        let response = client()
+            .request(method.parse().unwrap(), plain("/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["allow"], "GET, HEAD", "{method}");
+        assert_error(response, 405, "MethodNotAllowed").await;
+    }
     // It is plain HTTP: a TLS client gets no answer there.
     let tls_on_admin = public.get(format!("https://{admin}/metrics")).send().await;
     assert!(tls_on_admin.is_err(), "{tls_on_admin:?}");
