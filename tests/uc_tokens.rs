@@ -162,15 +162,6 @@ async fn token_for(gate: &Ucgate, login: &str, password: &str) -> String {
     answer["token"].as_str().unwrap().to_owned()
 }
 
-async fn get(gate: &Ucgate, path: &str, token: &str) -> reqwest::Response {
-    client()
-        .get(gate.url(path))
-        .header("X-Auth-Token", token)
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn check(gate: &Ucgate, token: &str) -> reqwest::Response {
     get(gate, CHECK, token).await
 }

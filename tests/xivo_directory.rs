@@ -56,15 +56,6 @@ async fn token(gate: &Ucgate, user: &str, password: &str) -> String {
     body["token"].as_str().unwrap().to_owned()
 }
 
-async fn get(gate: &Ucgate, path: &str, token: &str) -> reqwest::Response {
-    client()
-        .get(gate.url(path))
-        .header(X_AUTH_TOKEN, token)
-        .send()
-        .await
-        .unwrap()
-}
-
 /// Whether `path` answers `status` to `token` within 6 s (several `recheck`s), asking every
 /// 100 ms.
 async fn answers(gate: &Ucgate, path: &str, token: &str, status: u16) -> bool {

@@ -84,15 +84,6 @@ async fn login(issuer: &Ucgate, login: &str) -> String {
     body["token"].as_str().unwrap().to_owned()
 }
 
-async fn get(gate: &Ucgate, path: &str, token: &str) -> reqwest::Response {
-    client()
-        .get(gate.url(path))
-        .header(X_AUTH_TOKEN, token)
-        .send()
-        .await
-        .unwrap()
-}
-
 /// The checks the stand-in answered with a token (its reachability probes carry none).
 fn remote_checks(xuc: &Ucgate) -> usize {
     xuc.access_log()

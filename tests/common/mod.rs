@@ -1159,6 +1159,16 @@ pub async fn eventually(mut done: impl FnMut() -> bool) -> bool {
     true
 }
 
+/// A GET of `path` with `token` in `X-Auth-Token`.
+pub async fn get(gate: &Ucgate, path: &str, token: &str) -> reqwest::Response {
+    client()
+        .get(gate.url(path))
+        .header(X_AUTH_TOKEN, token)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// A loopback port free now (for a server that must come back on the same port).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
