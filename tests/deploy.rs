@@ -1101,6 +1101,8 @@ async fn every_metric_the_dashboard_queries_is_one_ucgate_exports() {
         "ucgate_cluster_reconnects_total",
         "ucgate_cluster_errors_total",
         "ucgate_directory_up",
+        "ucgate_xuc_up",
+        "ucgate_xuc_checks_total",
     ] {
         assert!(
             queried.contains(needed),
@@ -1108,7 +1110,7 @@ async fn every_metric_the_dashboard_queries_is_one_ucgate_exports() {
         );
     }
 
-    // A ucgate with every kind of metric: [tokens], XiVO's database and [cluster], both
+    // A ucgate with every kind of metric: [tokens], XiVO's database, [cluster] and [xuc], all
     // unreachable (it starts degraded), a route to a real upstream.
     let up = Upstream::start().await;
     let nowhere = closed_url();
@@ -1118,6 +1120,7 @@ async fn every_metric_the_dashboard_queries_is_one_ucgate_exports() {
             "[tokens]\n\n[users]\ndatabase_url_env = \"XIVO_DB_URL\"\ntimeout = \"1s\"\n\n\
              [cluster]\nredis_url_env = \"UCGATE_REDIS_URL\"\ntimeout = \"100ms\"",
         )
+        .raw(&format!("[xuc]\nurl = \"http://{nowhere}\"\ntimeout = \"1s\""))
         .route(route("configmgt", "/configmgt/", &up.url()).accept(&["shared", "uc"]))
         .build();
     let gate = Ucgate::builder(config)
@@ -1139,13 +1142,21 @@ async fn every_metric_the_dashboard_queries_is_one_ucgate_exports() {
         .await
         .unwrap();
     assert_eq!(proxied.status(), 200);
+    // Not even a bearer token: refused here, never asked at xuc.
     let refused = http
         .get(gate.url("/configmgt/x"))
-        .header(X_AUTH_TOKEN, "not-a-token")
+        .header(X_AUTH_TOKEN, "not a token")
         .send()
         .await
         .unwrap();
     assert_eq!(refused.status(), 401);
+    let unchecked = http
+        .get(gate.url("/configmgt/x"))
+        .header(X_AUTH_TOKEN, "maybe-an-xuc-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unchecked.status(), 503);
     let exchange = http
         .post(gate.url("/xuc/api/2.0/auth/login"))
         .json(&serde_json::json!({"login": "alice", "password": "wrong"}))
