@@ -1120,7 +1120,9 @@ async fn every_metric_the_dashboard_queries_is_one_ucgate_exports() {
             "[tokens]\n\n[users]\ndatabase_url_env = \"XIVO_DB_URL\"\ntimeout = \"1s\"\n\n\
              [cluster]\nredis_url_env = \"UCGATE_REDIS_URL\"\ntimeout = \"100ms\"",
         )
-        .raw(&format!("[xuc]\nurl = \"http://{nowhere}\"\ntimeout = \"1s\""))
+        .raw(&format!(
+            "[xuc]\nurl = \"http://{nowhere}\"\ntimeout = \"1s\""
+        ))
         .route(route("configmgt", "/configmgt/", &up.url()).accept(&["shared", "uc"]))
         .build();
     let gate = Ucgate::builder(config)
