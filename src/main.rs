@@ -192,7 +192,7 @@ fn print_config(state: &State) {
     }
     if let Some(xuc) = &config.xuc {
         println!(
-            "xuc: tokens checked at {}, check_cache {}, negative_cache {}, timeout {}, profiles from {:?}",
+            "xuc: tokens checked at {}, check_cache {}, negative_cache {}, timeout {}, profiles from {}",
             xuc.url.as_str().trim_end_matches('/'),
             humantime::format_duration(xuc.check_cache),
             humantime::format_duration(xuc.negative_cache),

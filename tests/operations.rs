@@ -1317,6 +1317,7 @@ fn the_deploy_example_config_is_valid() {
         "/configmgt/",
         "recording",
         "/recording/",
+        "admin_listen: 127.0.0.1:9090 (metrics, health; not on listen)",
     ] {
         assert!(stdout.contains(needle), "no {needle:?} in\n{stdout}");
     }

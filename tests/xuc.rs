@@ -427,10 +427,18 @@ fn xuc_needs_uc_tokens() {
         "{}",
         out.stderr
     );
-    let config = ConfigBuilder::new()
+    let valid = ConfigBuilder::new()
         .route(route("open", "/open/", &closed_url()))
-        .raw("[tokens]\n[users]\nfile = \"users.toml\"\n[xuc]\nurl = \"http://127.0.0.1:8090/xuc\"")
+        .raw("[tokens]\n[users]\nfile = \"users.toml\"\n[xuc]\nurl = \"http://127.0.0.1:8090\"")
         .build();
+    let out = Ucgate::builder(valid.clone())
+        .env("UCGATE_SIGNING_KEY", GATE_KEY)
+        .file("users.toml", "")
+        .run(&["check-config"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let described = "xuc: tokens checked at http://127.0.0.1:8090, check_cache 30s, negative_cache 5s, timeout 2s, profiles from directory";
+    assert!(out.stdout.contains(described), "{}", out.stdout);
+    let config = valid.replace("8090\"", "8090/xuc\"");
     let out = Ucgate::builder(config)
         .env("UCGATE_SIGNING_KEY", GATE_KEY)
         .file("users.toml", "")
