@@ -228,3 +228,45 @@ fn the_example_script_runs_what_it_prints_and_stops_on_ctrl_c() {
         assert!(!log.contains(secret), "a secret in the log:\n{log}");
     }
 }
+
+/// The README's quick start shows the lines the script prints: the same steps, the same
+/// requests, so that one cannot change without the other.
+#[test]
+fn the_readme_quick_start_follows_the_printed_lines() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let quick = between(&readme, "## Quick start", "\n## ").expect("a Quick start section");
+    let script = std::fs::read_to_string(root.join("scripts/run-example.sh")).unwrap();
+    let printed = between(&script, "----- try it -----\n", "----- end -----").unwrap();
+    let steps = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.trim_start().strip_prefix("# "))
+            .filter_map(|l| l.split_once(". ").map(|(n, _)| n.to_owned()))
+            .filter(|n| n.parse::<u32>().is_ok())
+            .collect()
+    };
+    assert_eq!(steps(quick), steps(printed), "the numbered steps differ");
+    // Every request the script prints, by method and path, is in the README.
+    let mut checked = 0;
+    for line in printed.lines().filter(|l| l.contains("curl ")) {
+        for word in line.split_whitespace() {
+            // `$GATE/path` or `http://127.0.0.1:$ADMIN_PORT/path`.
+            let Some(path) = ["$GATE", "_PORT"]
+                .iter()
+                .find_map(|base| word.split_once(base))
+                .map(|(_, path)| path.trim_end_matches(';').to_owned())
+            else {
+                continue;
+            };
+            checked += 1;
+            assert!(
+                quick.contains(&path),
+                "{path} is printed, not in the README"
+            );
+        }
+        if line.contains("-X POST") {
+            assert!(quick.contains("-X POST"), "{line}");
+        }
+    }
+    assert!(checked >= 8, "only {checked} requests found in the script");
+}
