@@ -340,14 +340,7 @@ async fn redis_down_under_load_loses_no_request_and_no_revocation() {
 async fn wait_degraded(gate: &Ucgate) {
     let deadline = Instant::now() + BOUND;
     loop {
-        let r: Value = client()
-            .get(gate.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = readyz(gate).await;
         if r["down"]
             .as_array()
             .is_some_and(|d| d.contains(&json!("redis")))
@@ -437,14 +430,8 @@ fn doctor_reports_redis_without_its_password() {
         "EX",
         "60",
     ]);
-    let env = tempfile::tempdir().unwrap();
-    let custom_env = env.path().join("custom.env");
     // A sound shared token, so that the exit code is Redis's.
-    std::fs::write(
-        &custom_env,
-        "PLAY_AUTH_TOKEN=Zq7vK2mX9pL4wR8tY3nB6cF1hJ5dG0sA\n",
-    )
-    .unwrap();
+    let (_env, custom_env) = sound_custom_env();
     let url = redis.url();
     let doctor = || {
         Ucgate::builder(config("http://127.0.0.1:9", ""))

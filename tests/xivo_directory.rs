@@ -333,15 +333,7 @@ async fn ldap_checks_the_passwords_of_xivo_s_users() {
     )
     .await;
     assert_eq!(get(&gate, "/agents/x", &alice).await.status(), 200);
-    let body: serde_json::Value = client()
-        .get(gate.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(body["down"], serde_json::json!(["ldap"]));
+    assert_eq!(readyz(&gate).await["down"], serde_json::json!(["ldap"]));
     slapd.restart();
     token(&gate, "alice", "alice-new-ldap-pw").await;
     let logs = gate.logs();
@@ -452,13 +444,7 @@ fn doctor_reports_the_database_and_the_ldap_manager() {
     add_xivo_user(&pg, "noprofile", "x", true, None);
     let slapd = Slapd::start(&[("alice", "alice-ldap-pw")]);
     // A sound shared token, so that the exit code is the directory's.
-    let env = tempfile::tempdir().unwrap();
-    let custom_env = env.path().join("custom.env");
-    std::fs::write(
-        &custom_env,
-        "PLAY_AUTH_TOKEN=Zq7vK2mX9pL4wR8tY3nB6cF1hJ5dG0sA\n",
-    )
-    .unwrap();
+    let (_env, custom_env) = sound_custom_env();
     let url = pg.url();
     let doctor = |manager_password: &str| {
         Ucgate::builder(config("http://127.0.0.1:9", &ldap_section(&slapd)))

@@ -476,14 +476,8 @@ async fn a_reload_keeps_what_xuc_answered() {
 async fn doctor_says_whether_xuc_answers() {
     let port = free_port();
     let mut xuc = stand_in(port).await;
-    let env = tempfile::tempdir().unwrap();
-    let custom_env = env.path().join("custom.env");
     // A sound shared token, so that the exit code is xuc's.
-    std::fs::write(
-        &custom_env,
-        "PLAY_AUTH_TOKEN=Zq7vK2mX9pL4wR8tY3nB6cF1hJ5dG0sA\n",
-    )
-    .unwrap();
+    let (_env, custom_env) = sound_custom_env();
     let doctor = move || {
         let config = ConfigBuilder::new()
             .route(route("open", "/open/", &closed_url()).accept(&["uc"]))
@@ -531,27 +525,13 @@ async fn what_a_misbehaving_xuc_says_is_not_believed_blindly() {
             xuc
         }
     };
-    let ready = |gate: &Ucgate| {
-        let url = gate.url("/readyz");
-        async move {
-            let body: Value = client()
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            body
-        }
-    };
     let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl";
 
     // 431: the token is refused; xuc is up.
     let xuc = answer(431, "").await;
     let gate = gate(&up, &xuc.url(), "").await;
     assert_error(get(&gate, "/open/x", token).await, 401, "TokenInvalid").await;
-    assert_eq!(ready(&gate).await, json!({"status": "ready"}));
+    assert_eq!(readyz(&gate).await, json!({"status": "ready"}));
 
     // A token longer than any xuc token is not even sent.
     let long = "a".repeat(5000);
@@ -569,7 +549,7 @@ async fn what_a_misbehaving_xuc_says_is_not_believed_blindly() {
         let response = get(&gate, "/open/x", &format!("{token}{i}")).await;
         assert_error(response, 503, "XucUnavailable").await;
     }
-    assert_eq!(ready(&gate).await, json!({"status": "ready"}));
+    assert_eq!(readyz(&gate).await, json!({"status": "ready"}));
     gate.wait_log("is [xuc].url the xuc's address?").await;
     let warnings = gate
         .logs()
@@ -582,7 +562,7 @@ async fn what_a_misbehaving_xuc_says_is_not_believed_blindly() {
     let xuc = answer(500, "").await;
     let gate = self::gate(&up, &xuc.url(), "").await;
     assert_error(get(&gate, "/open/x", token).await, 503, "XucUnavailable").await;
-    let body = ready(&gate).await;
+    let body = readyz(&gate).await;
     assert_eq!(body, json!({"status": "degraded", "down": ["xuc"]}));
 
     // A login that cannot be a header: 503, nothing forwarded.

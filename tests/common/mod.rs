@@ -1169,6 +1169,28 @@ pub async fn get(gate: &Ucgate, path: &str, token: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// A custom.env (in a temporary folder, kept while the `TempDir` lives) defining a sound
+/// `PLAY_AUTH_TOKEN`, made now by ucgate's own generator: `doctor` then judges only what a test
+/// is about.
+pub fn sound_custom_env() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("custom.env");
+    std::fs::write(&file, format!("PLAY_AUTH_TOKEN={}\n", ucgate::new_token())).unwrap();
+    (dir, file)
+}
+
+/// The JSON body of `/readyz`, whatever its status.
+pub async fn readyz(gate: &Ucgate) -> serde_json::Value {
+    client()
+        .get(gate.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// A loopback port free now (for a server that must come back on the same port).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
