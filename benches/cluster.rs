@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use redis_support::Redis;
-use support::{agent_token, load, status};
+use support::{agent_token, agent_users, load, status};
 
 const SIGNING_KEY: &str = "bench-cluster-signing-key-0123456789abcdef";
 const LOGOUTS: usize = 1000;
@@ -52,22 +52,10 @@ async fn start(upstream: &str, cluster: bool, redis: &Redis, users: &str) -> Ucg
 }
 
 fn main() {
-    // `cargo nextest run --all-targets` lists bench targets: this one has no test.
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
+    support::run(async {
         let redis = Redis::start();
         let hash = String::from_utf8(hash_password_run("password\n").stdout).unwrap();
-        let users: String = (0..LOGOUTS.max(TOKENS))
-            .map(|n| {
-                format!(
-                    "[[user]]\nlogin = \"agent{n}\"\npassword_hash = \"{}\"\ncti_enabled = true\nprofile = \"agent\"\n",
-                    hash.trim()
-                )
-            })
-            .collect();
+        let users = agent_users(&hash, LOGOUTS.max(TOKENS));
         let up = Upstream::start().await;
 
         println!("| UC-token requests, {TOKENS} tokens, 16 clients | per second | p50 | p99 |");
@@ -78,7 +66,9 @@ fn main() {
                 let gate = start(&up.url(), cluster, &redis, &users).await;
                 let mut tokens = Vec::new();
                 for n in 0..TOKENS {
-                    tokens.push(agent_token(&client(), &gate.url("/xuc/api/2.0/auth/login"), n).await);
+                    tokens.push(
+                        agent_token(&client(), &gate.url("/xuc/api/2.0/auth/login"), n).await,
+                    );
                 }
                 let (url, tokens, client) = (gate.url("/api/x"), Arc::new(tokens), client());
                 let request = move |i: usize| {
@@ -87,7 +77,9 @@ fn main() {
                 };
                 let (rate, p50, p99) = load(16, request).await;
                 let what = if cluster { "on" } else { "off" };
-                println!("| `[cluster]` {what}, round {round} | {rate:.0} | {p50:.2?} | {p99:.2?} |");
+                println!(
+                    "| `[cluster]` {what}, round {round} | {rate:.0} | {p50:.2?} | {p99:.2?} |"
+                );
             }
         }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::*;
 use directory_support::Postgres;
-use support::load;
+use support::{agent_users, load};
 
 const SIGNING_KEY: &str = "bench-logins-signing-key-0123456789abcdef";
 const USERS: usize = 200;
@@ -73,12 +73,7 @@ fn password(n: usize) -> String {
 }
 
 fn main() {
-    // `cargo nextest run --all-targets` lists bench targets: this one has no test.
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
+    support::run(async {
         let pg = Postgres::start();
         let mut sql = String::from("INSERT INTO cti_profile (name) VALUES ('agent');\n");
         for n in 0..USERS {
@@ -90,13 +85,7 @@ fn main() {
         }
         pg.execute(&sql);
         let hash = String::from_utf8(hash_password_run("password-0\n").stdout).unwrap();
-        let mut users_file = String::new();
-        for n in 0..USERS {
-            users_file.push_str(&format!(
-                "[[user]]\nlogin = \"agent{n}\"\npassword_hash = \"{}\"\ncti_enabled = true\nprofile = \"agent\"\n",
-                hash.trim()
-            ));
-        }
+        let users_file = agent_users(&hash, USERS);
         let up = Upstream::start().await;
         println!("| measure | per second | p50 | p99 |\n|---|---:|---:|---:|");
         let row = |what: &str, (rate, p50, p99): (f64, Duration, Duration)| {
@@ -110,7 +99,12 @@ fn main() {
             load(8, login_request(&gate, password)).await,
         );
         drop(gate);
-        let gate = start(gate_config(&up.url(), "file = \"users.toml\""), &pg, &users_file).await;
+        let gate = start(
+            gate_config(&up.url(), "file = \"users.toml\""),
+            &pg,
+            &users_file,
+        )
+        .await;
         row(
             "logins, users file (argon2id), 8 clients",
             load(8, login_request(&gate, |_| "password-0".into())).await,
@@ -128,7 +122,9 @@ fn main() {
             for n in 0..USERS {
                 let response = client()
                     .post(gate.url("/xuc/api/2.0/auth/login"))
-                    .json(&serde_json::json!({"login": format!("agent{n}"), "password": password(n)}))
+                    .json(
+                        &serde_json::json!({"login": format!("agent{n}"), "password": password(n)}),
+                    )
                     .send()
                     .await
                     .unwrap();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use support::{agent_token, load, status};
+use support::{agent_token, agent_users, load, status};
 
 const XUC_KEY: &str = "bench-xuc-stand-in-key-0123456789abcdef012";
 const GATE_KEY: &str = "bench-xuc-ucgate-key-0123456789abcdef0123";
@@ -24,14 +24,7 @@ const PACE: Duration = Duration::from_millis(60);
 
 fn users() -> String {
     let hash = String::from_utf8(hash_password_run("password\n").stdout).unwrap();
-    (0..TOKENS + COLD)
-        .map(|n| {
-            format!(
-                "[[user]]\nlogin = \"agent{n}\"\npassword_hash = \"{}\"\ncti_enabled = true\nprofile = \"agent\"\n",
-                hash.trim()
-            )
-        })
-        .collect()
+    agent_users(&hash, TOKENS + COLD)
 }
 
 async fn start(config: String, key: &str, users: &str) -> Ucgate {
@@ -44,12 +37,7 @@ async fn start(config: String, key: &str, users: &str) -> Ucgate {
 }
 
 fn main() {
-    // `cargo nextest run --all-targets` lists bench targets: this one has no test.
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
+    support::run(async {
         let users = users();
         let up = Upstream::start().await;
         let login_only =

@@ -31,6 +31,9 @@ pub enum Endpoint {
     Oidc,
 }
 
+/// The `Allow` of the GET endpoints, the operator's among them.
+pub const GET_ALLOW: &str = "GET, HEAD";
+
 impl Endpoint {
     /// The operator's endpoints (health, readiness, metrics): on `server.admin_listen` when
     /// it is set.
@@ -59,7 +62,7 @@ impl Endpoint {
         const POST: &[http::Method] = &[http::Method::POST];
         match self {
             Endpoint::Health | Endpoint::Ready | Endpoint::Metrics | Endpoint::Check => {
-                (GET, "GET, HEAD")
+                (GET, GET_ALLOW)
             }
             Endpoint::Sso | Endpoint::Cas | Endpoint::Oidc => (&[http::Method::GET], "GET"),
             Endpoint::Login | Endpoint::Logout => (POST, "POST"),
@@ -69,10 +72,7 @@ impl Endpoint {
     /// The methods a browser of the `[cors]` origins may use here: the UC API's endpoints
     /// answer web clients; health, readiness and metrics are for operators.
     pub fn cors_methods(self) -> Option<&'static str> {
-        match self {
-            Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => None,
-            _ => Some(self.allowed().1),
-        }
+        (!self.is_operational()).then(|| self.allowed().1)
     }
 
     fn name(self) -> &'static str {

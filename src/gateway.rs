@@ -190,7 +190,7 @@ fn admit<'r>(
     if !METHODS.contains(&parts.method) {
         // The operator's listener serves only GET and HEAD endpoints: say so.
         let allow = match conn.listener {
-            Listener::Admin => "GET, HEAD",
+            Listener::Admin => crate::endpoints::GET_ALLOW,
             Listener::Public | Listener::Everything => ALLOW,
         };
         return Err(GateError::MethodNotAllowed(allow));

@@ -66,3 +66,25 @@ pub async fn status(client: &reqwest::Client, url: &str, token: &str) -> u16 {
         .status()
         .as_u16()
 }
+
+/// Runs a bench's `body` on a tokio runtime; nothing under `--list`, as `cargo nextest run
+/// --all-targets` lists bench targets, which have no test.
+pub fn run(body: impl Future<Output = ()>) {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    tokio::runtime::Runtime::new().unwrap().block_on(body);
+}
+
+/// A users file of `agent0` .. `agent{count - 1}`, CTI login enabled, profile `agent`, all
+/// with the password whose argon2 hash is `hash`.
+pub fn agent_users(hash: &str, count: usize) -> String {
+    (0..count)
+        .map(|n| {
+            format!(
+                "[[user]]\nlogin = \"agent{n}\"\npassword_hash = \"{}\"\ncti_enabled = true\nprofile = \"agent\"\n",
+                hash.trim()
+            )
+        })
+        .collect()
+}

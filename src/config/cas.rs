@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
-use super::duration;
+use super::{duration, within};
 
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -86,12 +86,7 @@ impl RawCas {
             Some(name) => login_attribute(name).map_err(|e| format!("login_attribute: {e}"))?,
             None => None,
         };
-        if self.timeout.is_zero() || self.timeout > MAX_TIMEOUT {
-            return Err(format!(
-                "timeout: must be more than 0 and at most {}",
-                humantime::format_duration(MAX_TIMEOUT)
-            ));
-        }
+        within("timeout", self.timeout, false, MAX_TIMEOUT)?;
         Ok(CasConfig {
             server,
             allowed_services,

@@ -126,6 +126,23 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
 }
 
+/// Checks that the duration `key` is `value` at most `max`, and more than zero unless
+/// `zero_allowed`: "KEY: must be more than 0 and at most 1m" otherwise.
+fn within(key: &str, value: Duration, zero_allowed: bool, max: Duration) -> Result<(), String> {
+    if (value.is_zero() && !zero_allowed) || value > max {
+        let low = if zero_allowed {
+            "at least 0"
+        } else {
+            "more than 0"
+        };
+        return Err(format!(
+            "{key}: must be {low} and at most {}",
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(())
+}
+
 fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     duration(d).map(Some)
 }

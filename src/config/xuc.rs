@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
-use super::duration;
+use super::{duration, within};
 
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest reuse of a positive answer: a logout at xuc must be honoured in reasonable time.
@@ -78,20 +78,6 @@ impl RawXuc {
     /// with the key within the section (`url: ...`).
     pub(super) fn validate(self, base: &Path) -> Result<XucConfig, String> {
         let url = xuc_url(&self.url).map_err(|e| format!("url: {e}"))?;
-        let within = |key: &str, value: Duration, min_zero: bool, max: Duration| {
-            if (value.is_zero() && !min_zero) || value > max {
-                let low = if min_zero {
-                    "at least 0"
-                } else {
-                    "more than 0"
-                };
-                return Err(format!(
-                    "{key}: must be {low} and at most {}",
-                    humantime::format_duration(max)
-                ));
-            }
-            Ok(())
-        };
         within("check_cache", self.check_cache, false, MAX_CHECK_CACHE)?;
         within(
             "negative_cache",
