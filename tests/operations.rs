@@ -599,8 +599,17 @@ async fn both_tokens_open_routes_during_a_rotation_and_upstreams_get_the_new_one
 // 4. doctor
 // ---------------------------------------------------------------------------------------------
 
-const STRONG: &str = "Zk3q-9Lm_x7VtR2pW8sN4bY6cH1dJ5fG0aQe";
-const STRONG_OTHER: &str = "Pq8w_2Er-T5yU9iO3pA7sD1fG6hJ4kL0zXc";
+/// Two sound shared tokens, made at run time by ucgate's own generator: no token-like value
+/// sits in the repository.
+fn strong() -> &'static str {
+    static TOKEN: std::sync::LazyLock<String> = std::sync::LazyLock::new(ucgate::new_token);
+    &TOKEN
+}
+
+fn strong_other() -> &'static str {
+    static TOKEN: std::sync::LazyLock<String> = std::sync::LazyLock::new(ucgate::new_token);
+    &TOKEN
+}
 const WEAK: &str = "changeme";
 
 struct Doctor {
@@ -643,7 +652,7 @@ fn env_line(value: &str) -> String {
 
 #[test]
 fn doctor_checks_the_shared_token_everywhere_without_printing_it() {
-    let secrets = [STRONG, STRONG_OTHER, WEAK, SHARED_TOKEN];
+    let secrets = [strong(), strong_other(), WEAK, SHARED_TOKEN];
     let check = |args: &[&str], code: i32, needles: &[&str]| {
         let d = doctor(args);
         assert_eq!(d.code, Some(code), "{args:?}:\n{}", d.output);
@@ -664,15 +673,19 @@ fn doctor_checks_the_shared_token_everywhere_without_printing_it() {
         d.output
     };
 
-    let strong = env_line(STRONG);
-    let same = xivo_root(&[("xivo", &strong), ("mds", &strong), ("compose", &strong)]);
+    let strong_line = env_line(strong());
+    let same = xivo_root(&[
+        ("xivo", &strong_line),
+        ("mds", &strong_line),
+        ("compose", &strong_line),
+    ]);
     let same_root = same.path().to_str().unwrap();
     check(&["--root", same_root], 0, &["identical in the 3 file(s)"]);
 
     let differs = xivo_root(&[
-        ("xivo", &strong),
-        ("mds", &env_line(STRONG_OTHER)),
-        ("compose", &strong),
+        ("xivo", &strong_line),
+        ("mds", &env_line(strong_other())),
+        ("compose", &strong_line),
     ]);
     check(
         &["--root", differs.path().to_str().unwrap()],
@@ -705,8 +718,8 @@ fn doctor_checks_the_shared_token_everywhere_without_printing_it() {
         std::fs::write(&path, env_line(value)).unwrap();
         path.to_str().unwrap().to_owned()
     };
-    let mds2_same = write("mds2.env", STRONG);
-    let mds3_other = write("mds3.env", STRONG_OTHER);
+    let mds2_same = write("mds2.env", strong());
+    let mds3_other = write("mds3.env", strong_other());
     let out = check(
         &["--root", same_root, &mds2_same],
         0,
@@ -732,7 +745,7 @@ fn doctor_checks_the_shared_token_everywhere_without_printing_it() {
     );
 
     // Another variable name.
-    let custom = xivo_root(&[("compose", &format!("OTHER_TOKEN={STRONG}\n"))]);
+    let custom = xivo_root(&[("compose", &format!("OTHER_TOKEN={}\n", strong()))]);
     check(
         &[
             "--root",
@@ -1343,7 +1356,10 @@ fn the_deploy_example_config_is_valid() {
     assert!(example.contains("PLAY_AUTH_TOKEN="), "{example}");
     std::fs::write(
         &custom_env,
-        example.replace("PLAY_AUTH_TOKEN=", &format!("PLAY_AUTH_TOKEN={STRONG}\n#")),
+        example.replace(
+            "PLAY_AUTH_TOKEN=",
+            &format!("PLAY_AUTH_TOKEN={}\n#", strong()),
+        ),
     )
     .unwrap();
     let copied = dir.path().join("ucgate.toml");
@@ -1354,7 +1370,7 @@ fn the_deploy_example_config_is_valid() {
         stdout.contains(&format!("PLAY_AUTH_TOKEN in {}", custom_env.display())),
         "{stdout}"
     );
-    assert!(!stdout.contains(STRONG) && !stderr.contains(STRONG));
+    assert!(!stdout.contains(strong()) && !stderr.contains(strong()));
 
     // Neither: refused with exit code 2, naming the variable and the file.
     std::fs::remove_file(&custom_env).unwrap();
