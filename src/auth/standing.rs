@@ -9,8 +9,9 @@
 //! every login of the table up again every `recheck`, all at once, and writes the cells; a
 //! directory that cannot answer leaves them as they are: tokens keep working as they did.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -64,6 +65,10 @@ impl Cell {
         }
     }
 
+    fn is_refused(&self) -> bool {
+        **self.known.load() == Known::Refused
+    }
+
     /// No longer refreshed: fetch the login's cell again with [`Standing::cell`].
     pub fn is_evicted(&self) -> bool {
         self.evicted.load(Ordering::Relaxed)
@@ -72,10 +77,14 @@ impl Cell {
 
 /// The cells of the logins seen in UC tokens, refreshed from the directory. Shared by the
 /// configurations that follow one another (see [`Standing::inherit`]).
+///
+/// A plain map under a mutex rather than a moka cache: it is read once per validated token (a
+/// cache miss, beside a signature check), never per request, and the background round that
+/// sweeps it already knows which logins went idle. A moka entry cost about 250 bytes more per
+/// login (its deques, timestamps and key copies): 25 MiB with 100,000 logins.
 #[derive(Debug)]
 pub struct Standing {
-    table: moka::sync::Cache<Arc<str>, Arc<Cell>, foldhash::fast::RandomState>,
-    round: Arc<AtomicU64>,
+    table: Arc<Table>,
     /// Refresh rounds without a request after which a login leaves the table.
     idle_rounds: u64,
     recheck: Duration,
@@ -83,20 +92,36 @@ pub struct Standing {
     alive: Arc<()>,
 }
 
+#[derive(Debug)]
+struct Table {
+    cells: Mutex<HashMap<Arc<str>, Arc<Cell>, foldhash::fast::RandomState>>,
+    /// Logins held at most.
+    capacity: usize,
+    round: Arc<AtomicU64>,
+}
+
+/// What a fresh cell knows: shared by every such cell instead of one allocation each.
+static PENDING: LazyLock<Arc<Known>> = LazyLock::new(|| Arc::new(Known::Pending));
+
+impl Table {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<Cell>, foldhash::fast::RandomState>> {
+        self.cells.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 impl Standing {
     /// A table for at most `capacity` logins, each dropped after `idle` without a request (a
     /// token lives no longer than that), looked up again every `recheck` (not zero).
     pub fn new(capacity: u64, idle: Duration, recheck: Duration) -> Self {
-        let round = Arc::new(AtomicU64::new(0));
         Self {
-            table: moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                .eviction_listener(|_, cell: Arc<Cell>, _| {
-                    cell.evicted.store(true, Ordering::Relaxed);
-                })
-                .build_with_hasher(foldhash::fast::RandomState::default()),
+            table: Arc::new(Table {
+                cells: Mutex::default(),
+                capacity: usize::try_from(capacity).unwrap_or(usize::MAX).max(1),
+                round: Arc::new(AtomicU64::new(0)),
+            }),
             idle_rounds: (idle.as_secs() / recheck.as_secs().max(1)).max(1) + 1,
-            round,
             recheck,
             alive: Arc::new(()),
         }
@@ -106,33 +131,32 @@ impl Standing {
     /// was disabled.
     pub fn inherit(&mut self, old: &Standing) {
         self.table = old.table.clone();
-        self.round = old.round.clone();
     }
 
     /// The cell of `login`, made when first seen. A table look-up: once per token, when it is
     /// validated, not at each request.
     pub fn cell(&self, login: &str) -> Arc<Cell> {
-        if let Some(cell) = self.table.get(login) {
-            return cell;
+        let mut cells = self.table.lock();
+        if let Some(cell) = cells.get(login) {
+            return cell.clone();
         }
-        self.table
-            .entry(Arc::from(login))
-            .or_insert_with(|| {
-                Arc::new(Cell {
-                    known: ArcSwap::from_pointee(Known::Pending),
-                    seen: AtomicU64::new(self.round.load(Ordering::Relaxed)),
-                    evicted: AtomicBool::new(false),
-                    round: self.round.clone(),
-                })
-            })
-            .into_value()
+        if cells.len() >= self.table.capacity {
+            make_room(&mut cells, self.table.capacity);
+        }
+        let cell = Arc::new(Cell {
+            known: ArcSwap::new(PENDING.clone()),
+            seen: AtomicU64::new(self.table.round.load(Ordering::Relaxed)),
+            evicted: AtomicBool::new(false),
+            round: self.table.round.clone(),
+        });
+        cells.insert(Arc::from(login), cell.clone());
+        cell
     }
 
     /// Looks every login of the table up again, every `recheck`, until the configuration
     /// that started it is gone. Run it on the runtime.
     pub fn start(&self, directory: Arc<dyn Directory>) {
         let table = self.table.clone();
-        let round = self.round.clone();
         let idle_rounds = self.idle_rounds;
         let alive: Weak<()> = Arc::downgrade(&self.alive);
         let recheck = self.recheck;
@@ -145,7 +169,7 @@ impl Standing {
                 if alive.strong_count() == 0 {
                     return;
                 }
-                refresh(&table, &round, idle_rounds, &*directory).await;
+                refresh(&table, idle_rounds, &*directory).await;
             }
         });
     }
@@ -153,28 +177,64 @@ impl Standing {
     /// Looks every login up once, now.
     #[cfg(test)]
     async fn refresh_now(&self, directory: &dyn Directory) {
-        refresh(&self.table, &self.round, self.idle_rounds, directory).await;
+        refresh(&self.table, self.idle_rounds, directory).await;
+    }
+
+    /// Logins in the table.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.table.lock().len()
+    }
+}
+
+/// A full table drops an eighth of its logins at once (so that the next inserts find room
+/// without a sweep each): those not read in this refresh round first, then any, never a login
+/// the directory refused while another can go, since its fresh cell would let its tokens in
+/// until the next round. A dropped cell says so, and the tokens holding it fetch a new one.
+fn make_room(
+    cells: &mut HashMap<Arc<str>, Arc<Cell>, foldhash::fast::RandomState>,
+    capacity: usize,
+) {
+    let target = capacity - capacity.div_ceil(8);
+    let round = cells
+        .values()
+        .next()
+        .map_or(0, |c| c.round.load(Ordering::Relaxed));
+    let passes: [fn(&Cell, u64) -> bool; 3] = [
+        |c, round| c.seen.load(Ordering::Relaxed) < round && !c.is_refused(),
+        |c, _| !c.is_refused(),
+        |_, _| true,
+    ];
+    let mut len = cells.len();
+    for evictable in passes {
+        if len <= target {
+            break;
+        }
+        cells.retain(|_, cell| {
+            let go = len > target && evictable(cell, round);
+            if go {
+                cell.evicted.store(true, Ordering::Relaxed);
+                len -= 1;
+            }
+            !go
+        });
     }
 }
 
 /// One round: logins idle for `idle_rounds` leave the table; the others are looked up.
-async fn refresh(
-    table: &moka::sync::Cache<Arc<str>, Arc<Cell>, foldhash::fast::RandomState>,
-    round: &AtomicU64,
-    idle_rounds: u64,
-    directory: &dyn Directory,
-) {
-    let now = round.fetch_add(1, Ordering::Relaxed) + 1;
+async fn refresh(table: &Table, idle_rounds: u64, directory: &dyn Directory) {
+    let now = table.round.fetch_add(1, Ordering::Relaxed) + 1;
     let mut logins: Vec<Arc<str>> = Vec::new();
     let mut cells: Vec<Arc<Cell>> = Vec::new();
-    for (login, cell) in table.iter() {
+    table.lock().retain(|login, cell| {
         if now.saturating_sub(cell.seen.load(Ordering::Relaxed)) > idle_rounds {
-            table.invalidate(&*login);
-            continue;
+            cell.evicted.store(true, Ordering::Relaxed);
+            return false;
         }
-        logins.push((*login).clone());
-        cells.push(cell);
-    }
+        logins.push(login.clone());
+        cells.push(cell.clone());
+        true
+    });
     if logins.is_empty() {
         return;
     }
@@ -303,7 +363,6 @@ mod tests {
             assert!(!cell.is_evicted());
             standing.refresh_now(&directory).await;
         }
-        standing.table.run_pending_tasks();
         assert!(cell.is_evicted());
         // Read in every round: stays.
         let busy = standing.cell("busy");
@@ -311,8 +370,39 @@ mod tests {
             busy.verdict("agent");
             standing.refresh_now(&directory).await;
         }
-        standing.table.run_pending_tasks();
         assert!(!busy.is_evicted());
+    }
+
+    #[tokio::test]
+    async fn a_full_table_makes_room_without_forgetting_refusals() {
+        // Knows nobody yet: after a round, the four first logins are refused.
+        let directory = Changing::default();
+        let standing = Standing::new(8, Duration::from_secs(3600), Duration::from_secs(60));
+        let refused: Vec<_> = (0..4).map(|i| standing.cell(&format!("r{i}"))).collect();
+        standing.refresh_now(&directory).await;
+        let cells: Vec<_> = (0..20).map(|i| standing.cell(&format!("u{i}"))).collect();
+        assert_eq!(standing.len(), 8);
+        // Dropped cells say so (their tokens fetch a fresh one); refusals stay.
+        assert_eq!(cells.iter().filter(|c| c.is_evicted()).count(), 20 - 4);
+        for (i, cell) in refused.iter().enumerate() {
+            assert_eq!(cell.verdict("agent"), Verdict::Refused);
+            assert!(Arc::ptr_eq(cell, &standing.cell(&format!("r{i}"))));
+        }
+        assert!(Arc::ptr_eq(&cells[19], &standing.cell("u19")));
+        // A login read in this round stays before those that were not.
+        *directory.users.lock().unwrap() = (0..20)
+            .map(|i| user(&format!("u{i}"), true, Some("agent")))
+            .collect();
+        standing.refresh_now(&directory).await;
+        cells[19].verdict("agent");
+        let unread: Vec<_> = cells[..19].iter().filter(|c| !c.is_evicted()).collect();
+        assert_eq!(unread.len(), 3);
+        for i in 0..unread.len() {
+            standing.cell(&format!("new{i}"));
+            assert!(!cells[19].is_evicted(), "evicted after {i} new logins");
+        }
+        assert!(unread.iter().all(|c| c.is_evicted()));
+        assert_eq!(standing.len(), 8);
     }
 
     #[tokio::test]
