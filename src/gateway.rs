@@ -39,7 +39,7 @@ use crate::cors::Cors;
 use crate::endpoints::Endpoint;
 use crate::error::GateError;
 use crate::identity::{Asserted, Origin};
-use crate::metrics::{RouteLabels, RouteName, metrics};
+use crate::metrics::metrics;
 use crate::path::normalise_path;
 use crate::proxy::Forward;
 use crate::routes::Route;
@@ -329,13 +329,7 @@ async fn forward(
     .send(parts, body)
     .await;
     if response.is_ok() {
-        let labels = RouteLabels {
-            route: RouteName(route.name.clone()),
-        };
-        metrics()
-            .upstream_seconds
-            .get_or_create(&labels)
-            .observe(started.elapsed().as_secs_f64());
+        metrics().observe_upstream(&route.name, started.elapsed().as_secs_f64());
     }
     response
 }

@@ -50,13 +50,11 @@ impl RequestLog {
         let m = metrics();
         let credential = self.credential.unwrap_or("none");
         let route = RouteName(self.route.clone().unwrap_or_else(|| NO_ROUTE.clone()));
-        m.requests
-            .get_or_create(&RequestLabels {
-                route,
-                status: status.as_u16(),
-                credential,
-            })
-            .inc();
+        m.count_request(RequestLabels {
+            route,
+            status: status.as_u16(),
+            credential,
+        });
         if credential == "shared-previous" {
             m.shared_token_previous.inc();
         }
@@ -103,47 +101,67 @@ pub struct AccessLog<S> {
 impl<S, B, RB> tower::Service<Request<B>> for AccessLog<S>
 where
     S: tower::Service<Request<B>, Response = Response<RB>>,
-    S::Future: Send + 'static,
-    S::Error: 'static,
-    RB: 'static,
+    S::Future: Unpin,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = Logged<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let started = Instant::now();
-        let method = req.method().clone();
-        let version = req.version();
-        let future = self.inner.call(req);
-        Box::pin(async move {
-            let response = future.await?;
-            let log = response.extensions().get::<RequestLog>();
-            if let Some(log) = log {
-                log.record(response.status());
-            }
-            if tracing::enabled!(target: "ucgate::access", tracing::Level::INFO) {
-                let field = |f: fn(&RequestLog) -> Option<&str>| log.and_then(f).unwrap_or("-");
-                let client = log.and_then(|l| l.client).map(|c| c.to_string());
-                tracing::info!(
-                    target: "ucgate::access",
-                    method = %method,
-                    path = field(|l| l.path.as_deref()),
-                    route = field(|l| l.route.as_deref()),
-                    status = response.status().as_u16(),
-                    credential = field(|l| l.credential),
-                    error = field(|l| l.error),
-                    client = client.as_deref().unwrap_or("-"),
-                    version = ?version,
-                    latency_us = started.elapsed().as_micros() as u64,
-                    "request"
-                );
-            }
-            Ok(response)
-        })
+        Logged {
+            started: Instant::now(),
+            method: req.method().clone(),
+            version: req.version(),
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+/// The future of [`AccessLog`]: the inner service's (already boxed), logged when it answers.
+/// Not boxed again: a box would copy the whole request future (4 KiB) once more per request.
+pub struct Logged<F> {
+    inner: F,
+    started: Instant,
+    method: http::Method,
+    version: http::Version,
+}
+
+impl<F, RB, E> Future for Logged<F>
+where
+    F: Future<Output = Result<Response<RB>, E>> + Unpin,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let response = match Pin::new(&mut self.inner).poll(cx) {
+            Poll::Ready(Ok(response)) => response,
+            other => return other,
+        };
+        let log = response.extensions().get::<RequestLog>();
+        if let Some(log) = log {
+            log.record(response.status());
+        }
+        if tracing::enabled!(target: "ucgate::access", tracing::Level::INFO) {
+            let field = |f: fn(&RequestLog) -> Option<&str>| log.and_then(f).unwrap_or("-");
+            let client = log.and_then(|l| l.client).map(|c| c.to_string());
+            tracing::info!(
+                target: "ucgate::access",
+                method = %self.method,
+                path = field(|l| l.path.as_deref()),
+                route = field(|l| l.route.as_deref()),
+                status = response.status().as_u16(),
+                credential = field(|l| l.credential),
+                error = field(|l| l.error),
+                client = client.as_deref().unwrap_or("-"),
+                version = ?self.version,
+                latency_us = self.started.elapsed().as_micros() as u64,
+                "request"
+            );
+        }
+        Poll::Ready(Ok(response))
     }
 }
