@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Request, Response, request};
+use http::{HeaderValue, Method, Request, Response, Uri, request};
 use hyper::body::Incoming;
 
 use crate::auth::credential::Presented;
@@ -174,7 +174,7 @@ async fn process(
     let permit = authorise(route, &credential)?;
     let mut asserted = permit.asserted(&state.shared, origin, conn.tls);
     asserted.drop_authorization = presented.bearer;
-    let path_and_query = rewrite(&path, presented.query)?;
+    let path_and_query = rewrite(&parts.uri, &path, presented.query)?;
     forward(route, asserted, path_and_query, parts, body).await
 }
 
@@ -301,8 +301,19 @@ fn authorise<'c>(route: &Route, credential: &'c Credential) -> Result<Permit<'c>
     route.policy.authorize(credential)
 }
 
-/// Phase 5: the upstream target: the normalised path and the query without `token`.
-fn rewrite(path: &str, query: Option<Cow<'_, str>>) -> Result<PathAndQuery, GateError> {
+/// Phase 5: the upstream target: the normalised path and the query without `token`. When
+/// neither changed the request's own target, that target (its bytes shared, not parsed again).
+fn rewrite(
+    original: &Uri,
+    path: &str,
+    query: Option<Cow<'_, str>>,
+) -> Result<PathAndQuery, GateError> {
+    if let Some(target) = original.path_and_query()
+        && path == target.path()
+        && query.as_deref() == target.query()
+    {
+        return Ok(target.clone());
+    }
     match query {
         Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
         None => PathAndQuery::try_from(path),
