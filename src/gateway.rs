@@ -13,8 +13,8 @@
 //! 6. [`rewrite`]: the upstream target without the `token` parameter;
 //! 7. [`forward`]: the identity headers the permit asserts, the request streamed upstream and
 //!    its answer back;
-//! 8. log: what each phase learnt goes into the request's [`RequestLog`], which the access-log
-//!    layer turns into a log line and metrics.
+//! 8. log: what each phase learnt goes into the request's [`RequestLog`], which turns into a
+//!    log line and metrics once the response head is ready.
 //!
 //! Every phase returns a [`GateError`] to refuse; `handle` turns it into the JSON answer. The
 //! state is one generation, loaded once per request: a reload never changes a request halfway.
@@ -25,6 +25,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::uri::PathAndQuery;
@@ -115,6 +116,8 @@ impl Gateway {
     /// Answers one request: upstream's answer, an endpoint's, or the JSON error of the phase
     /// that refused it.
     async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let started = Instant::now();
+        let (method, version) = (req.method().clone(), req.version());
         let state = self.state();
         let mut ctx = RequestCtx::default();
         let mut response = match process(&state, req, conn, &mut ctx).await {
@@ -128,7 +131,7 @@ impl Gateway {
         if let Some(origin) = ctx.cors_origin {
             Cors::decorate(&mut response, origin);
         }
-        response.extensions_mut().insert(ctx.log);
+        ctx.log.finish(&method, version, started, response.status());
         response
     }
 }

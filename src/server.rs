@@ -19,7 +19,6 @@ use crate::client_timeouts::{self, Timeouts};
 use crate::config::ServerConfig;
 use crate::gateway::Gateway;
 use crate::state::{ConnInfo, Listener};
-use crate::telemetry::AccessLogLayer;
 
 /// Binds every configured address before anything is served, so that a port in use fails the
 /// start instead of leaving a half-listening process.
@@ -168,7 +167,6 @@ async fn serve_connection<S>(
             req
         })
         .map_response(move |response| finished.track(response))
-        .layer(AccessLogLayer)
         .service(gateway.service(conn));
     let connection = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
