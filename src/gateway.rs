@@ -28,6 +28,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use futures_util::FutureExt;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, Uri, request};
 use hyper::body::Incoming;
@@ -114,8 +115,13 @@ impl Gateway {
     }
 
     /// Answers one request: upstream's answer, an endpoint's, or the JSON error of the phase
-    /// that refused it.
-    async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    /// that refused it; never fails. Takes the gateway (a clone: two `Arc`s) so that its
+    /// future is the whole request's, boxed as it is.
+    async fn handle(
+        self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
         let (method, version) = (req.method().clone(), req.version());
         let state = self.state();
@@ -132,7 +138,7 @@ impl Gateway {
             Cors::decorate(&mut response, origin);
         }
         ctx.log.finish(&method, version, started, response.status());
-        response
+        Ok(response)
     }
 }
 
@@ -325,27 +331,28 @@ fn rewrite(
 }
 
 /// Phase 6: upstream and back with the headers the permit asserts, timed for
-/// `ucgate_upstream_response_seconds`.
-async fn forward(
-    route: &Route,
-    asserted: Asserted<'_>,
+/// `ucgate_upstream_response_seconds`. A combinator, not an `async fn`: a future of its own
+/// would hold the forwarder's whole future again, copied once more per request.
+fn forward<'a>(
+    route: &'a Route,
+    asserted: Asserted<'a>,
     path_and_query: PathAndQuery,
     parts: request::Parts,
     body: Incoming,
-) -> Result<Response<Body>, GateError> {
-    let started = std::time::Instant::now();
-    let response = Forward {
+) -> impl Future<Output = Result<Response<Body>, GateError>> + 'a {
+    let started = Instant::now();
+    Forward {
         upstream: &route.upstream,
         websocket: route.websocket,
         path_and_query,
         asserted,
     }
     .send(parts, body)
-    .await;
-    if response.is_ok() {
-        metrics().observe_upstream(&route.name, started.elapsed().as_secs_f64());
-    }
-    response
+    .inspect(move |response| {
+        if response.is_ok() {
+            metrics().observe_upstream(&route.name, started.elapsed().as_secs_f64());
+        }
+    })
 }
 
 /// The tower service for one connection.
@@ -365,8 +372,7 @@ impl tower::Service<Request<Incoming>> for GatewayService {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let gateway = self.gateway.clone();
-        let conn = self.conn;
-        Box::pin(async move { Ok(gateway.handle(req, conn).await) })
+        // The handler's own future, boxed: no wrapper future around it to copy it into first.
+        Box::pin(self.gateway.clone().handle(req, self.conn))
     }
 }
