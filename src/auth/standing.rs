@@ -69,6 +69,10 @@ impl Cell {
         **self.known.load() == Known::Refused
     }
 
+    fn is_pending(&self) -> bool {
+        **self.known.load() == Known::Pending
+    }
+
     /// No longer refreshed: fetch the login's cell again with [`Standing::cell`].
     pub fn is_evicted(&self) -> bool {
         self.evicted.load(Ordering::Relaxed)
@@ -188,9 +192,11 @@ impl Standing {
 }
 
 /// A full table drops an eighth of its logins at once (so that the next inserts find room
-/// without a sweep each): those not read in this refresh round first, then any, never a login
-/// the directory refused while another can go, since its fresh cell would let its tokens in
-/// until the next round. A dropped cell says so, and the tokens holding it fetch a new one.
+/// without a sweep each). A dropped cell says so, and the tokens holding it fetch a new one,
+/// which stands on the tokens' word until the next round: so those the directory has said
+/// nothing of yet go first (dropping them loses nothing), then those it allowed (a changed
+/// profile would fall back to the tokens' until the next round), and those it refused last
+/// (their tokens would be let in meanwhile); within each, those not read in this round first.
 fn make_room(
     cells: &mut HashMap<Arc<str>, Arc<Cell>, foldhash::fast::RandomState>,
     capacity: usize,
@@ -200,8 +206,13 @@ fn make_room(
         .values()
         .next()
         .map_or(0, |c| c.round.load(Ordering::Relaxed));
-    let passes: [fn(&Cell, u64) -> bool; 3] = [
-        |c, round| c.seen.load(Ordering::Relaxed) < round && !c.is_refused(),
+    fn idle(c: &Cell, round: u64) -> bool {
+        c.seen.load(Ordering::Relaxed) < round
+    }
+    let passes: [fn(&Cell, u64) -> bool; 5] = [
+        |c, round| c.is_pending() && idle(c, round),
+        |c, _| c.is_pending(),
+        |c, round| !c.is_refused() && idle(c, round),
         |c, _| !c.is_refused(),
         |_, _| true,
     ];
@@ -397,12 +408,51 @@ mod tests {
         cells[19].verdict("agent");
         let unread: Vec<_> = cells[..19].iter().filter(|c| !c.is_evicted()).collect();
         assert_eq!(unread.len(), 3);
-        for i in 0..unread.len() {
-            standing.cell(&format!("new{i}"));
-            assert!(!cells[19].is_evicted(), "evicted after {i} new logins");
-        }
-        assert!(unread.iter().all(|c| c.is_evicted()));
+        standing.cell("new");
+        assert_eq!(unread.iter().filter(|c| c.is_evicted()).count(), 1);
+        assert!(!cells[19].is_evicted());
         assert_eq!(standing.len(), 8);
+    }
+
+    #[tokio::test]
+    async fn refusals_are_the_last_to_go() {
+        let directory = Changing::default();
+        *directory.users.lock().unwrap() = vec![user("ok", true, Some("agent"))];
+        // Seven refused logins and one allowed, read in this round: the allowed one goes.
+        // Ten tables, each iterated in its own order.
+        for _ in 0..10 {
+            let standing = Standing::new(8, Duration::from_secs(3600), Duration::from_secs(60));
+            let refused: Vec<_> = (0..7).map(|i| standing.cell(&format!("r{i}"))).collect();
+            let ok = standing.cell("ok");
+            standing.refresh_now(&directory).await;
+            assert_eq!(ok.verdict("agent"), Verdict::Stands);
+            standing.cell("new");
+            assert!(ok.is_evicted());
+            assert!(refused.iter().all(|c| !c.is_evicted()));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_table_drops_what_the_directory_has_not_answered_first() {
+        let directory = Changing::default();
+        *directory.users.lock().unwrap() = (0..4)
+            .map(|i| user(&format!("a{i}"), true, Some("supervisor")))
+            .collect();
+        let standing = Standing::new(8, Duration::from_secs(3600), Duration::from_secs(60));
+        let answered: Vec<_> = (0..4).map(|i| standing.cell(&format!("a{i}"))).collect();
+        standing.refresh_now(&directory).await;
+        // Not read since: idle, yet kept before logins the directory has not answered yet.
+        let pending: Vec<_> = (0..4).map(|i| standing.cell(&format!("p{i}"))).collect();
+        standing.cell("new0");
+        assert_eq!(pending.iter().filter(|c| c.is_evicted()).count(), 1);
+        for i in 1..8 {
+            standing.cell(&format!("new{i}"));
+        }
+        assert_eq!(standing.len(), 8);
+        for cell in &answered {
+            assert!(!cell.is_evicted());
+            assert_eq!(cell.verdict("agent"), Verdict::Profile("supervisor".into()));
+        }
     }
 
     #[tokio::test]
