@@ -42,11 +42,8 @@ fn gate_config(upstream: &str, cluster: bool) -> String {
 }
 
 async fn start(upstream: &str, cluster: bool, redis: &Redis, users: &str) -> Ucgate {
-    Ucgate::builder(gate_config(upstream, cluster))
-        .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
+    support::gate(gate_config(upstream, cluster), SIGNING_KEY, users)
         .env("UCGATE_REDIS_URL", &redis.url())
-        .env("UCGATE_LOG", "warn,ucgate::server=info")
-        .file("users.toml", users)
         .start()
         .await
 }

@@ -35,11 +35,8 @@ fn gate_config(upstream: &str, users: &str) -> String {
 }
 
 async fn start(config: String, pg: &Postgres, users_file: &str) -> Ucgate {
-    Ucgate::builder(config)
-        .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
+    support::gate(config, SIGNING_KEY, users_file)
         .env("XIVO_DB_URL", &pg.url())
-        .env("UCGATE_LOG", "warn,ucgate::server=info")
-        .file("users.toml", users_file)
         .start()
         .await
 }

@@ -28,12 +28,7 @@ fn users() -> String {
 }
 
 async fn start(config: String, key: &str, users: &str) -> Ucgate {
-    Ucgate::builder(config)
-        .env("UCGATE_SIGNING_KEY", key)
-        .env("UCGATE_LOG", "warn,ucgate::server=info")
-        .file("users.toml", users)
-        .start()
-        .await
+    support::gate(config, key, users).start().await
 }
 
 fn main() {

@@ -115,7 +115,7 @@ impl Gateway {
     }
 
     /// Answers one request: upstream's answer, an endpoint's, or the JSON error of the phase
-    /// that refused it; never fails. Takes the gateway (a clone: two `Arc`s) so that its
+    /// that refused it; never fails. Takes the gateway (a clone: one `Arc`) so that its
     /// future is the whole request's, boxed as it is.
     async fn handle(
         self,

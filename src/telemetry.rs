@@ -28,7 +28,7 @@ pub fn init(format: LogFormat) {
 }
 
 /// What the gateway learnt about a request, for the access log and the metrics.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct RequestLog {
     pub path: Option<Box<str>>,
     /// The client's address (see `identity::Trust::origin`).

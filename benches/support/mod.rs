@@ -41,6 +41,15 @@ where
     (latencies.len() as f64 / elapsed, at(0.50), at(0.99))
 }
 
+/// The release binary on `config`, signing with `key`, its users in `users.toml`, logging
+/// warnings and where it listens: each bench adds its own environment, then starts it.
+pub fn gate(config: impl Into<String>, key: &str, users: &str) -> crate::common::UcgateBuilder {
+    crate::common::Ucgate::builder(config)
+        .env("UCGATE_SIGNING_KEY", key)
+        .env("UCGATE_LOG", "warn,ucgate::server=info")
+        .file("users.toml", users)
+}
+
 /// A UC token for `agent{n}` (password `password`), from the login endpoint at `login_url`.
 pub async fn agent_token(client: &reqwest::Client, login_url: &str, n: usize) -> String {
     let body: serde_json::Value = client

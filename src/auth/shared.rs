@@ -22,8 +22,9 @@ pub struct SharedToken {
     header: HeaderValue,
     /// Presented tokens of the same length are compared in constant time (aws-lc's
     /// `CRYPTO_memcmp`); a token of another length is refused at once, which tells a timing
-    /// attacker the length and nothing else (as every constant-time slice comparison does): a length is no secret worth a SHA-256 per
-    /// request, and most requests carry a UC token, a JWT never of the shared token's length.
+    /// attacker the length and nothing else (as every constant-time slice comparison does): a
+    /// length is no secret worth a SHA-256 per request, and most requests carry a UC token, a
+    /// JWT never of the shared token's length.
     current: Box<[u8]>,
     previous: Option<Box<[u8]>>,
     source: String,

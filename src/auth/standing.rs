@@ -98,19 +98,20 @@ pub struct Standing {
 
 #[derive(Debug)]
 struct Table {
-    cells: Mutex<HashMap<Arc<str>, Arc<Cell>, foldhash::fast::RandomState>>,
+    cells: Mutex<Cells>,
     /// Logins held at most.
     capacity: usize,
     round: Arc<AtomicU64>,
 }
 
+/// The cells by login.
+type Cells = HashMap<Arc<str>, Arc<Cell>, foldhash::fast::RandomState>;
+
 /// What a fresh cell knows: shared by every such cell instead of one allocation each.
 static PENDING: LazyLock<Arc<Known>> = LazyLock::new(|| Arc::new(Known::Pending));
 
 impl Table {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<Cell>, foldhash::fast::RandomState>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cells> {
         self.cells.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -144,12 +145,13 @@ impl Standing {
         if let Some(cell) = cells.get(login) {
             return cell.clone();
         }
+        let round = self.table.round.load(Ordering::Relaxed);
         if cells.len() >= self.table.capacity {
-            make_room(&mut cells, self.table.capacity);
+            make_room(&mut cells, self.table.capacity, round);
         }
         let cell = Arc::new(Cell {
             known: ArcSwap::new(PENDING.clone()),
-            seen: AtomicU64::new(self.table.round.load(Ordering::Relaxed)),
+            seen: AtomicU64::new(round),
             evicted: AtomicBool::new(false),
             round: self.table.round.clone(),
         });
@@ -197,15 +199,8 @@ impl Standing {
 /// nothing of yet go first (dropping them loses nothing), then those it allowed (a changed
 /// profile would fall back to the tokens' until the next round), and those it refused last
 /// (their tokens would be let in meanwhile); within each, those not read in this round first.
-fn make_room(
-    cells: &mut HashMap<Arc<str>, Arc<Cell>, foldhash::fast::RandomState>,
-    capacity: usize,
-) {
+fn make_room(cells: &mut Cells, capacity: usize, round: u64) {
     let target = capacity - capacity.div_ceil(8);
-    let round = cells
-        .values()
-        .next()
-        .map_or(0, |c| c.round.load(Ordering::Relaxed));
     fn idle(c: &Cell, round: u64) -> bool {
         c.seen.load(Ordering::Relaxed) < round
     }
