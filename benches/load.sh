@@ -15,6 +15,8 @@
 #   1. the upstream directly                    4. ucgate, shared token
 #   2. nginx checking a static X-Auth-Token     5. ucgate, UC token (cached)
 #   3. HAProxy jwt_verify (HS256)               6. ucgate, UC token over h2 (h2load)
+# and, when named in SETUPS, ucgate with WORKERS worker threads (default: every CPU, unpinned):
+#   7. ucgate_stealing: one work-stealing runtime   8. ucgate_per_core: server.thread_per_core
 # then ucgate's memory with TOKENS distinct valid UC tokens cached, and a 200 MiB download and
 # upload through nginx and ucgate (BIG_MIB, 200; ROUNDS, 3; streamed both ways, files on tmpfs).
 # CPU per request (or per MiB) is the user + system time of the proxy's processes over the
@@ -245,11 +247,12 @@ start_haproxy() {
   wait_port "$STARTED" "$HAPROXY_PORT"
 }
 
+# start_ucgate NAME [CONFIG [CPUS]]
 start_ucgate() {
-  local name=$1
-  start "$SERVER_CPU" "$WORK/ucgate-$name.log" env UCGATE_LOG=warn \
+  local name=$1 config=${2:-$WORK/ucgate.toml} cpus=${3:-$SERVER_CPU}
+  start "$cpus" "$WORK/ucgate-$name.log" env UCGATE_LOG=warn \
     PLAY_AUTH_TOKEN="$SHARED_TOKEN" UCGATE_SIGNING_KEY="$SIGNING_KEY" \
-    "$UCGATE" --config "$WORK/ucgate.toml"
+    "$UCGATE" --config "$config"
   for _ in $(seq 200); do
     kill -0 "$STARTED" 2> /dev/null || break
     curl -fs "http://127.0.0.1:$UCGATE_PORT/healthz" > /dev/null 2>&1 && return 0
@@ -392,7 +395,9 @@ field() { sed -n "s/.*\b$2=\([0-9.]*\).*/\1/p" <<< "$1"; }
 # --- the setups ---------------------------------------------------------------------------------
 
 # SETUPS (environment, space-separated ids) runs a subset, e.g. SETUPS="nginx ucgate_shared";
-# TOKENS=0 skips the memory measurement.
+# TOKENS=0 skips the memory measurement. SETUPS="ucgate_stealing ucgate_per_core" compares
+# ucgate's two ways of running several workers (WORKERS threads, every CPU).
+WORKERS=${WORKERS:-$(nproc)}
 read -r -a SETUPS <<< "${SETUPS:-upstream nginx haproxy ucgate_shared ucgate_uc ucgate_h2}"
 declare -A LABEL=(
   [upstream]="1. upstream nginx, directly"
@@ -401,6 +406,8 @@ declare -A LABEL=(
   [ucgate_shared]="4. ucgate, shared token"
   [ucgate_uc]="5. ucgate, UC token (cached)"
   [ucgate_h2]="6. ucgate, UC token, h2"
+  [ucgate_stealing]="7. ucgate, shared token, $WORKERS workers, one work-stealing runtime"
+  [ucgate_per_core]="8. ucgate, shared token, $WORKERS workers, thread_per_core"
 )
 
 run_setup() {
@@ -432,6 +439,17 @@ run_setup() {
         ucgate_h2) h2load_run "$id" "$UCGATE_PORT" "$UC_TOKEN" "$pid" || rc=1 ;;
       esac
       kill -0 "$pid" 2> /dev/null || { NOTE[$id]="ucgate died: $(tail -3 "$WORK/ucgate-$id.log")"; rc=1; }
+      stop "$pid"
+      return $rc ;;
+    ucgate_stealing | ucgate_per_core)
+      local config="$WORK/ucgate-$id.toml" per_core=false rc=0
+      [ "$id" = ucgate_stealing ] || per_core=true
+      sed "s/^workers = 1\$/workers = $WORKERS\nthread_per_core = $per_core/" "$WORK/ucgate.toml" > "$config"
+      grep -q "^thread_per_core = $per_core" "$config" || die "cannot set the workers in $config"
+      start_ucgate "$id" "$config" "0-$(($(nproc) - 1))" || { NOTE[$id]="ucgate did not start"; return 1; }
+      local pid=$STARTED
+      { check_auth "$id" "$UCGATE_PORT" "$SHARED_TOKEN" &&
+        wrk_run "$id" "$UCGATE_PORT" "$SHARED_TOKEN" "$pid"; } || rc=1
       stop "$pid"
       return $rc ;;
   esac

@@ -179,6 +179,15 @@ fn print_config(state: &State) {
     if let Some(admin) = config.server.admin_listen {
         println!("admin_listen: {admin} (metrics, health; not on listen)");
     }
+    let workers = config.server.worker_threads();
+    println!(
+        "workers: {workers}{}",
+        match (workers, config.server.thread_per_core) {
+            (1, _) => "",
+            (_, true) => ", thread per core",
+            (_, false) => ", one work-stealing runtime",
+        }
+    );
     println!("shared token: from {}", state.shared_token_source());
     if let Some(cluster) = state.cluster() {
         println!("cluster: {cluster}");
@@ -227,11 +236,13 @@ fn run(state: State, listen: Vec<std::net::SocketAddr>) -> ExitCode {
     } else {
         listen
     };
-    // One worker: the current-thread scheduler does the same work without the cross-thread
-    // machinery (work stealing, atomic queues, a parked main thread).
-    let mut runtime = match server_config.workers {
+    // One worker, or a runtime per worker thread (`server.thread_per_core`, started by
+    // `serve`): this thread's runtime is current-thread, without the cross-thread machinery
+    // (work stealing, atomic queues, a parked main thread).
+    let per_core = server_config.thread_per_core && server_config.worker_threads() > 1;
+    let mut runtime = match server_config.worker_threads() {
+        _ if per_core => tokio::runtime::Builder::new_current_thread(),
         1 => tokio::runtime::Builder::new_current_thread(),
-        0 => tokio::runtime::Builder::new_multi_thread(),
         n => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             builder.worker_threads(n);

@@ -229,7 +229,11 @@ impl Metrics {
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let alive = runtime.metrics().num_alive_tasks();
+            let workers: usize = lock_runtimes()
+                .iter()
+                .map(|w| w.metrics().num_alive_tasks())
+                .sum();
+            let alive = runtime.metrics().num_alive_tasks() + workers;
             self.tasks_alive
                 .set(i64::try_from(alive).unwrap_or(i64::MAX));
         }
@@ -337,6 +341,20 @@ fn with_found<L, M, C>(
         act(&metric);
         found.insert(labels, metric);
     });
+}
+
+/// The per-core workers' runtimes (`server.thread_per_core`): their tasks count in
+/// `tasks_alive` beside those of the runtime that encodes.
+static WORKER_RUNTIMES: std::sync::Mutex<Vec<tokio::runtime::Handle>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn lock_runtimes() -> std::sync::MutexGuard<'static, Vec<tokio::runtime::Handle>> {
+    WORKER_RUNTIMES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Counts a per-core worker's runtime in `tasks_alive`.
+pub fn count_runtime(handle: tokio::runtime::Handle) {
+    lock_runtimes().push(handle);
 }
 
 /// The process-wide metrics.

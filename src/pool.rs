@@ -29,7 +29,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle connections older than this are closed rather than reused (upstreams such as nginx
 /// close theirs after 60 to 75 s: reusing one as it closes would fail the request).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(55);
-/// Idle connections kept per route at most; more are closed when they come back.
+/// Idle connections kept per route and worker at most; more are closed when they come back.
 const MAX_IDLE: usize = 256;
 
 /// Why an upstream exchange failed: connecting, or the exchange itself (hyper's error, whose
@@ -57,7 +57,10 @@ impl std::fmt::Debug for Pool {
         f.debug_struct("Pool")
             .field("host", &self.inner.host)
             .field("port", &self.inner.port)
-            .field("idle", &lock(&self.inner.idle).len())
+            .field(
+                "idle",
+                &self.inner.idle.iter().map(|s| lock(s).len()).sum::<usize>(),
+            )
             .finish()
     }
 }
@@ -67,8 +70,34 @@ struct Inner {
     port: u16,
     /// For `https://` upstreams: the client configuration and the name checked.
     tls: Option<(TlsConnector, ServerName<'static>)>,
-    /// Most recently returned last.
-    idle: Mutex<Vec<Idle>>,
+    /// Idle connections, one stack per worker (see [`set_worker`]), most recently returned
+    /// last. A connection's own task runs on the runtime that opened it: with a runtime per
+    /// worker (`server.thread_per_core`), taking another worker's connection would wake that
+    /// worker's thread for each exchange.
+    idle: Box<[Mutex<Vec<Idle>>]>,
+}
+
+thread_local! {
+    /// This thread's stack of idle connections in every pool; 0 outside per-core workers.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Stacks per pool: one per core, so that each per-core worker has its own.
+fn stacks() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Marks the calling thread as worker `index` (from 0) of `server.thread_per_core`: the
+/// connections it opens and gives back go to its own stacks. More workers than cores share.
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+impl Inner {
+    /// The calling worker's idle connections.
+    fn stack(&self) -> &Mutex<Vec<Idle>> {
+        &self.idle[WORKER.with(std::cell::Cell::get) % self.idle.len()]
+    }
 }
 
 struct Idle {
@@ -87,7 +116,7 @@ pub struct Lease {
 impl Lease {
     /// Back to the pool, for the next request to this upstream.
     pub fn release(self) {
-        let mut idle = lock(&self.pool.idle);
+        let mut idle = lock(self.pool.stack());
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
                 sender: self.sender,
@@ -127,7 +156,7 @@ impl Pool {
                 host: name,
                 port,
                 tls,
-                idle: Mutex::new(Vec::new()),
+                idle: (0..stacks()).map(|_| Mutex::default()).collect(),
             }),
         }
     }
@@ -176,7 +205,7 @@ impl Pool {
 
     /// The most recently used idle connection that is still open and not too old.
     fn checkout(&self) -> Option<http1::SendRequest<Upload>> {
-        let mut idle = lock(&self.inner.idle);
+        let mut idle = lock(self.inner.stack());
         while let Some(candidate) = idle.pop() {
             if !candidate.sender.is_closed() && candidate.since.elapsed() < IDLE_TIMEOUT {
                 return Some(candidate.sender);

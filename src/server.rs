@@ -34,7 +34,9 @@ pub async fn bind(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish
-/// for up to `shutdown_grace`.
+/// for up to `shutdown_grace`. With `server.thread_per_core` and more than one worker, the
+/// public listeners are served by worker threads of their own (see [`ServerConfig`]); the
+/// operator's listener stays on the calling runtime, beside the background work.
 pub async fn serve(
     listeners: Vec<TcpListener>,
     admin: Option<TcpListener>,
@@ -42,81 +44,83 @@ pub async fn serve(
     config: &ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = connection_builder(config);
-    let timeouts = Timeouts {
-        head: config.request_header_timeout,
-        idle: config.idle_timeout,
-        send: config.send_timeout,
-    };
     let limits = ConnLimits {
-        timeouts,
+        timeouts: Timeouts {
+            head: config.request_header_timeout,
+            idle: config.idle_timeout,
+            send: config.send_timeout,
+        },
         max_requests: config.max_requests_per_connection,
     };
     // Connections drain when this turns true; they are all gone when every slot is back.
     let (drain, draining) = watch::channel(false);
-    let (accepted_tx, mut accepted) = mpsc::channel::<Accepted>(64);
+    let serving = Serving {
+        builder: connection_builder(config),
+        limits,
+        draining,
+        gateway,
+        handshake_timeout: config.request_header_timeout,
+    };
     let connections = Arc::new(Semaphore::new(config.max_connections));
     // Slots of their own: a flood of clients must not keep Prometheus and the probes out.
     let admin_connections = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
-    let mut acceptors = tokio::task::JoinSet::new();
     let public = if admin.is_some() {
         Listener::Public
     } else {
         Listener::Everything
     };
-    let kinds = listeners
-        .into_iter()
-        .map(|l| (l, public, &connections))
-        .chain(admin.map(|l| (l, Listener::Admin, &admin_connections)));
-    for (listener, kind, slots) in kinds {
+    for listener in listeners.iter().chain(&admin) {
         if let Ok(addr) = listener.local_addr() {
-            if kind == Listener::Admin {
+            if admin
+                .as_ref()
+                .is_some_and(|a| a.local_addr().ok() == Some(addr))
+            {
                 tracing::info!(%addr, "listening for the operator (metrics, health)");
             } else {
                 tracing::info!(%addr, "listening");
             }
         }
+    }
+    let (stop, stopping) = watch::channel(false);
+    let mut acceptors = tokio::task::JoinSet::new();
+    let workers = if config.thread_per_core {
+        config.worker_threads()
+    } else {
+        1
+    };
+    let per_core = if workers > 1 {
+        PerCore::start(
+            workers,
+            listeners,
+            public,
+            &connections,
+            &serving,
+            &stopping,
+        )
+    } else {
+        for listener in listeners {
+            acceptors.spawn(accept_loop(
+                listener,
+                public,
+                connections.clone(),
+                serving.clone(),
+            ));
+        }
+        PerCore::default()
+    };
+    if let Some(admin) = admin {
         acceptors.spawn(accept_loop(
-            listener,
-            kind,
-            accepted_tx.clone(),
-            slots.clone(),
+            admin,
+            Listener::Admin,
+            admin_connections.clone(),
+            serving.clone(),
         ));
     }
-    drop(accepted_tx);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            Some((stream, remote, listener, permit)) = accepted.recv() => {
-                let (gateway, builder, draining) = (gateway.clone(), builder.clone(), draining.clone());
-                let handshake_timeout = config.request_header_timeout;
-                tokio::spawn(async move {
-                    let _slot = Slot::taken(permit);
-                    // The acceptor of the current state: a reload brings new certificates to
-                    // new connections.
-                    // The operator's listener is plain HTTP.
-                    let tls = match listener {
-                        Listener::Admin => None,
-                        Listener::Public | Listener::Everything => gateway.state().tls.clone(),
-                    };
-                    let Some(tls) = tls else {
-                        return serve_connection(&builder, limits, draining, &gateway, stream, ConnInfo { remote, tls: false, listener }).await;
-                    };
-                    match tokio::time::timeout(handshake_timeout, TlsAcceptor::from(tls).accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            serve_connection(&builder, limits, draining, &gateway, stream, ConnInfo { remote, tls: true, listener }).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
-                    }
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
+    shutdown.await;
     // Closing the listeners first: new connections are refused while the old ones drain.
+    stop.send_replace(true);
     acceptors.shutdown().await;
-    drop(accepted);
+    let per_core = per_core.stopped_accepting().await;
     let open = config.max_connections - connections.available_permits();
     tracing::info!(open_connections = open, grace = ?config.shutdown_grace, "shutting down");
     drain.send_replace(true);
@@ -131,6 +135,195 @@ pub async fn serve(
         () = all_closed => tracing::info!("all connections closed"),
         () = tokio::time::sleep(config.shutdown_grace) => {
             tracing::warn!("grace period over, closing the remaining connections");
+        }
+    }
+    drop(stop);
+    per_core.join().await;
+}
+
+/// What every connection is served with, whichever runtime serves it.
+#[derive(Clone)]
+struct Serving {
+    builder: auto::Builder<TokioExecutor>,
+    limits: ConnLimits,
+    draining: watch::Receiver<bool>,
+    gateway: Gateway,
+    handshake_timeout: Duration,
+}
+
+impl Serving {
+    /// Serves an accepted connection in its slot: the TLS handshake when the public listener
+    /// has TLS, then HTTP until the connection ends.
+    async fn serve(self, stream: TcpStream, remote: SocketAddr, listener: Listener, slot: Slot) {
+        let _slot = slot;
+        // The acceptor of the current state: a reload brings new certificates to new
+        // connections. The operator's listener is plain HTTP.
+        let tls = match listener {
+            Listener::Admin => None,
+            Listener::Public | Listener::Everything => self.gateway.state().tls.clone(),
+        };
+        let Some(tls) = tls else {
+            let conn = ConnInfo {
+                remote,
+                tls: false,
+                listener,
+            };
+            return self.serve_http(stream, conn).await;
+        };
+        match tokio::time::timeout(
+            self.handshake_timeout,
+            TlsAcceptor::from(tls).accept(stream),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => {
+                let conn = ConnInfo {
+                    remote,
+                    tls: true,
+                    listener,
+                };
+                self.serve_http(stream, conn).await;
+            }
+            Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+        }
+    }
+
+    async fn serve_http<S>(self, stream: S, conn: ConnInfo)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        serve_connection(
+            &self.builder,
+            self.limits,
+            self.draining,
+            &self.gateway,
+            stream,
+            conn,
+        )
+        .await;
+    }
+}
+
+/// The worker threads of `server.thread_per_core`, each with a current-thread runtime that
+/// accepts from its own handles on the public listeners (the same sockets: an idle worker
+/// takes a new connection first, as nginx's workers do) and serves what it accepted.
+#[derive(Default)]
+struct PerCore {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Each worker holds a sender until its acceptors are gone.
+    accepting: Option<mpsc::Receiver<()>>,
+    /// Turns true once the drain is over: the workers' runtimes end.
+    finished: Option<watch::Sender<bool>>,
+}
+
+impl PerCore {
+    fn start(
+        workers: usize,
+        listeners: Vec<TcpListener>,
+        kind: Listener,
+        connections: &Arc<Semaphore>,
+        serving: &Serving,
+        stopping: &watch::Receiver<bool>,
+    ) -> Self {
+        let listeners: Vec<std::net::TcpListener> = listeners
+            .into_iter()
+            .filter_map(|l| {
+                l.into_std()
+                    .inspect_err(|e| tracing::error!(error = %e, "cannot hand a listener over"))
+                    .ok()
+            })
+            .collect();
+        let (accepting_tx, accepting) = mpsc::channel(1);
+        let (finished, finishing) = watch::channel(false);
+        let mut threads = Vec::with_capacity(workers);
+        for index in 0..workers {
+            let handles: io::Result<Vec<_>> = listeners
+                .iter()
+                .map(std::net::TcpListener::try_clone)
+                .collect();
+            let (connections, serving, mut stopping, mut finishing, accepting) = (
+                connections.clone(),
+                serving.clone(),
+                stopping.clone(),
+                finishing.clone(),
+                accepting_tx.clone(),
+            );
+            let worker = move || {
+                crate::pool::set_worker(index);
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        return tracing::error!(worker = index, error = %e, "cannot start a worker's runtime");
+                    }
+                };
+                crate::metrics::count_runtime(runtime.handle().clone());
+                runtime.block_on(async move {
+                    let mut acceptors = tokio::task::JoinSet::new();
+                    for handle in handles.into_iter().flatten() {
+                        match TcpListener::from_std(handle) {
+                            Ok(listener) => {
+                                acceptors.spawn(accept_loop(
+                                    listener,
+                                    kind,
+                                    connections.clone(),
+                                    serving.clone(),
+                                ));
+                            }
+                            Err(e) => tracing::error!(worker = index, error = %e, "cannot listen"),
+                        }
+                    }
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                    acceptors.shutdown().await;
+                    drop(accepting);
+                    // Its connections are served until the drain is over.
+                    let _ = finishing.wait_for(|finished| *finished).await;
+                });
+                // Whatever is left (connections past the grace, blocking work) is dropped.
+                runtime.shutdown_background();
+            };
+            match std::thread::Builder::new()
+                .name(format!("ucgate-worker-{index}"))
+                .spawn(worker)
+            {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    tracing::error!(worker = index, error = %e, "cannot start a worker thread")
+                }
+            }
+        }
+        Self {
+            threads,
+            accepting: Some(accepting),
+            finished: Some(finished),
+        }
+    }
+
+    /// Resolves once no worker accepts any more (at once without workers).
+    async fn stopped_accepting(mut self) -> Self {
+        if let Some(accepting) = &mut self.accepting {
+            // Every sender gone: every worker's acceptors are.
+            let _ = accepting.recv().await;
+        }
+        self
+    }
+
+    /// Ends the workers' runtimes and waits for their threads.
+    async fn join(mut self) {
+        if let Some(finished) = self.finished.take() {
+            finished.send_replace(true);
+        }
+        let threads = std::mem::take(&mut self.threads);
+        if !threads.is_empty() {
+            let _ = tokio::task::spawn_blocking(move || {
+                for thread in threads {
+                    let _ = thread.join();
+                }
+            })
+            .await;
         }
     }
 }
@@ -233,14 +426,13 @@ impl Drop for Slot {
 /// `server.max_connections`.
 const ADMIN_MAX_CONNECTIONS: usize = 64;
 
-/// An accepted connection, the listener it came on, and its slot.
-type Accepted = (TcpStream, SocketAddr, Listener, OwnedSemaphorePermit);
-
+/// Accepts connections from `listener` into `slots` and serves each as a task of the calling
+/// runtime, until aborted.
 async fn accept_loop(
     listener: TcpListener,
     kind: Listener,
-    accepted: mpsc::Sender<Accepted>,
     slots: Arc<Semaphore>,
+    serving: Serving,
 ) {
     loop {
         // At the limit, stop accepting: clients wait in the kernel's backlog instead of being
@@ -251,9 +443,8 @@ async fn accept_loop(
         match listener.accept().await {
             Ok((stream, remote)) => {
                 let _ = stream.set_nodelay(true);
-                if accepted.send((stream, remote, kind, permit)).await.is_err() {
-                    return;
-                }
+                let slot = Slot::taken(permit);
+                tokio::spawn(serving.clone().serve(stream, remote, kind, slot));
             }
             // Out of file descriptors or a connection reset before accept: keep serving the
             // others, without spinning.

@@ -1195,6 +1195,105 @@ async fn the_shutdown_grace_bounds_the_drain() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Thread per core
+// ---------------------------------------------------------------------------------------------
+
+/// The names of a process's threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap())
+        .map(|name| name.trim().to_owned())
+        .collect()
+}
+
+/// Issue 18: with `server.thread_per_core`, worker threads of their own accept from every public
+/// listener and serve what they accepted, the operator's listener stays apart, and SIGTERM
+/// still drains: listeners closed first, the request under way finished, exit 0.
+#[tokio::test]
+async fn per_core_workers_serve_every_listener_and_drain() {
+    let up = Upstream::start().await;
+    up.on(
+        "/api/slow",
+        Behavior::delay(1_500, Behavior::respond(200, "finished")),
+    );
+    let admin = free_port();
+    let config = routes(&up)
+        .server(r#"listen = ["127.0.0.1:0", "127.0.0.1:0"]"#)
+        .server("workers = 3")
+        .server("thread_per_core = true")
+        .server(&format!("admin_listen = \"127.0.0.1:{admin}\""))
+        .build();
+    let mut gate = Ucgate::builder(config).listeners(3).start().await;
+    let workers: Vec<_> = thread_names(gate.pid())
+        .into_iter()
+        .filter(|n| n.starts_with("ucgate-worker-"))
+        .collect();
+    assert_eq!(workers.len(), 3, "{workers:?}");
+    let public: Vec<_> = listening_addrs(&gate.logs())
+        .into_iter()
+        .filter(|a| a.port() != admin)
+        .collect();
+    assert_eq!(public.len(), 2, "{}", gate.logs());
+    // Many clients, each its own connection, on both listeners: every answer is the upstream's,
+    // which saw the shared token each time.
+    let mut clients = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let url = format!("http://{}/api/c{i}", public[i % 2]);
+        clients.spawn(async move {
+            let client = client();
+            for _ in 0..10 {
+                let r = with_token(client.get(&url)).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.unwrap();
+    }
+    let requests = up.requests();
+    assert_eq!(requests.len(), 240);
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.header("x-auth-token").as_deref() == Some(SHARED_TOKEN)),
+        "every forwarded request carries the shared token"
+    );
+    // The operator's listener answers, the public ones do not serve /metrics.
+    let metrics = client()
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics.text().await.unwrap().contains("ucgate_tasks_alive"));
+    let r = client()
+        .get(format!("http://{}/metrics", public[1]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    let in_flight =
+        tokio::spawn(with_token(client().get(format!("http://{}/api/slow", public[0]))).send());
+    up.wait_for("the slow request", |r| r.path == "/api/slow")
+        .await;
+    gate.sigterm();
+    gate.wait_log("shutting down").await;
+    for addr in &public {
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "a worker still accepts on {addr} after SIGTERM"
+        );
+    }
+    let r = in_flight.await.unwrap().expect("the in-flight request");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "finished");
+    let status = gate.wait().await;
+    assert_eq!(status.code(), Some(0), "{}", gate.logs());
+}
+
+// ---------------------------------------------------------------------------------------------
 // Configuration and CLI
 // ---------------------------------------------------------------------------------------------
 
@@ -1207,6 +1306,40 @@ fn static_routes() -> ConfigBuilder {
                 .public()
                 .websocket(),
         )
+}
+
+#[test]
+fn check_config_prints_how_the_workers_run() {
+    for (lines, expected) in [
+        (
+            &["workers = 4", "thread_per_core = true"][..],
+            "workers: 4, thread per core\n",
+        ),
+        (
+            &["workers = 2"][..],
+            "workers: 2, one work-stealing runtime\n",
+        ),
+        (
+            &["workers = 1", "thread_per_core = true"][..],
+            "workers: 1\n",
+        ),
+    ] {
+        let config = lines
+            .iter()
+            .fold(static_routes(), |c, line| c.server(line))
+            .build();
+        let out = Ucgate::builder(config).run(&["check-config"]);
+        assert_eq!(out.code(), Some(0), "{}", out.stderr);
+        assert!(
+            out.stdout.contains(expected),
+            "{expected:?} in\n{}",
+            out.stdout
+        );
+    }
+    let out = Ucgate::builder(static_routes().server("thread_per_core = \"yes\"").build())
+        .run(&["check-config"]);
+    assert_eq!(out.code(), Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("thread_per_core"), "{}", out.stderr);
 }
 
 #[test]

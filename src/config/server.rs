@@ -34,8 +34,13 @@ pub struct ServerConfig {
     /// The operator's listener (plain HTTP): `/metrics`, `/healthz` and `/readyz` are served
     /// there, and no longer on `listen` (404 there). Absent: they are served on `listen`.
     pub admin_listen: Option<SocketAddr>,
-    /// Tokio worker threads; 0 = one per core.
+    /// Worker threads; 0 = one per core.
     pub workers: usize,
+    /// Each worker thread runs a runtime of its own: it accepts connections from the listeners
+    /// (shared by every worker), serves them to the end and keeps its own upstream connections,
+    /// so that a request never crosses threads. Off: one work-stealing runtime for every worker
+    /// (a busy connection's work spreads over idle threads). No effect with one worker.
+    pub thread_per_core: bool,
     /// A request head (and a TLS handshake) must arrive in this time: 408 and close otherwise.
     #[serde(deserialize_with = "duration")]
     pub request_header_timeout: Duration,
@@ -88,6 +93,7 @@ impl Default for ServerConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
             admin_listen: None,
             workers: 0,
+            thread_per_core: false,
             request_header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             request_body_timeout: Duration::from_secs(60),
@@ -126,6 +132,14 @@ pub struct TlsFiles {
 }
 
 impl ServerConfig {
+    /// The worker threads `workers` asks for: 0 resolves to the cores this process may use.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+
     /// Checks the limits and resolves relative paths against the config file's folder `base`.
     /// Errors start with the key (`server.max_headers: ...`).
     pub(super) fn validate(&mut self, base: &Path) -> Result<(), String> {

@@ -902,7 +902,7 @@ fn read_all(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String
 }
 
 /// The addresses of the `listening addr=...` log lines.
-fn listening_addrs(logs: &str) -> Vec<SocketAddr> {
+pub fn listening_addrs(logs: &str) -> Vec<SocketAddr> {
     logs.lines()
         .filter(|l| l.contains("listening"))
         .filter_map(|l| l.split("addr=").nth(1))
