@@ -30,6 +30,7 @@ use bytes::{Buf, Bytes};
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::GateError;
@@ -54,6 +55,10 @@ pub struct Timeouts {
 struct Exchanges {
     started: AtomicU32,
     finished: AtomicU32,
+    /// Requests the connection may carry (`server.max_requests_per_connection`).
+    max_requests: u32,
+    /// Notified when the request numbered `max_requests` starts.
+    enough: Notify,
 }
 
 /// What the connection is waiting for.
@@ -96,9 +101,12 @@ pub struct RequestTracker {
     exchanges: Arc<Exchanges>,
 }
 
-/// A new connection's IO and its request tracker.
-pub fn wrap<IO>(io: IO, timeouts: Timeouts) -> (DeadlineIo<IO>, RequestTracker) {
-    let exchanges = Arc::new(Exchanges::default());
+/// A new connection's IO and its request tracker, for `max_requests` requests at most.
+pub fn wrap<IO>(io: IO, timeouts: Timeouts, max_requests: u32) -> (DeadlineIo<IO>, RequestTracker) {
+    let exchanges = Arc::new(Exchanges {
+        max_requests,
+        ..Exchanges::default()
+    });
     // A new connection must send its first head within `head` of being accepted.
     let deadline = Instant::now() + timeouts.head;
     let io = DeadlineIo {
@@ -127,9 +135,20 @@ impl RequestTracker {
         })
     }
 
-    /// Counts a request started; returns how many the connection has carried, this one included.
-    pub fn started(&self) -> u32 {
-        self.exchanges.started.fetch_add(1, Ordering::Release) + 1
+    /// Counts a request started. Call it when the request's future is first polled, not when
+    /// hyper calls the service: hyper reads once more in between, and the IO must not see that
+    /// read as one made while a request is served.
+    pub fn start(&self) {
+        let started = self.exchanges.started.fetch_add(1, Ordering::Release) + 1;
+        if started == self.exchanges.max_requests {
+            self.exchanges.enough.notify_one();
+        }
+    }
+
+    /// Notified when the connection has started its last request (`max_requests`): it is to
+    /// be closed gracefully.
+    pub fn enough(&self) -> &Notify {
+        &self.exchanges.enough
     }
 }
 
@@ -307,7 +326,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<IO> {
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => {}
         }
-        if this.phase == Phase::Serving || this.timer.poll_until(cx, this.deadline).is_pending() {
+        if this.phase == Phase::Serving {
+            // No deadline while a request is served; but hyper may not read again after the
+            // response until the client writes, so the exchanges are looked at again one idle
+            // timeout from now at the latest (the idle wait starts from that look). A wake when
+            // the response ends would cost a poll of the connection per request.
+            if this.timer.poll_until(cx, this.deadline).is_ready() {
+                this.deadline = Instant::now() + this.timeouts.idle;
+                let _ = this.timer.poll_until(cx, this.deadline);
+            }
+            return Poll::Pending;
+        }
+        if this.timer.poll_until(cx, this.deadline).is_pending() {
             return Poll::Pending;
         }
         if this.phase == Phase::Head {
@@ -415,7 +445,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_partial_head_gets_a_408_at_the_deadline() {
         let (mut client, server) = duplex(4096);
-        let (mut io, _tracker) = wrap(server, TIMEOUTS);
+        let (mut io, _tracker) = wrap(server, TIMEOUTS, u32::MAX);
         client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
         let started = Instant::now();
         assert_eq!(read_all(&mut io).await, b"GET / HTTP/1.1\r\nHo");
@@ -431,15 +461,40 @@ mod tests {
         assert!(answer.contains("connection: close\r\n"), "{answer}");
     }
 
+    /// hyper reads while a request is served and, the response written, does not read again
+    /// until the client writes: that pending read must still end, an idle timeout after the IO
+    /// next looks at the exchanges.
     #[tokio::test(start_paused = true)]
-    async fn a_request_under_way_has_no_deadline_and_then_the_idle_one_applies() {
+    async fn a_read_pending_through_the_exchange_ends_at_the_idle_deadline() {
         let (mut client, server) = duplex(4096);
-        let (mut io, tracker) = wrap(server, TIMEOUTS);
+        let (mut io, tracker) = wrap(server, TIMEOUTS, u32::MAX);
         let head = b"GET / HTTP/1.1\r\n\r\n";
         client.write_all(head).await.unwrap();
         let mut buf = [0u8; 64];
         io.read_exact(&mut buf[..head.len()]).await.unwrap();
-        tracker.started();
+        tracker.start();
+        let served_for = TIMEOUTS.head * 3;
+        let started = Instant::now();
+        // A task of its own: woken only by what the IO registered.
+        let reader = tokio::spawn(async move { io.read(&mut buf).await.map(|n| (n, io)) });
+        tokio::time::sleep(served_for).await;
+        drop(tracker.track(http::Response::new(())));
+        let read = tokio::time::timeout(TIMEOUTS.idle * 2, reader).await;
+        let (n, _io) = read.expect("the read ends").unwrap().unwrap();
+        assert_eq!(n, 0, "closed at the idle deadline");
+        // Looked at again one idle timeout after the head's deadline passed, then idle.
+        assert_eq!(started.elapsed(), TIMEOUTS.head + TIMEOUTS.idle * 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_under_way_has_no_deadline_and_then_the_idle_one_applies() {
+        let (mut client, server) = duplex(4096);
+        let (mut io, tracker) = wrap(server, TIMEOUTS, u32::MAX);
+        let head = b"GET / HTTP/1.1\r\n\r\n";
+        client.write_all(head).await.unwrap();
+        let mut buf = [0u8; 64];
+        io.read_exact(&mut buf[..head.len()]).await.unwrap();
+        tracker.start();
         // Served for longer than both deadlines: no end of input meanwhile.
         let waited = tokio::time::timeout(TIMEOUTS.idle * 2, io.read(&mut buf)).await;
         assert!(waited.is_err(), "a request under way was cut off");
@@ -457,7 +512,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_h2_preface_split_over_reads_turns_the_deadlines_off() {
         let (mut client, server) = duplex(4096);
-        let (mut io, _tracker) = wrap(server, TIMEOUTS);
+        let (mut io, _tracker) = wrap(server, TIMEOUTS, u32::MAX);
         let mut buf = [0u8; 64];
         for part in [&H2_PREFACE[..5], &H2_PREFACE[5..]] {
             client.write_all(part).await.unwrap();
@@ -472,7 +527,7 @@ mod tests {
     async fn a_408_the_client_never_takes_ends_the_input_after_the_send_timeout() {
         // Too small a buffer for the 408, and a client that never reads it.
         let (mut client, server) = duplex(16);
-        let (mut io, _tracker) = wrap(server, TIMEOUTS);
+        let (mut io, _tracker) = wrap(server, TIMEOUTS, u32::MAX);
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         let started = Instant::now();
         assert_eq!(read_all(&mut io).await, b"GET / HTTP/1.1\r\n");
@@ -482,7 +537,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_write_the_client_never_takes_fails_after_the_send_timeout() {
         let (_client, server) = duplex(16);
-        let (mut io, _tracker) = wrap(server, TIMEOUTS);
+        let (mut io, _tracker) = wrap(server, TIMEOUTS, u32::MAX);
         let started = Instant::now();
         let err = io.write_all(&[0u8; 64]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
@@ -494,7 +549,7 @@ mod tests {
         const CANNED: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
         // No request started since the head began: hyper's own answer, replaced.
         let (mut client, server) = duplex(4096);
-        let (mut io, _tracker) = wrap(server, TIMEOUTS);
+        let (mut io, _tracker) = wrap(server, TIMEOUTS, u32::MAX);
         client
             .write_all(b"GET / HTTP/1.1\r\nBad Header: 1\r\n\r\n")
             .await
@@ -515,10 +570,10 @@ mod tests {
 
         // The same bytes from the service (a request started, even if its body is done): kept.
         let (mut client, server) = duplex(4096);
-        let (mut io, tracker) = wrap(server, TIMEOUTS);
+        let (mut io, tracker) = wrap(server, TIMEOUTS, u32::MAX);
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         assert!(io.read(&mut buf).await.unwrap() > 0);
-        tracker.started();
+        tracker.start();
         drop(tracker.track(http::Response::new(())));
         io.write_all(CANNED).await.unwrap();
         io.flush().await.unwrap();

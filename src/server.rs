@@ -6,14 +6,12 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceBuilder;
 
 use crate::client_timeouts::{self, Timeouts};
 use crate::config::ServerConfig;
@@ -348,37 +346,29 @@ async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (stream, tracker) = client_timeouts::wrap(stream, limits.timeouts);
-    let finished = tracker.clone();
-    let enough = Arc::new(Notify::new());
-    let reached = enough.clone();
-    let service = ServiceBuilder::new()
-        .map_request(move |req| {
-            if tracker.started() == limits.max_requests {
-                reached.notify_one();
-            }
-            req
-        })
-        .map_response(move |response| finished.track(response))
-        .service(gateway.service(conn));
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
+    let (stream, tracker) = client_timeouts::wrap(stream, limits.timeouts, limits.max_requests);
+    let service = gateway.service(conn, tracker.clone());
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let closing = async {
         tokio::select! {
             _ = draining.wait_for(|drain| *drain) => {}
-            () = enough.notified() => {}
+            () = tracker.enough().notified() => {}
         }
     };
     tokio::pin!(closing);
     let mut closed = false;
     let ended = loop {
         tokio::select! {
-            ended = connection.as_mut() => break ended,
+            // The close first: polled after the connection, a response that became ready in the
+            // same wake-up (on another worker) would go out before hyper knows to say
+            // `connection: close`.
+            biased;
             () = &mut closing, if !closed => {
                 closed = true;
                 connection.as_mut().graceful_shutdown();
             }
+            ended = connection.as_mut() => break ended,
         }
     };
     if let Err(e) = ended {

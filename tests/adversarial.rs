@@ -1991,6 +1991,38 @@ async fn idle_keep_alive_connections_last_idle_timeout_not_the_head_timeout() {
     );
 }
 
+/// A request served for longer than the head timeout leaves an idle keep-alive connection
+/// all the same: closed at the idle timeout after its response, not kept open for ever.
+#[tokio::test]
+async fn a_connection_idle_after_a_slow_request_is_closed_at_the_idle_timeout() {
+    let (up, gate) = limits_setup(&[
+        "request_header_timeout = \"300ms\"",
+        "idle_timeout = \"1s\"",
+    ])
+    .await;
+    up.on(
+        "/api/slow",
+        Behavior::delay(900, Behavior::respond(200, "slow")),
+    );
+    let mut idle = TcpStream::connect(gate.addr()).await.unwrap();
+    for path in ["/api/fast", "/api/slow"] {
+        assert_eq!(keep_alive_get(&mut idle, path).await.status, 200);
+        let started = std::time::Instant::now();
+        if path == "/api/fast" {
+            // Still open within the idle timeout.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let after = wait_closed(&mut idle, "an idle keep-alive connection").await;
+        assert!(after.is_empty(), "{:?}", String::from_utf8_lossy(&after));
+        assert!(
+            started.elapsed() >= Duration::from_millis(700),
+            "closed after {:?}: the idle timeout is 1s",
+            started.elapsed()
+        );
+    }
+}
+
 async fn keep_alive_get(stream: &mut TcpStream, path: &str) -> RawResponse {
     stream
         .write_all(
