@@ -87,11 +87,14 @@ impl Gateway {
     pub fn reload(&self, config_file: &Path) -> Result<(), LoadError> {
         let config = Config::load(config_file)?;
         let old = self.state();
-        if config.server.listen != old.config.server.listen
-            || config.server.admin_listen != old.config.server.admin_listen
+        let (new, running) = (&config.server, &old.config.server);
+        if new.listen != running.listen
+            || new.admin_listen != running.admin_listen
+            || new.workers != running.workers
+            || new.thread_per_core != running.thread_per_core
         {
             tracing::warn!(
-                "server.listen or server.admin_listen changed: it takes effect at the next restart"
+                "server.listen, admin_listen, workers or thread_per_core changed: it takes effect at the next restart"
             );
         }
         let mut state = State::load(config)?;

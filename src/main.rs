@@ -240,14 +240,15 @@ fn run(state: State, listen: Vec<std::net::SocketAddr>) -> ExitCode {
     // `serve`): this thread's runtime is current-thread, without the cross-thread machinery
     // (work stealing, atomic queues, a parked main thread).
     let per_core = server_config.thread_per_core && server_config.worker_threads() > 1;
-    let mut runtime = match server_config.worker_threads() {
-        _ if per_core => tokio::runtime::Builder::new_current_thread(),
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(n);
-            builder
+    let mut runtime = if per_core || server_config.worker_threads() == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        // 0: tokio's own choice (the cores, or TOKIO_WORKER_THREADS).
+        if server_config.workers != 0 {
+            builder.worker_threads(server_config.workers);
         }
+        builder
     };
     let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
@@ -282,14 +283,20 @@ fn run(state: State, listen: Vec<std::net::SocketAddr>) -> ExitCode {
         gateway.start_background_tasks();
         let interval = Some(server_config.watch_interval).filter(|d| !d.is_zero());
         tokio::spawn(ucgate::watch(gateway.clone(), config_file, interval, hup));
-        ucgate::serve(
+        match ucgate::serve(
             listeners,
             admin,
             gateway,
             &server_config,
             ucgate::shutdown_signal(),
         )
-        .await;
-        ExitCode::SUCCESS
+        .await
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("cannot serve: {e}");
+                ExitCode::FAILURE
+            }
+        }
     })
 }

@@ -228,12 +228,17 @@ impl Metrics {
 
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let workers: usize = lock_runtimes()
-                .iter()
-                .map(|w| w.metrics().num_alive_tasks())
-                .sum();
-            let alive = runtime.metrics().num_alive_tasks() + workers;
+        let counted = {
+            let runtimes = lock_runtimes();
+            let alive = runtimes.iter().map(|r| r.metrics().num_alive_tasks());
+            (!runtimes.is_empty()).then(|| alive.sum::<usize>())
+        };
+        let alive = counted.or_else(|| {
+            tokio::runtime::Handle::try_current()
+                .ok()
+                .map(|runtime| runtime.metrics().num_alive_tasks())
+        });
+        if let Some(alive) = alive {
             self.tasks_alive
                 .set(i64::try_from(alive).unwrap_or(i64::MAX));
         }
@@ -343,16 +348,16 @@ fn with_found<L, M, C>(
     });
 }
 
-/// The per-core workers' runtimes (`server.thread_per_core`): their tasks count in
-/// `tasks_alive` beside those of the runtime that encodes.
-static WORKER_RUNTIMES: std::sync::Mutex<Vec<tokio::runtime::Handle>> =
-    std::sync::Mutex::new(Vec::new());
+/// With `server.thread_per_core`, every runtime of the process (the main thread's and the
+/// workers'): `tasks_alive` is their sum, whichever of them encodes. Empty otherwise: the one
+/// runtime that encodes is the process's.
+static RUNTIMES: std::sync::Mutex<Vec<tokio::runtime::Handle>> = std::sync::Mutex::new(Vec::new());
 
 fn lock_runtimes() -> std::sync::MutexGuard<'static, Vec<tokio::runtime::Handle>> {
-    WORKER_RUNTIMES.lock().unwrap_or_else(|e| e.into_inner())
+    RUNTIMES.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Counts a per-core worker's runtime in `tasks_alive`.
+/// Counts a runtime in `tasks_alive` (see [`RUNTIMES`]).
 pub fn count_runtime(handle: tokio::runtime::Handle) {
     lock_runtimes().push(handle);
 }

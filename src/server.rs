@@ -32,7 +32,7 @@ pub async fn bind(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish
-/// for up to `shutdown_grace`. With `server.thread_per_core` and more than one worker, the
+/// for up to `shutdown_grace`. Errors only at start, when the per-core workers cannot start. With `server.thread_per_core` and more than one worker, the
 /// public listeners are served by worker threads of their own (see [`ServerConfig`]); the
 /// operator's listener stays on the calling runtime, beside the background work.
 pub async fn serve(
@@ -41,7 +41,7 @@ pub async fn serve(
     gateway: Gateway,
     config: &ServerConfig,
     shutdown: impl Future<Output = ()>,
-) {
+) -> io::Result<()> {
     let limits = ConnLimits {
         timeouts: Timeouts {
             head: config.request_header_timeout,
@@ -87,6 +87,7 @@ pub async fn serve(
         1
     };
     let per_core = if workers > 1 {
+        crate::metrics::count_runtime(tokio::runtime::Handle::current());
         PerCore::start(
             workers,
             listeners,
@@ -94,7 +95,7 @@ pub async fn serve(
             &connections,
             &serving,
             &stopping,
-        )
+        )?
     } else {
         for listener in listeners {
             acceptors.spawn(accept_loop(
@@ -115,7 +116,9 @@ pub async fn serve(
         ));
     }
     shutdown.await;
-    // Closing the listeners first: new connections are refused while the old ones drain.
+    // Closing the listeners first: new connections are refused while the old ones drain. (A
+    // per-core worker may take one more from the backlog before it sees the stop: that one is
+    // served and drained like the others.)
     stop.send_replace(true);
     acceptors.shutdown().await;
     let per_core = per_core.stopped_accepting().await;
@@ -137,6 +140,7 @@ pub async fn serve(
     }
     drop(stop);
     per_core.join().await;
+    Ok(())
 }
 
 /// What every connection is served with, whichever runtime serves it.
@@ -216,6 +220,9 @@ struct PerCore {
 }
 
 impl PerCore {
+    /// Starts `workers` threads serving `listeners`; returns once every one of them listens.
+    /// Errors when a listener cannot be shared or a worker cannot start: half the workers would
+    /// be half a server.
     fn start(
         workers: usize,
         listeners: Vec<TcpListener>,
@@ -223,56 +230,69 @@ impl PerCore {
         connections: &Arc<Semaphore>,
         serving: &Serving,
         stopping: &watch::Receiver<bool>,
-    ) -> Self {
-        let listeners: Vec<std::net::TcpListener> = listeners
+    ) -> io::Result<Self> {
+        let listeners = listeners
             .into_iter()
-            .filter_map(|l| {
-                l.into_std()
-                    .inspect_err(|e| tracing::error!(error = %e, "cannot hand a listener over"))
-                    .ok()
+            .map(TcpListener::into_std)
+            .collect::<io::Result<Vec<_>>>()?;
+        let handles = (0..workers)
+            .map(|_| {
+                listeners
+                    .iter()
+                    .map(std::net::TcpListener::try_clone)
+                    .collect()
             })
-            .collect();
+            .collect::<io::Result<Vec<Vec<_>>>>()?;
+        drop(listeners);
         let (accepting_tx, accepting) = mpsc::channel(1);
         let (finished, finishing) = watch::channel(false);
-        let mut threads = Vec::with_capacity(workers);
-        for index in 0..workers {
-            let handles: io::Result<Vec<_>> = listeners
-                .iter()
-                .map(std::net::TcpListener::try_clone)
-                .collect();
-            let (connections, serving, mut stopping, mut finishing, accepting) = (
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let mut per_core = Self {
+            threads: Vec::with_capacity(workers),
+            accepting: Some(accepting),
+            finished: Some(finished),
+        };
+        for (index, handles) in handles.into_iter().enumerate() {
+            let (connections, serving, mut stopping, mut finishing, accepting, ready) = (
                 connections.clone(),
                 serving.clone(),
                 stopping.clone(),
                 finishing.clone(),
                 accepting_tx.clone(),
+                ready_tx.clone(),
             );
             let worker = move || {
                 crate::pool::set_worker(index);
-                let runtime = match tokio::runtime::Builder::new_current_thread()
+                let started = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        return tracing::error!(worker = index, error = %e, "cannot start a worker's runtime");
+                    .and_then(|runtime| {
+                        // Registered with this runtime's reactor.
+                        let entered = runtime.enter();
+                        let listeners = handles
+                            .into_iter()
+                            .map(TcpListener::from_std)
+                            .collect::<io::Result<Vec<_>>>();
+                        drop(entered);
+                        Ok((runtime, listeners?))
+                    });
+                let (runtime, listeners) = match started {
+                    Ok(started) => {
+                        let _ = ready.send(Ok(()));
+                        started
                     }
+                    Err(e) => return drop(ready.send(Err(e))),
                 };
                 crate::metrics::count_runtime(runtime.handle().clone());
                 runtime.block_on(async move {
                     let mut acceptors = tokio::task::JoinSet::new();
-                    for handle in handles.into_iter().flatten() {
-                        match TcpListener::from_std(handle) {
-                            Ok(listener) => {
-                                acceptors.spawn(accept_loop(
-                                    listener,
-                                    kind,
-                                    connections.clone(),
-                                    serving.clone(),
-                                ));
-                            }
-                            Err(e) => tracing::error!(worker = index, error = %e, "cannot listen"),
-                        }
+                    for listener in listeners {
+                        acceptors.spawn(accept_loop(
+                            listener,
+                            kind,
+                            connections.clone(),
+                            serving.clone(),
+                        ));
                     }
                     let _ = stopping.wait_for(|stop| *stop).await;
                     acceptors.shutdown().await;
@@ -283,21 +303,20 @@ impl PerCore {
                 // Whatever is left (connections past the grace, blocking work) is dropped.
                 runtime.shutdown_background();
             };
-            match std::thread::Builder::new()
+            // On an error, the workers already started end: their channels' senders are gone.
+            let thread = std::thread::Builder::new()
                 .name(format!("ucgate-worker-{index}"))
-                .spawn(worker)
-            {
-                Ok(thread) => threads.push(thread),
-                Err(e) => {
-                    tracing::error!(worker = index, error = %e, "cannot start a worker thread")
-                }
-            }
+                .spawn(worker)?;
+            per_core.threads.push(thread);
         }
-        Self {
-            threads,
-            accepting: Some(accepting),
-            finished: Some(finished),
+        drop(ready_tx);
+        // Blocking, once, at start: each worker answers as soon as its runtime is built.
+        for _ in 0..workers {
+            ready
+                .recv()
+                .map_err(|_| io::Error::other("a worker thread ended at start"))??;
         }
+        Ok(per_core)
     }
 
     /// Resolves once no worker accepts any more (at once without workers).
@@ -417,7 +436,11 @@ impl Drop for Slot {
 const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Accepts connections from `listener` into `slots` and serves each as a task of the calling
-/// runtime, until aborted.
+/// runtime, until aborted. The slot is taken after the accept, not before: an acceptor waiting
+/// for a connection holds none, so that listeners without traffic (an IPv6 address beside the
+/// IPv4 one, each per-core worker's handle) do not keep slots from the others. At the limit,
+/// each acceptor holds the one connection it accepted until a slot frees, and accepts nothing
+/// more: the other clients wait in the kernel's backlog instead of being accepted and starved.
 async fn accept_loop(
     listener: TcpListener,
     kind: Listener,
@@ -425,13 +448,15 @@ async fn accept_loop(
     serving: Serving,
 ) {
     loop {
-        // At the limit, stop accepting: clients wait in the kernel's backlog instead of being
-        // accepted and starved.
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
         match listener.accept().await {
             Ok((stream, remote)) => {
+                let permit = match slots.clone().try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(_) => match slots.clone().acquire_owned().await {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
+                };
                 let _ = stream.set_nodelay(true);
                 let slot = Slot::taken(permit);
                 tokio::spawn(serving.clone().serve(stream, remote, kind, slot));

@@ -2086,6 +2086,58 @@ async fn max_connections_holds_a_third_connection_until_one_closes() {
     assert_eq!(up.last().path, "/api/c");
 }
 
+/// A listener without traffic holds no slot: with two listeners, and with two per-core workers
+/// each accepting from both, `max_connections = 3` still serves three connections on one
+/// listener, holds the fourth, and serves it once one closes.
+#[tokio::test]
+async fn max_connections_counts_connections_not_listeners() {
+    let workers: [&[&str]; 2] = [&[], &["workers = 2", "thread_per_core = true"]];
+    for extra in workers {
+        let mut lines = vec![
+            "max_connections = 3",
+            r#"listen = ["127.0.0.1:0", "127.0.0.1:0"]"#,
+            "request_header_timeout = \"30s\"",
+        ];
+        lines.extend(extra);
+        let (up, gate) = limits_setup(&lines).await;
+        let addr = gate.addr();
+        let mut open = Vec::new();
+        for i in 0..3 {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            let r = keep_alive_get(&mut stream, &format!("/api/{i}")).await;
+            assert_eq!(r.status, 200, "{extra:?}");
+            open.push(stream);
+        }
+        let mut held = TcpStream::connect(addr).await.unwrap();
+        held.write_all(
+            raw_request(
+                "GET",
+                "/api/held",
+                &[("Connection", "keep-alive"), (X_AUTH_TOKEN, SHARED_TOKEN)],
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        // Barrier: three more requests served on an open connection after the held one's.
+        for i in 0..3 {
+            let r = keep_alive_get(&mut open[0], &format!("/api/again{i}")).await;
+            assert_eq!(r.status, 200);
+        }
+        let mut probe = [0u8; 64];
+        match held.try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("{extra:?}: the fourth connection was served or closed: {other:?}"),
+        }
+        assert!(up.requests().iter().all(|r| r.path != "/api/held"));
+        drop(open.pop());
+        let r = read_response(&mut held)
+            .await
+            .expect("served once a slot is free");
+        assert_eq!(r.status, 200, "{extra:?}");
+    }
+}
+
 #[tokio::test]
 async fn an_oversized_login_body_is_413() {
     let up = Upstream::start().await;

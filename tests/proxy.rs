@@ -1274,6 +1274,17 @@ async fn per_core_workers_serve_every_listener_and_drain() {
         .unwrap();
     assert_eq!(r.status(), 404);
 
+    // workers and thread_per_core are read at start only: a reload says so.
+    let file = gate.dir().join("ucgate.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    write_atomic(
+        &file,
+        text.replace("thread_per_core = true", "thread_per_core = false"),
+    );
+    gate.signal(libc::SIGHUP);
+    gate.wait_log("thread_per_core changed: it takes effect at the next restart")
+        .await;
+
     let in_flight =
         tokio::spawn(with_token(client().get(format!("http://{}/api/slow", public[0]))).send());
     up.wait_for("the slow request", |r| r.path == "/api/slow")
@@ -1306,6 +1317,40 @@ fn static_routes() -> ConfigBuilder {
                 .public()
                 .websocket(),
         )
+}
+
+/// `ucgate_tasks_alive` counts the tasks of every runtime, whichever worker answers the
+/// scrape (here the public listener serves /metrics, on both workers).
+#[tokio::test]
+async fn tasks_alive_counts_every_worker_s_tasks() {
+    let up = Upstream::start().await;
+    let config = routes(&up)
+        .server("workers = 2")
+        .server("thread_per_core = true")
+        .build();
+    let gate = Ucgate::start(config).await;
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(tokio::net::TcpStream::connect(gate.addr()).await.unwrap());
+    }
+    let workers = || {
+        thread_names(gate.pid())
+            .iter()
+            .filter(|n| n.starts_with("ucgate-worker-"))
+            .count()
+    };
+    assert_eq!(workers(), 2);
+    let mut seen = Vec::new();
+    for _ in 0..8 {
+        // A new connection each time: either worker may take it.
+        seen.push(metric(&gate, "ucgate_tasks_alive").await);
+    }
+    let (low, high) = (*seen.iter().min().unwrap(), *seen.iter().max().unwrap());
+    assert!(low >= 40, "{seen:?}");
+    assert!(
+        high - low <= 4,
+        "the count depends on the worker answering: {seen:?}"
+    );
 }
 
 #[test]
