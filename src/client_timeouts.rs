@@ -427,7 +427,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 
     const TIMEOUTS: Timeouts = Timeouts {
         head: Duration::from_secs(10),
@@ -461,11 +461,9 @@ mod tests {
         assert!(answer.contains("connection: close\r\n"), "{answer}");
     }
 
-    /// hyper reads while a request is served and, the response written, does not read again
-    /// until the client writes: that pending read must still end, an idle timeout after the IO
-    /// next looks at the exchanges.
-    #[tokio::test(start_paused = true)]
-    async fn a_read_pending_through_the_exchange_ends_at_the_idle_deadline() {
+    /// A connection whose first request head was read and whose request started: the client's
+    /// end, the IO and its tracker.
+    async fn serving() -> (DuplexStream, DeadlineIo<DuplexStream>, RequestTracker) {
         let (mut client, server) = duplex(4096);
         let (mut io, tracker) = wrap(server, TIMEOUTS, u32::MAX);
         let head = b"GET / HTTP/1.1\r\n\r\n";
@@ -473,6 +471,16 @@ mod tests {
         let mut buf = [0u8; 64];
         io.read_exact(&mut buf[..head.len()]).await.unwrap();
         tracker.start();
+        (client, io, tracker)
+    }
+
+    /// hyper reads while a request is served and, the response written, does not read again
+    /// until the client writes: that pending read must still end, an idle timeout after the IO
+    /// next looks at the exchanges.
+    #[tokio::test(start_paused = true)]
+    async fn a_read_pending_through_the_exchange_ends_at_the_idle_deadline() {
+        let (_client, mut io, tracker) = serving().await;
+        let mut buf = [0u8; 64];
         let served_for = TIMEOUTS.head * 3;
         let started = Instant::now();
         // A task of its own: woken only by what the IO registered.
@@ -488,13 +496,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_under_way_has_no_deadline_and_then_the_idle_one_applies() {
-        let (mut client, server) = duplex(4096);
-        let (mut io, tracker) = wrap(server, TIMEOUTS, u32::MAX);
-        let head = b"GET / HTTP/1.1\r\n\r\n";
-        client.write_all(head).await.unwrap();
+        let (mut client, mut io, tracker) = serving().await;
         let mut buf = [0u8; 64];
-        io.read_exact(&mut buf[..head.len()]).await.unwrap();
-        tracker.start();
         // Served for longer than both deadlines: no end of input meanwhile.
         let waited = tokio::time::timeout(TIMEOUTS.idle * 2, io.read(&mut buf)).await;
         assert!(waited.is_err(), "a request under way was cut off");

@@ -2023,18 +2023,27 @@ async fn a_connection_idle_after_a_slow_request_is_closed_at_the_idle_timeout() 
     }
 }
 
+/// Sends a keep-alive GET of `path` with the shared token, without reading the answer.
+async fn send_keep_alive(stream: &mut TcpStream, path: &str) {
+    let request = raw_request(
+        "GET",
+        path,
+        &[("Connection", "keep-alive"), (X_AUTH_TOKEN, SHARED_TOKEN)],
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+}
+
+/// Nothing has come back on `stream`, and it is still open.
+fn assert_unanswered(stream: &TcpStream, what: &str) {
+    let mut probe = [0u8; 64];
+    match stream.try_read(&mut probe) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("{what} was served or closed: {other:?}"),
+    }
+}
+
 async fn keep_alive_get(stream: &mut TcpStream, path: &str) -> RawResponse {
-    stream
-        .write_all(
-            raw_request(
-                "GET",
-                path,
-                &[("Connection", "keep-alive"), (X_AUTH_TOKEN, SHARED_TOKEN)],
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
+    send_keep_alive(stream, path).await;
     read_response(stream).await.expect("a response")
 }
 
@@ -2050,16 +2059,7 @@ async fn max_connections_holds_a_third_connection_until_one_closes() {
 
     // The third connection is made by the kernel (backlog), but ucgate does not take it.
     let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(
-        raw_request(
-            "GET",
-            "/api/c",
-            &[("Connection", "keep-alive"), (X_AUTH_TOKEN, SHARED_TOKEN)],
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
+    send_keep_alive(&mut c, "/api/c").await;
     // Barrier: ucgate serves three more requests on b after c's was sent.
     for i in 0..3 {
         assert_eq!(
@@ -2067,11 +2067,7 @@ async fn max_connections_holds_a_third_connection_until_one_closes() {
             200
         );
     }
-    let mut probe = [0u8; 64];
-    match c.try_read(&mut probe) {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-        other => panic!("the third connection was served or closed: {other:?}"),
-    }
+    assert_unanswered(&c, "the third connection");
     assert!(
         up.requests().iter().all(|r| r.path != "/api/c"),
         "the third connection's request was forwarded"
@@ -2109,26 +2105,13 @@ async fn max_connections_counts_connections_not_listeners() {
             open.push(stream);
         }
         let mut held = TcpStream::connect(addr).await.unwrap();
-        held.write_all(
-            raw_request(
-                "GET",
-                "/api/held",
-                &[("Connection", "keep-alive"), (X_AUTH_TOKEN, SHARED_TOKEN)],
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
+        send_keep_alive(&mut held, "/api/held").await;
         // Barrier: three more requests served on an open connection after the held one's.
         for i in 0..3 {
             let r = keep_alive_get(&mut open[0], &format!("/api/again{i}")).await;
             assert_eq!(r.status, 200);
         }
-        let mut probe = [0u8; 64];
-        match held.try_read(&mut probe) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            other => panic!("{extra:?}: the fourth connection was served or closed: {other:?}"),
-        }
+        assert_unanswered(&held, &format!("{extra:?}: the fourth connection"));
         assert!(up.requests().iter().all(|r| r.path != "/api/held"));
         drop(open.pop());
         let r = read_response(&mut held)
