@@ -22,7 +22,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -59,6 +59,9 @@ struct Exchanges {
     max_requests: u32,
     /// Notified when the request numbered `max_requests` starts.
     enough: Notify,
+    /// Set when a response switched protocols (a WebSocket tunnel): the bytes that follow are
+    /// not HTTP/1, and its deadlines no longer apply.
+    upgraded: AtomicBool,
 }
 
 /// What the connection is waiting for.
@@ -129,20 +132,27 @@ impl RequestTracker {
     /// Marks a request started; the response's body marks it finished when it is dropped, which
     /// hyper does once the response is written.
     pub fn track<B>(&self, response: Response<B>) -> Response<Tracked<B>> {
+        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            self.exchanges.upgraded.store(true, Ordering::Release);
+        }
         response.map(|inner| Tracked {
             inner,
             exchanges: self.exchanges.clone(),
         })
     }
 
-    /// Counts a request started. Call it when the request's future is first polled, not when
-    /// hyper calls the service: hyper reads once more in between, and the IO must not see that
-    /// read as one made while a request is served.
-    pub fn start(&self) {
+    /// Counts a request started; true when it is the connection's last (`max_requests`): its
+    /// HTTP/1 response is to say `Connection: close` (an answer ready at once goes out before
+    /// the graceful close [`RequestTracker::enough`] asks for can be heard). Call it when the
+    /// request's future is first polled, not when hyper calls the service: hyper reads once
+    /// more in between, and the IO must not see that read as one made while a request is served.
+    pub fn start(&self) -> bool {
         let started = self.exchanges.started.fetch_add(1, Ordering::Release) + 1;
+        let last = started >= self.exchanges.max_requests;
         if started == self.exchanges.max_requests {
             self.exchanges.enough.notify_one();
         }
+        last
     }
 
     /// Notified when the connection has started its last request (`max_requests`): it is to
@@ -283,7 +293,7 @@ impl<IO: AsyncWrite + Unpin> DeadlineIo<IO> {
         if self.refusing.is_some() {
             return true;
         }
-        if self.is_h2()
+        if self.is_untimed()
             || self.phase != Phase::Head
             || self.exchanges.started.load(Ordering::Acquire) != self.started_at_head
         {
@@ -308,7 +318,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.is_h2() {
+        if this.is_untimed() {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
         if this.refusing.is_some() {
@@ -353,6 +363,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<IO> {
 impl<IO> DeadlineIo<IO> {
     fn is_h2(&self) -> bool {
         self.preface_matched == Some(H2_PREFACE.len())
+    }
+
+    /// h2, or a tunnel after a protocol switch: no head or idle deadline here.
+    fn is_untimed(&self) -> bool {
+        self.is_h2() || self.exchanges.upgraded.load(Ordering::Acquire)
     }
 
     /// Passes a write's outcome through; a write pending for longer than `send` (a client that

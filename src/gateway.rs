@@ -29,7 +29,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Request, Response, Uri, request};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header, request};
 use hyper::body::Incoming;
 
 use crate::auth::credential::Presented;
@@ -128,7 +128,7 @@ impl Gateway {
         conn: ConnInfo,
         tracker: RequestTracker,
     ) -> Result<Response<Tracked<Body>>, Infallible> {
-        tracker.start();
+        let last = tracker.start();
         let started = Instant::now();
         let (method, version) = (req.method().clone(), req.version());
         let state = self.state();
@@ -143,6 +143,12 @@ impl Gateway {
         // Errors included: a browser reads a 401 only with the grant.
         if let Some(origin) = ctx.cors_origin {
             Cors::decorate(&mut response, origin);
+        }
+        if last && version < Version::HTTP_2 && response.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         ctx.log.finish(&method, version, started, response.status());
         Ok(tracker.track(response))

@@ -2442,6 +2442,22 @@ async fn a_connection_is_closed_gracefully_after_max_requests() {
     let after = wait_closed(&mut stream, "a connection past its requests").await;
     assert!(after.is_empty(), "{:?}", String::from_utf8_lossy(&after));
 
+    // Answers ready at once (401 without a token, no upstream) count the same, pipelined too:
+    // the third says it closes, and nothing after it is answered.
+    let mut stream = TcpStream::connect(gate.addr()).await.unwrap();
+    let refused = raw_request("GET", "/api/no-token", &[("Connection", "keep-alive")]);
+    stream
+        .write_all(refused.repeat(5).as_bytes())
+        .await
+        .unwrap();
+    for (i, expected) in [None, None, Some("close")].into_iter().enumerate() {
+        let r = read_response(&mut stream).await.expect("an answer");
+        assert_eq!(r.status, 401);
+        assert_eq!(r.header("connection"), expected, "pipelined answer {i}");
+    }
+    let after = wait_closed(&mut stream, "a connection past its requests").await;
+    assert!(after.is_empty(), "{:?}", String::from_utf8_lossy(&after));
+
     // h2: a GOAWAY after the third stream; the client moves to a new connection unharmed.
     let h2 = h2_client();
     for i in 0..7 {

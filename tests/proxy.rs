@@ -1140,6 +1140,43 @@ async fn websocket_upgrades_are_stripped_on_other_routes() {
     }
 }
 
+/// A tunnel is not HTTP/1 any more: the head and idle deadlines of the connection it came from
+/// neither write a 408 into it nor close it, whether messages flow or it is quiet.
+#[tokio::test]
+async fn a_websocket_tunnel_outlives_the_head_and_idle_deadlines() {
+    let up = Upstream::start().await;
+    up.on("/ws/", Behavior::WebSocketEcho);
+    let config = routes(&up)
+        .server("request_header_timeout = \"300ms\"")
+        .server("idle_timeout = \"600ms\"")
+        .build();
+    let gate = Ucgate::start(config).await;
+    let (mut ws, response) =
+        tokio_tungstenite::connect_async(ws_request(&gate, "/ws/echo", Some(SHARED_TOKEN)))
+            .await
+            .expect("websocket handshake through ucgate");
+    assert_eq!(response.status(), 101);
+    // Flowing for longer than both deadlines.
+    for i in 0..8 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        ws.send(Message::text(format!("flowing {i}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text(format!("flowing {i}"))
+        );
+    }
+    // Quiet for longer than both.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    ws.send(Message::text("after a quiet while")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("after a quiet while")
+    );
+    ws.close(None).await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Shutdown
 // ---------------------------------------------------------------------------------------------
