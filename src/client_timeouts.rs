@@ -22,7 +22,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -51,10 +51,14 @@ pub struct Timeouts {
 /// Requests started and responses finished on one connection, counted by the service and read
 /// by the IO. Counters rather than a flag, so that a whole exchange happening between two reads
 /// is not missed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Exchanges {
     started: AtomicU32,
     finished: AtomicU32,
+    /// When the last response ended, in nanoseconds since `opened`: the idle wait starts there,
+    /// however late the IO looks at the counts.
+    finished_at: AtomicU64,
+    opened: Instant,
     /// Requests the connection may carry (`server.max_requests_per_connection`).
     max_requests: u32,
     /// Notified when the request numbered `max_requests` starts.
@@ -107,8 +111,13 @@ pub struct RequestTracker {
 /// A new connection's IO and its request tracker, for `max_requests` requests at most.
 pub fn wrap<IO>(io: IO, timeouts: Timeouts, max_requests: u32) -> (DeadlineIo<IO>, RequestTracker) {
     let exchanges = Arc::new(Exchanges {
+        started: AtomicU32::new(0),
+        finished: AtomicU32::new(0),
+        finished_at: AtomicU64::new(0),
+        opened: Instant::now(),
         max_requests,
-        ..Exchanges::default()
+        enough: Notify::new(),
+        upgraded: AtomicBool::new(false),
     });
     // A new connection must send its first head within `head` of being accepted.
     let deadline = Instant::now() + timeouts.head;
@@ -170,6 +179,11 @@ pub struct Tracked<B> {
 
 impl<B> Drop for Tracked<B> {
     fn drop(&mut self) {
+        let since = self.exchanges.opened.elapsed().as_nanos();
+        self.exchanges
+            .finished_at
+            .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
+        // Release: whoever sees the count sees the time.
         self.exchanges.finished.fetch_add(1, Ordering::Release);
     }
 }
@@ -230,7 +244,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> DeadlineIo<IO> {
         } else if finished != self.finished_seen {
             self.finished_seen = finished;
             self.phase = Phase::Waiting;
-            self.deadline = Instant::now() + self.timeouts.idle;
+            let finished_at = self.exchanges.finished_at.load(Ordering::Relaxed);
+            self.deadline =
+                self.exchanges.opened + Duration::from_nanos(finished_at) + self.timeouts.idle;
         }
     }
 
@@ -339,8 +355,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<IO> {
         if this.phase == Phase::Serving {
             // No deadline while a request is served; but hyper may not read again after the
             // response until the client writes, so the exchanges are looked at again one idle
-            // timeout from now at the latest (the idle wait starts from that look). A wake when
-            // the response ends would cost a poll of the connection per request.
+            // timeout from now at the latest: still within the idle wait, which starts when the
+            // response ended. (A wake when the response ends would cost a poll of the connection
+            // per request.)
             if this.timer.poll_until(cx, this.deadline).is_ready() {
                 this.deadline = Instant::now() + this.timeouts.idle;
                 let _ = this.timer.poll_until(cx, this.deadline);
@@ -490,8 +507,8 @@ mod tests {
     }
 
     /// hyper reads while a request is served and, the response written, does not read again
-    /// until the client writes: that pending read must still end, an idle timeout after the IO
-    /// next looks at the exchanges.
+    /// until the client writes: that pending read must still end, an idle timeout after the
+    /// response.
     #[tokio::test(start_paused = true)]
     async fn a_read_pending_through_the_exchange_ends_at_the_idle_deadline() {
         let (_client, mut io, tracker) = serving().await;
@@ -505,8 +522,7 @@ mod tests {
         let read = tokio::time::timeout(TIMEOUTS.idle * 2, reader).await;
         let (n, _io) = read.expect("the read ends").unwrap().unwrap();
         assert_eq!(n, 0, "closed at the idle deadline");
-        // Looked at again one idle timeout after the head's deadline passed, then idle.
-        assert_eq!(started.elapsed(), TIMEOUTS.head + TIMEOUTS.idle * 2);
+        assert_eq!(started.elapsed(), served_for + TIMEOUTS.idle);
     }
 
     #[tokio::test(start_paused = true)]
