@@ -117,8 +117,19 @@ impl http_body::Body for Streamed {
 /// `stall` mid-body, and telling [`UploadEnd`] when it is over, so that the route's timeout for
 /// the upstream's answer starts then, not while a long upload is still going.
 pub struct Upload {
-    body: Streamed,
+    /// None: no body (a request sent again, see `pool.rs`).
+    body: Option<Streamed>,
     ended: Option<oneshot::Sender<()>>,
+}
+
+impl Upload {
+    /// No body at all.
+    pub fn empty() -> Self {
+        Upload {
+            body: None,
+            ended: None,
+        }
+    }
 }
 
 /// Resolves once the request body has been sent whole (or dropped).
@@ -144,7 +155,7 @@ pub fn upload(body: Incoming, stall: Duration) -> (Upload, UploadEnd) {
             (Some(tx), UploadEnd(Some(rx)))
         }
     };
-    let body = Streamed::new(body, stall, None);
+    let body = Some(Streamed::new(body, stall, None));
     (Upload { body, ended }, end)
 }
 
@@ -156,7 +167,10 @@ impl http_body::Body for Upload {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
-        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        let frame = match &mut self.body {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        };
         if let Poll::Ready(None) = frame
             && let Some(ended) = self.ended.take()
         {
@@ -166,10 +180,12 @@ impl http_body::Body for Upload {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.body.as_ref().is_none_or(Streamed::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Streamed::size_hint)
     }
 }

@@ -29,6 +29,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle connections older than this are closed rather than reused (upstreams such as nginx
 /// close theirs after 60 to 75 s: reusing one as it closes would fail the request).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(55);
+/// A request that a pooled connection idle this long fails may be sent again (see
+/// [`Pool::send`]); upstreams close idle connections after seconds, not less.
+const REPLAY_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// Idle connections kept per route and worker at most; more are closed when they come back.
 const MAX_IDLE: usize = 256;
 
@@ -164,21 +167,34 @@ impl Pool {
     /// Sends `request` on an idle connection, or a new one, and returns the response head with
     /// the connection lent until its body is read. A pooled connection that the upstream closed
     /// meanwhile is noticed before the request goes out, and the request goes on another one.
+    /// One that the upstream closes as the request goes out (its keep-alive timeout ending at
+    /// that moment) fails it; a request without a body and of an idempotent method (RFC 9110
+    /// §9.2.2) is then sent once more on a new connection, as nginx's `proxy_next_upstream`
+    /// does. Only after a connection idle for [`REPLAY_AFTER_IDLE`]: no upstream closes sooner,
+    /// and the copy of the head it takes stays off the busy path.
     pub async fn send(
         &self,
         mut request: Request<Upload>,
     ) -> Result<(Response<Incoming>, Option<Lease>), PoolError> {
-        while let Some(mut sender) = self.checkout() {
+        while let Some((mut sender, idle_for)) = self.checkout() {
             // Ready at once unless the connection still settles its last exchange.
             if sender.ready().await.is_err() {
                 continue;
             }
+            let replay = (idle_for >= REPLAY_AFTER_IDLE)
+                .then(|| replayable(&request))
+                .flatten();
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(self.lend(response, sender)),
-                Err(mut e) => match e.take_message() {
+                Err(mut e) => match (e.take_message(), replay) {
                     // Never sent: the connection was closing. Try the next one.
-                    Some(unsent) => request = unsent,
-                    None => return Err(e.into_error().into()),
+                    (Some(unsent), _) => request = unsent,
+                    (None, Some(again)) => {
+                        tracing::debug!(error = %e.into_error(), "a pooled upstream connection closed under the request: sent again");
+                        request = again;
+                        break;
+                    }
+                    (None, None) => return Err(e.into_error().into()),
                 },
             }
         }
@@ -203,12 +219,14 @@ impl Pool {
         (response, lease)
     }
 
-    /// The most recently used idle connection that is still open and not too old.
-    fn checkout(&self) -> Option<http1::SendRequest<Upload>> {
+    /// The most recently used idle connection that is still open and not too old, and how long
+    /// it was idle.
+    fn checkout(&self) -> Option<(http1::SendRequest<Upload>, Duration)> {
         let mut idle = lock(self.inner.stack());
         while let Some(candidate) = idle.pop() {
-            if !candidate.sender.is_closed() && candidate.since.elapsed() < IDLE_TIMEOUT {
-                return Some(candidate.sender);
+            let idle_for = candidate.since.elapsed();
+            if !candidate.sender.is_closed() && idle_for < IDLE_TIMEOUT {
+                return Some((candidate.sender, idle_for));
             }
         }
         None
@@ -236,6 +254,27 @@ impl Pool {
             .await
             .map_err(|_| PoolError::ConnectTimeout)?
     }
+}
+
+/// A copy of `request` to send again, when it has no body and an idempotent method.
+fn replayable(request: &Request<Upload>) -> Option<Request<Upload>> {
+    use http::Method;
+    let idempotent = [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PUT,
+        Method::DELETE,
+    ];
+    if !idempotent.contains(request.method()) || !http_body::Body::is_end_stream(request.body()) {
+        return None;
+    }
+    let mut again = Request::new(Upload::empty());
+    *again.method_mut() = request.method().clone();
+    *again.uri_mut() = request.uri().clone();
+    *again.version_mut() = request.version();
+    *again.headers_mut() = request.headers().clone();
+    Some(again)
 }
 
 /// The HTTP/1.1 handshake on `io`; the connection itself runs as its own task (it reads and

@@ -1177,6 +1177,33 @@ async fn a_websocket_tunnel_outlives_the_head_and_idle_deadlines() {
     ws.close(None).await.unwrap();
 }
 
+/// An upstream that closes a kept-alive connection just as the next request arrives (its
+/// keep-alive timeout ending then): a GET after the connection was idle is sent once more on a
+/// new connection and answered; a POST with a body is not sent twice (502).
+#[tokio::test]
+async fn a_request_on_a_connection_the_upstream_just_closed_is_sent_again_when_idempotent() {
+    let (up, gate) = setup().await;
+    up.on("/api/reuse", Behavior::AbortOnReuse);
+    let get = || with_token(client().get(gate.url("/api/reuse"))).send();
+    assert_eq!(get().await.unwrap().status(), 200);
+    assert_eq!(up.connections(), 1);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let r = get().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", gate.logs());
+    // The first connection took the request and closed; a new one answered it.
+    assert_eq!(up.connections(), 2);
+    assert_eq!(up.count(), 3);
+
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let r = with_token(client().post(gate.url("/api/reuse")))
+        .body("a body sent once")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(up.count(), 4, "the POST was sent once");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Shutdown
 // ---------------------------------------------------------------------------------------------

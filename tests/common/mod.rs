@@ -80,6 +80,9 @@ pub enum Behavior {
     WebSocketEcho,
     /// Closes the connection without answering.
     Abort,
+    /// As [`Behavior::Echo`] for a connection's first request; closes the connection without
+    /// answering any later one (an upstream whose keep-alive timeout ends as a request arrives).
+    AbortOnReuse,
 }
 
 impl Behavior {
@@ -250,8 +253,11 @@ impl Upstream {
                 state.connections.fetch_add(1, Ordering::SeqCst);
                 let state = state.clone();
                 tokio::spawn(async move {
-                    let service =
-                        hyper::service::service_fn(move |req| handle(state.clone(), remote, req));
+                    let served = Arc::new(AtomicUsize::new(0));
+                    let service = hyper::service::service_fn(move |req| {
+                        let nth = served.fetch_add(1, Ordering::SeqCst);
+                        handle(state.clone(), remote, nth, req)
+                    });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .await;
@@ -331,12 +337,21 @@ impl Upstream {
     }
 }
 
+/// Answers `req`, the connection's request number `nth` (from 0).
 async fn handle(
     state: Arc<UpInner>,
     remote: SocketAddr,
+    nth: usize,
     mut req: Request<Incoming>,
 ) -> Result<Response<UpBody>, std::io::Error> {
     let mut behavior = state.behavior_for(req.uri().path());
+    if let Behavior::AbortOnReuse = behavior {
+        behavior = if nth == 0 {
+            Behavior::Echo
+        } else {
+            Behavior::Abort
+        };
+    }
     let upgrade = matches!(behavior, Behavior::WebSocketEcho)
         .then(|| {
             let key = req.headers().get("sec-websocket-key")?.clone();
@@ -442,7 +457,7 @@ async fn handle(
             None => json(StatusCode::UPGRADE_REQUIRED, &record.to_json()),
         },
         Behavior::Abort => return Err(std::io::Error::other("Behavior::Abort")),
-        Behavior::Delay(..) => unreachable!(),
+        Behavior::Delay(..) | Behavior::AbortOnReuse => unreachable!(),
     };
     Ok(response)
 }
