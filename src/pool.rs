@@ -30,7 +30,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// close theirs after 60 to 75 s: reusing one as it closes would fail the request).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(55);
 /// A request that a pooled connection idle this long fails may be sent again (see
-/// [`Pool::send`]); upstreams close idle connections after seconds, not less.
+/// [`Pool::send`]): keep-alive timeouts are seconds (nginx 75 s, Play 75 s, Apache 5 s); an
+/// upstream closing idle connections within a second gets 502s instead.
 const REPLAY_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// Idle connections kept per route and worker at most; more are closed when they come back.
 const MAX_IDLE: usize = 256;
@@ -170,8 +171,9 @@ impl Pool {
     /// One that the upstream closes as the request goes out (its keep-alive timeout ending at
     /// that moment) fails it; a request without a body and of an idempotent method (RFC 9110
     /// §9.2.2) is then sent once more on a new connection, as nginx's `proxy_next_upstream`
-    /// does. Only after a connection idle for [`REPLAY_AFTER_IDLE`]: no upstream closes sooner,
-    /// and the copy of the head it takes stays off the busy path.
+    /// does on an error. Only when the connection closed before a response head came back (not
+    /// on an answer it could not parse), and only after a connection idle for
+    /// [`REPLAY_AFTER_IDLE`]: the copy of the head it takes stays off the busy path.
     pub async fn send(
         &self,
         mut request: Request<Upload>,
@@ -189,12 +191,12 @@ impl Pool {
                 Err(mut e) => match (e.take_message(), replay) {
                     // Never sent: the connection was closing. Try the next one.
                     (Some(unsent), _) => request = unsent,
-                    (None, Some(again)) => {
+                    (None, Some(again)) if closed_under(e.error()) => {
                         tracing::debug!(error = %e.into_error(), "a pooled upstream connection closed under the request: sent again");
                         request = again;
                         break;
                     }
-                    (None, None) => return Err(e.into_error().into()),
+                    (None, _) => return Err(e.into_error().into()),
                 },
             }
         }
@@ -254,6 +256,23 @@ impl Pool {
             .await
             .map_err(|_| PoolError::ConnectTimeout)?
     }
+}
+
+/// Whether an exchange failed because the connection closed under it (before a whole response
+/// head came back): not an answer the upstream got wrong, which is not asked again.
+fn closed_under(e: &hyper::Error) -> bool {
+    use std::io::ErrorKind;
+    e.is_incomplete_message()
+        || std::error::Error::source(e)
+            .and_then(|source| source.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    ErrorKind::ConnectionReset
+                        | ErrorKind::BrokenPipe
+                        | ErrorKind::ConnectionAborted
+                )
+            })
 }
 
 /// A copy of `request` to send again, when it has no body and an idempotent method.

@@ -1204,6 +1204,57 @@ async fn a_request_on_a_connection_the_upstream_just_closed_is_sent_again_when_i
     assert_eq!(up.count(), 4, "the POST was sent once");
 }
 
+/// An upstream that answers a kept-alive connection's second request with a head it cannot
+/// have meant (a status of four digits): an answer, not a connection closed under the request,
+/// so the request is not sent again (502, received once).
+#[tokio::test]
+async fn a_garbled_answer_on_a_reused_connection_is_not_asked_again() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                for nth in 0.. {
+                    // One request head per read is enough for this client's small GETs.
+                    match stream.read(&mut buf).await {
+                        Ok(n) if n > 0 => {}
+                        _ => return,
+                    }
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let answer: &[u8] = if nth == 0 {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                    } else {
+                        b"HTTP/1.1 2000 OK\r\ncontent-length: 2\r\n\r\nok"
+                    };
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gate = Ucgate::start(
+        ConfigBuilder::new()
+            .route(route("api", "/api/", &upstream))
+            .build(),
+    )
+    .await;
+    let get = || with_token(client().get(gate.url("/api/garbled"))).send();
+    assert_eq!(get().await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(get().await.unwrap().status(), 502);
+    assert_eq!(
+        received.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the garbled answer's request was sent again"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Shutdown
 // ---------------------------------------------------------------------------------------------
