@@ -431,6 +431,15 @@ impl Drop for Slot {
     }
 }
 
+/// TCP keepalive probes on client connections: a client that vanished without closing (its
+/// machine off, its network gone) is found out after about two minutes of silence. Only a
+/// WebSocket tunnel needs it (HTTP/1.1 has the idle timeout, h2 its pings), and only a dead
+/// peer trips it: a quiet tunnel whose client still answers stays open.
+const CLIENT_KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
+    .with_time(Duration::from_secs(60))
+    .with_interval(Duration::from_secs(10))
+    .with_retries(6);
+
 /// Connections open at once on `server.admin_listen` (Prometheus, probes), apart from
 /// `server.max_connections`.
 const ADMIN_MAX_CONNECTIONS: usize = 64;
@@ -458,6 +467,7 @@ async fn accept_loop(
                     },
                 };
                 let _ = stream.set_nodelay(true);
+                let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&CLIENT_KEEPALIVE);
                 let slot = Slot::taken(permit);
                 tokio::spawn(serving.clone().serve(stream, remote, kind, slot));
             }

@@ -1255,6 +1255,40 @@ async fn a_garbled_answer_on_a_reused_connection_is_not_asked_again() {
     );
 }
 
+/// The kernel's timer on the IPv4 loopback socket from `local` port to `remote` port, from
+/// /proc/net/tcp: (`timer_active`, ticks until it fires). 2 with about a minute to go is the
+/// keepalive timer of an idle connection (a delayed ACK's is milliseconds).
+fn tcp_timer(local: u16, remote: u16) -> Option<(u8, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let port = |address: &str| u16::from_str_radix(address.rsplit(':').next()?, 16).ok();
+        if port(fields[1])? != local || port(fields[2])? != remote {
+            return None;
+        }
+        let (active, when) = fields[5].split_once(':')?;
+        Some((active.parse().ok()?, u64::from_str_radix(when, 16).ok()?))
+    })
+}
+
+/// A client that vanishes without closing (a WebSocket tunnel has no idle deadline) is found out
+/// by TCP keepalive: ucgate's side of an idle client connection has its keepalive timer armed,
+/// about a minute out.
+#[tokio::test]
+async fn client_connections_have_tcp_keepalive() {
+    let (_up, gate) = setup().await;
+    let client = tokio::net::TcpStream::connect(gate.addr()).await.unwrap();
+    let (server, mine) = (gate.addr().port(), client.local_addr().unwrap().port());
+    assert!(
+        eventually(|| tcp_timer(server, mine).is_some_and(|(active, _)| active == 2)).await,
+        "no keepalive timer on ucgate's side: {:?}",
+        tcp_timer(server, mine)
+    );
+    let (_, ticks) = tcp_timer(server, mine).unwrap();
+    // Clock ticks (USER_HZ, 100 a second): between 30 s and 60 s from now.
+    assert!((3_000..=6_000).contains(&ticks), "{ticks}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Shutdown
 // ---------------------------------------------------------------------------------------------
