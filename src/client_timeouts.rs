@@ -120,7 +120,7 @@ pub fn wrap<IO>(io: IO, timeouts: Timeouts, max_requests: u32) -> (DeadlineIo<IO
         upgraded: AtomicBool::new(false),
     });
     // A new connection must send its first head within `head` of being accepted.
-    let deadline = Instant::now() + timeouts.head;
+    let deadline = exchanges.opened + timeouts.head;
     let io = DeadlineIo {
         inner: io,
         exchanges: exchanges.clone(),

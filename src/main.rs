@@ -182,10 +182,10 @@ fn print_config(state: &State) {
     let workers = config.server.worker_threads();
     println!(
         "workers: {workers}{}",
-        match (workers, config.server.thread_per_core) {
+        match (workers, config.server.per_core_workers()) {
             (1, _) => "",
-            (_, true) => ", thread per core",
-            (_, false) => ", one work-stealing runtime",
+            (_, Some(_)) => ", thread per core",
+            (_, None) => ", one work-stealing runtime",
         }
     );
     println!("shared token: from {}", state.shared_token_source());
@@ -239,7 +239,7 @@ fn run(state: State, listen: Vec<std::net::SocketAddr>) -> ExitCode {
     // One worker, or a runtime per worker thread (`server.thread_per_core`, started by
     // `serve`): this thread's runtime is current-thread, without the cross-thread machinery
     // (work stealing, atomic queues, a parked main thread).
-    let per_core = server_config.thread_per_core && server_config.worker_threads() > 1;
+    let per_core = server_config.per_core_workers().is_some();
     let mut runtime = if per_core || server_config.worker_threads() == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {

@@ -277,15 +277,7 @@ fn closed_under(e: &hyper::Error) -> bool {
 
 /// A copy of `request` to send again, when it has no body and an idempotent method.
 fn replayable(request: &Request<Upload>) -> Option<Request<Upload>> {
-    use http::Method;
-    let idempotent = [
-        Method::GET,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::PUT,
-        Method::DELETE,
-    ];
-    if !idempotent.contains(request.method()) || !http_body::Body::is_end_stream(request.body()) {
+    if !request.method().is_idempotent() || !http_body::Body::is_end_stream(request.body()) {
         return None;
     }
     let mut again = Request::new(Upload::empty());

@@ -57,7 +57,6 @@ pub async fn serve(
         limits,
         draining,
         gateway,
-        handshake_timeout: config.request_header_timeout,
     };
     let connections = Arc::new(Semaphore::new(config.max_connections));
     // Slots of their own: a flood of clients must not keep Prometheus and the probes out.
@@ -81,12 +80,7 @@ pub async fn serve(
     }
     let (stop, stopping) = watch::channel(false);
     let mut acceptors = tokio::task::JoinSet::new();
-    let workers = if config.thread_per_core {
-        config.worker_threads()
-    } else {
-        1
-    };
-    let per_core = if workers > 1 {
+    let per_core = if let Some(workers) = config.per_core_workers() {
         crate::metrics::count_runtime(tokio::runtime::Handle::current());
         PerCore::start(
             workers,
@@ -150,7 +144,6 @@ struct Serving {
     limits: ConnLimits,
     draining: watch::Receiver<bool>,
     gateway: Gateway,
-    handshake_timeout: Duration,
 }
 
 impl Serving {
@@ -172,8 +165,9 @@ impl Serving {
             };
             return self.serve_http(stream, conn).await;
         };
+        // The handshake is bounded as a request head is.
         match tokio::time::timeout(
-            self.handshake_timeout,
+            self.limits.timeouts.head,
             TlsAcceptor::from(tls).accept(stream),
         )
         .await
@@ -191,19 +185,45 @@ impl Serving {
         }
     }
 
-    async fn serve_http<S>(self, stream: S, conn: ConnInfo)
+    /// Serves one connection until it ends. It ends gracefully (requests under way finish, then
+    /// the close or an h2 GOAWAY) when ucgate drains, or once it has carried `max_requests`: a
+    /// client cannot keep one connection forever, nor open and cancel h2 streams without end.
+    async fn serve_http<S>(mut self, stream: S, conn: ConnInfo)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        serve_connection(
-            &self.builder,
-            self.limits,
-            self.draining,
-            &self.gateway,
-            stream,
-            conn,
-        )
-        .await;
+        let limits = self.limits;
+        let (stream, tracker) = client_timeouts::wrap(stream, limits.timeouts, limits.max_requests);
+        let service = self.gateway.service(conn, tracker.clone());
+        let connection = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        tokio::pin!(connection);
+        let draining = &mut self.draining;
+        let closing = async {
+            tokio::select! {
+                _ = draining.wait_for(|drain| *drain) => {}
+                () = tracker.enough().notified() => {}
+            }
+        };
+        tokio::pin!(closing);
+        let mut closed = false;
+        let ended = loop {
+            tokio::select! {
+                // The close first: polled after the connection, a response that became ready
+                // in the same wake-up (on another worker) would go out before hyper knows to
+                // say `connection: close`.
+                biased;
+                () = &mut closing, if !closed => {
+                    closed = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                ended = connection.as_mut() => break ended,
+            }
+        };
+        if let Err(e) = ended {
+            tracing::debug!(remote = %conn.remote, error = %e, "connection ended with an error");
+        }
     }
 }
 
@@ -350,49 +370,6 @@ impl PerCore {
 struct ConnLimits {
     timeouts: Timeouts,
     max_requests: u32,
-}
-
-/// Serves one connection until it ends. It ends gracefully (requests under way finish, then
-/// the close or an h2 GOAWAY) when ucgate drains, or once it has carried `max_requests`: a
-/// client cannot keep one connection forever, nor open and cancel h2 streams without end.
-async fn serve_connection<S>(
-    builder: &auto::Builder<TokioExecutor>,
-    limits: ConnLimits,
-    mut draining: watch::Receiver<bool>,
-    gateway: &Gateway,
-    stream: S,
-    conn: ConnInfo,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (stream, tracker) = client_timeouts::wrap(stream, limits.timeouts, limits.max_requests);
-    let service = gateway.service(conn, tracker.clone());
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(connection);
-    let closing = async {
-        tokio::select! {
-            _ = draining.wait_for(|drain| *drain) => {}
-            () = tracker.enough().notified() => {}
-        }
-    };
-    tokio::pin!(closing);
-    let mut closed = false;
-    let ended = loop {
-        tokio::select! {
-            // The close first: polled after the connection, a response that became ready in the
-            // same wake-up (on another worker) would go out before hyper knows to say
-            // `connection: close`.
-            biased;
-            () = &mut closing, if !closed => {
-                closed = true;
-                connection.as_mut().graceful_shutdown();
-            }
-            ended = connection.as_mut() => break ended,
-        }
-    };
-    if let Err(e) = ended {
-        tracing::debug!(remote = %conn.remote, error = %e, "connection ended with an error");
-    }
 }
 
 fn connection_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {

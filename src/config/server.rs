@@ -38,8 +38,9 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Each worker thread runs a runtime of its own: it accepts connections from the listeners
     /// (shared by every worker), serves them to the end and keeps its own upstream connections,
-    /// so that a request never crosses threads. Off: one work-stealing runtime for every worker
-    /// (a busy connection's work spreads over idle threads). No effect with one worker.
+    /// so that a proxied request's client and upstream connections stay on one thread. Off:
+    /// one work-stealing runtime for every worker (a busy connection's work spreads over idle
+    /// threads). No effect with one worker.
     pub thread_per_core: bool,
     /// A request head (and a TLS handshake) must arrive in this time: 408 and close otherwise.
     #[serde(deserialize_with = "duration")]
@@ -138,6 +139,13 @@ impl ServerConfig {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         }
+    }
+
+    /// How many per-core workers serve the public listeners: `Some` with `thread_per_core` and
+    /// more than one worker, `None` when one runtime serves everything.
+    pub fn per_core_workers(&self) -> Option<usize> {
+        let workers = self.worker_threads();
+        (self.thread_per_core && workers > 1).then_some(workers)
     }
 
     /// Checks the limits and resolves relative paths against the config file's folder `base`.
