@@ -165,7 +165,7 @@ impl Endpoint {
                 if claims.method == Method::Xuc {
                     // xuc's to renew: the same token back, as long as it is known to live.
                     let same = Issued {
-                        login: claims.sub.clone(),
+                        login: claims.sub.to_string(),
                         token,
                         ttl: claims.ttl(),
                     };

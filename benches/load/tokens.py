@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Mint N distinct valid UC tokens (HS256, ucgate's claims) and present each one once to a
-protected route of a running ucgate, over a few keep-alive HTTP/1.1 connections.
+"""Mint N distinct valid UC tokens (HS256, the claims ucgate signs, each of its own session) and
+present each one once to a protected route of a running ucgate, over a few keep-alive HTTP/1.1
+connections.
 
 Used by benches/load.sh to measure ucgate's memory with N tokens in its validation cache.
 Standard library only. The secret is read from the environment variable named by --key-env.
@@ -35,6 +36,8 @@ def mint(secret: bytes, count: int, issuer: str, ttl: int) -> list[bytes]:
             "iat": now,
             "exp": now + ttl,
             "jti": os.urandom(16).hex(),
+            "auth_time": now,
+            "sid": os.urandom(16).hex(),
         }
         signing_input = header + b"." + b64url(json.dumps(claims, separators=(",", ":")).encode())
         signature = hmac.new(secret, signing_input, hashlib.sha256).digest()

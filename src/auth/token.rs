@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::hash::BuildHasher;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -44,53 +45,77 @@ impl Method {
     }
 }
 
-/// The claims of a UC token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The claims of a validated UC token, as the request path reads them. Kept in the validation
+/// cache for each token until its `exp`, so it holds only what is read after validation, in one
+/// allocation beside three small strings: `iss` was checked by the validation, and `jti` matters
+/// only as the session of tokens older than `sid` (about 110 bytes less per cached token than the
+/// wire form). Tokens carry [`WireClaims`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {
-    pub iss: String,
     /// The login.
-    pub sub: String,
-    pub profile: String,
+    pub sub: Box<str>,
+    pub profile: Box<str>,
     pub method: Method,
-    /// Issued at, seconds since the epoch. An integer: ucgate issues UC tokens and writes
-    /// integers; another type in a correctly signed token is a sign of something else at work.
+    /// Issued at, seconds since the epoch.
     pub iat: u64,
-    /// Expires at, seconds since the epoch; an integer.
+    /// Expires at, seconds since the epoch.
     pub exp: u64,
-    pub jti: String,
     /// When the person authenticated, seconds since the epoch (as OpenID Connect's
     /// `auth_time`): renewals keep it, and none outlives it by more than `tokens.max_session`.
-    /// Absent (0) in tokens issued before sessions: their `iat` stands for it.
-    #[serde(default)]
+    /// A token issued before sessions has none on the wire: its `iat` stands for it.
     pub auth_time: u64,
     /// The session (as OpenID Connect's `sid`): every token renewed from one authentication
-    /// shares it, and a logout ends them all. Absent in older tokens: their `jti` stands for it.
+    /// shares it, and a logout ends them all. A token issued before sessions has none on the
+    /// wire: its `jti` stands for it.
+    pub sid: Box<str>,
+}
+
+/// The claims of a UC token as signed (RFC 7519 §4): what [`Claims`] keeps, and `iss` and `jti`.
+#[derive(Debug, Serialize, Deserialize)]
+struct WireClaims {
+    iss: String,
+    sub: String,
+    profile: String,
+    method: Method,
+    /// An integer: ucgate issues UC tokens and writes integers; another type in a correctly
+    /// signed token is a sign of something else at work.
+    iat: u64,
+    /// An integer, as `iat`.
+    exp: u64,
+    jti: String,
     #[serde(default)]
-    pub sid: String,
+    auth_time: u64,
+    #[serde(default)]
+    sid: String,
+}
+
+impl From<WireClaims> for Claims {
+    fn from(wire: WireClaims) -> Self {
+        Claims {
+            sub: wire.sub.into_boxed_str(),
+            profile: wire.profile.into_boxed_str(),
+            method: wire.method,
+            iat: wire.iat,
+            exp: wire.exp,
+            auth_time: if wire.auth_time == 0 {
+                wire.iat
+            } else {
+                wire.auth_time
+            },
+            sid: if wire.sid.is_empty() {
+                wire.jti
+            } else {
+                wire.sid
+            }
+            .into_boxed_str(),
+        }
+    }
 }
 
 impl Claims {
     /// Seconds left before expiry.
     pub fn ttl(&self) -> u64 {
         self.exp.saturating_sub(unix_now())
-    }
-
-    /// When the session began.
-    pub fn session_start(&self) -> u64 {
-        if self.auth_time == 0 {
-            self.iat
-        } else {
-            self.auth_time
-        }
-    }
-
-    /// The session's name.
-    pub fn session(&self) -> &str {
-        if self.sid.is_empty() {
-            &self.jti
-        } else {
-            &self.sid
-        }
     }
 }
 
@@ -157,8 +182,10 @@ struct Cached {
     claims: Arc<Claims>,
     /// The login's standing, when followed: read at each hit, without a look-up.
     cell: Option<Arc<Cell>>,
-    /// A token vouched for by another issuer (xuc) is reused this long, then asked again.
-    fresh_for: Option<Duration>,
+    /// A token vouched for by another issuer (xuc) is reused this many milliseconds at most,
+    /// then asked again; `None` for ucgate's own, kept until their `exp`. Not a `Duration`: a
+    /// cached validation is 16 bytes smaller in moka's entry with 32 bits here (measured).
+    fresh_ms: Option<NonZeroU32>,
 }
 
 /// Cached validations live until the token's `exp`, or less for a vouched token.
@@ -167,11 +194,9 @@ struct UntilExpiry;
 impl Expiry<u128, Cached> for UntilExpiry {
     fn expire_after_create(&self, _: &u128, cached: &Cached, _: Instant) -> Option<Duration> {
         let until_exp = Duration::from_secs(cached.claims.ttl());
-        Some(
-            cached
-                .fresh_for
-                .map_or(until_exp, |fresh| fresh.min(until_exp)),
-        )
+        Some(cached.fresh_ms.map_or(until_exp, |fresh| {
+            Duration::from_millis(fresh.get().into()).min(until_exp)
+        }))
     }
 }
 
@@ -299,15 +324,13 @@ impl TokenService {
         if claims.method == Method::Xuc {
             return Err(TokenError::Invalid);
         }
-        let end = claims
-            .session_start()
-            .saturating_add(self.max_session.as_secs());
+        let end = claims.auth_time.saturating_add(self.max_session.as_secs());
         let left = end.saturating_sub(unix_now());
         if left == 0 {
             return Err(TokenError::Expired);
         }
         let ttl = self.max_ttl.min(Duration::from_secs(left));
-        let session = (claims.session_start(), claims.session().to_owned());
+        let session = (claims.auth_time, claims.sid.to_string());
         self.sign(
             &claims.sub,
             &claims.profile,
@@ -329,7 +352,7 @@ impl TokenService {
         let iat = unix_now();
         let jti = random_hex();
         let (auth_time, sid) = session.unwrap_or_else(|| (iat, random_hex()));
-        let claims = Claims {
+        let claims = WireClaims {
             iss: self.issuer.clone(),
             sub: login.to_owned(),
             profile: profile.to_owned(),
@@ -399,7 +422,7 @@ impl TokenService {
             return Err(TokenError::Revoked);
         }
         let claims = Arc::new(self.decode(token)?);
-        if self.revoked.session_revoked(session_key(claims.session())) {
+        if self.revoked.session_revoked(session_key(&claims.sid)) {
             return Err(TokenError::Revoked);
         }
         let cached = Cached {
@@ -407,7 +430,7 @@ impl TokenService {
             revision,
             cell: self.standing.as_ref().map(|s| s.cell(&claims.sub)),
             claims,
-            fresh_for: None,
+            fresh_ms: None,
         };
         self.remember(token, key, cached)
     }
@@ -440,12 +463,17 @@ impl TokenService {
         if self.is_revoked(token, &claims) {
             return Err(TokenError::Revoked);
         }
+        let millis = u32::try_from(fresh_for.as_millis()).unwrap_or(u32::MAX);
+        let Some(fresh_ms) = NonZeroU32::new(millis) else {
+            // Its freshness is spent already: answered, not kept.
+            return Ok(Arc::new(claims));
+        };
         let cached = Cached {
             fingerprint: self.hashers[2].hash_one(token),
             revision,
             claims: Arc::new(claims),
             cell: None,
-            fresh_for: Some(fresh_for),
+            fresh_ms: Some(fresh_ms),
         };
         self.remember(token, self.cache_key(token), cached)
     }
@@ -453,7 +481,7 @@ impl TokenService {
     /// Whether the token, or its session, is revoked.
     fn is_revoked(&self, token: &str, claims: &Claims) -> bool {
         self.revoked.contains(revocation_key(token))
-            || self.revoked.session_revoked(session_key(claims.session()))
+            || self.revoked.session_revoked(session_key(&claims.sid))
     }
 
     /// The claims with the profile the directory gives now.
@@ -468,7 +496,7 @@ impl TokenService {
         match cell.verdict(&cached.claims.profile) {
             Verdict::Stands => Ok(cached.claims),
             Verdict::Profile(profile) => Ok(Arc::new(Claims {
-                profile: profile.to_string(),
+                profile: Box::from(&*profile),
                 ..(*cached.claims).clone()
             })),
             Verdict::Refused => Err(TokenError::Disallowed),
@@ -477,7 +505,7 @@ impl TokenService {
 
     fn decode(&self, token: &str) -> Result<Claims, TokenError> {
         jose::check_header(token).map_err(|_| TokenError::Invalid)?;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let data = jsonwebtoken::decode::<WireClaims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid,
@@ -492,16 +520,14 @@ impl TokenService {
         {
             return Err(TokenError::Invalid);
         }
-        Ok(data.claims)
+        Ok(data.claims.into())
     }
 
     /// Revokes a token and its whole session (every token renewed from the same
     /// authentication): refused everywhere from now on, cached or not. In memory; the
     /// revocations file is written by `Revocations::persist` (see [`TokenService::revocations`]).
     pub fn revoke(&self, token: &str, claims: &Claims) {
-        let session_end = claims
-            .session_start()
-            .saturating_add(self.max_session.as_secs());
+        let session_end = claims.auth_time.saturating_add(self.max_session.as_secs());
         let revoked = [
             Revoked {
                 scope: Scope::Token,
@@ -510,7 +536,7 @@ impl TokenService {
             },
             Revoked {
                 scope: Scope::Session,
-                key: session_key(claims.session()),
+                key: session_key(&claims.sid),
                 exp: session_end,
             },
         ];
@@ -632,10 +658,7 @@ mod tests {
             .unwrap();
         assert_eq!(issued.ttl, 60);
         let claims = s.validate(&issued.token).unwrap();
-        assert_eq!(
-            (claims.sub.as_str(), claims.method),
-            ("alice", Method::Password)
-        );
+        assert_eq!((&*claims.sub, claims.method), ("alice", Method::Password));
         assert!(claims.ttl() <= 60 && claims.ttl() >= 59);
         assert!(
             Arc::ptr_eq(&claims, &s.validate(&issued.token).unwrap()),
@@ -657,7 +680,7 @@ mod tests {
         let forged = format!("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJtYWxsb3J5In0.{signature}");
         assert_eq!(s.validate(&forged), Err(TokenError::Invalid));
         assert_eq!(
-            s.validate(&token).unwrap().sub,
+            &*s.validate(&token).unwrap().sub,
             "alice",
             "the real token still hits"
         );
@@ -698,5 +721,65 @@ mod tests {
         assert_eq!(s.validate(&foreign), Err(TokenError::Invalid));
         assert_eq!(s.validate("not.a.jwt"), Err(TokenError::Invalid));
         assert_eq!(s.validate(""), Err(TokenError::Invalid));
+    }
+
+    /// A token signed before sessions (no `sid`, no `auth_time`): its `jti` is its session and
+    /// its `iat` the session's start, for logout and renewal alike.
+    #[test]
+    fn a_token_without_session_claims_is_its_own_session() {
+        let s = service(3600);
+        let key = EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef");
+        let iat = unix_now() - 10;
+        let older = |jti: &str| {
+            let claims = serde_json::json!({
+                "iss": "ucgate", "sub": "alice", "profile": "agent", "method": "password",
+                "iat": iat, "exp": iat + 600, "jti": jti,
+            });
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+        };
+        let token = older("the-jti");
+        let claims = s.validate(&token).unwrap();
+        assert_eq!((&*claims.sid, claims.auth_time), ("the-jti", iat));
+        let renewed = s.renew(&claims).unwrap();
+        let renewed = s.validate(&renewed.token).unwrap();
+        assert_eq!((&*renewed.sid, renewed.auth_time), ("the-jti", iat));
+        s.revoke(&token, &claims);
+        assert_eq!(
+            s.validate(&older("another-jti")).unwrap().sub,
+            Box::from("alice")
+        );
+        assert_eq!(s.validate(&older("the-jti")), Err(TokenError::Revoked));
+    }
+
+    /// A vouched token is kept as long as its issuer's word is fresh, and not at all when that
+    /// word is already spent.
+    #[test]
+    fn a_vouched_token_is_kept_while_fresh() {
+        let s = service(3600);
+        let vouched = |sid: &str| Claims {
+            sub: "bob".into(),
+            profile: "agent".into(),
+            method: Method::Xuc,
+            iat: unix_now(),
+            exp: unix_now() + 600,
+            auth_time: unix_now(),
+            sid: sid.into(),
+        };
+        let fresh = "xuc-token-fresh";
+        let kept = s
+            .vouch(fresh, vouched("xuc:1"), Duration::from_secs(30))
+            .unwrap();
+        assert!(
+            Arc::ptr_eq(&kept, &s.validate(fresh).unwrap()),
+            "a cache hit"
+        );
+        let spent = "xuc-token-spent";
+        assert_eq!(
+            s.vouch(spent, vouched("xuc:2"), Duration::ZERO)
+                .unwrap()
+                .sub,
+            Box::from("bob")
+        );
+        assert_eq!(s.validate(spent), Err(TokenError::Invalid), "not kept");
     }
 }

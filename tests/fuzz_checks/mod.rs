@@ -221,8 +221,8 @@ pub fn token_claims(data: &[u8]) {
     assert_eq!(json["exp"].as_u64(), Some(claims.exp));
     assert_eq!(json["iat"].as_u64(), Some(claims.iat));
     assert_eq!(json["iss"].as_str(), Some("ucgate"));
-    assert_eq!(json["sub"].as_str(), Some(claims.sub.as_str()));
-    assert_eq!(json["profile"].as_str(), Some(claims.profile.as_str()));
+    assert_eq!(json["sub"].as_str(), Some(&*claims.sub));
+    assert_eq!(json["profile"].as_str(), Some(&*claims.profile));
     assert_eq!(json["method"].as_str(), Some(claims.method.as_str()));
 }
 
