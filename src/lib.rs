@@ -27,6 +27,7 @@ mod doctor;
 mod endpoints;
 mod error;
 mod gateway;
+mod hop_by_hop;
 mod identity;
 mod lazy_timer;
 mod metrics;

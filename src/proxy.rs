@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{Extensions, Request, Response, StatusCode, Uri, Version, request};
 use http_body_util::BodyExt;
@@ -15,21 +15,10 @@ use hyper_util::rt::TokioIo;
 use crate::body::{Body, StreamError};
 use crate::config::UpstreamUrl;
 use crate::error::GateError;
+use crate::hop_by_hop;
 use crate::identity::Asserted;
 use crate::pool::{Lease, Pool, PoolError};
 use crate::tls;
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the legacy ones.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
 
 const UPGRADE_VALUE: HeaderValue = HeaderValue::from_static("upgrade");
 
@@ -125,7 +114,12 @@ impl Forward<'_> {
             (true, None) => return Err(GateError::UpstreamUnavailable),
             (false, _) => {}
         }
-        strip_hop_by_hop(response.headers_mut(), switching);
+        hop_by_hop::strip(response.headers_mut(), switching, |_| false);
+        if switching {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, UPGRADE_VALUE);
+        }
         small_body_in_one_piece(response, lease, self.upstream.timeout).await
     }
 
@@ -158,9 +152,8 @@ impl Forward<'_> {
             .or_else(|| parts.headers.get(header::HOST).cloned());
         let upgrade_protocol = parts.headers.get(header::UPGRADE).cloned();
         let headers = &mut parts.headers;
-        // Hop-by-hop first: a header the client names in `Connection` must not remove what
-        // ucgate sets.
-        strip_hop_by_hop(headers, false);
+        // The client's hop-by-hop headers go in the same pass as its identity headers, before
+        // ucgate sets its own: a header the client names in `Connection` must not remove them.
         self.asserted.apply(headers, original_host)?;
         headers.insert(header::HOST, self.upstream.host.clone());
         if let (true, Some(protocol)) = (upgrade, upgrade_protocol) {
@@ -257,44 +250,7 @@ fn is_websocket_handshake(parts: &request::Parts) -> bool {
         && single(header::UPGRADE).is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
         && single(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13")
         && key_ok
-        && connection_tokens(&parts.headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
-}
-
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
-
-/// Removes the hop-by-hop headers and those the `Connection` header names. `Upgrade` stays only
-/// on a protocol switch. Framing headers stay whatever `Connection` says: hyper owns framing.
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the message's names (a handful), not one look-up per hop-by-hop name.
-    let named: Vec<&str> = connection_tokens(headers).collect();
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| {
-            if *k == header::UPGRADE {
-                // `Connection: upgrade` names Upgrade: on a protocol switch it must survive.
-                return !keep_upgrade;
-            }
-            HOP_BY_HOP.contains(k)
-                || (*k != header::CONTENT_LENGTH
-                    && *k != header::HOST
-                    && named.iter().any(|t| k.as_str().eq_ignore_ascii_case(t)))
-        })
-        .cloned()
-        .collect();
-    for name in doomed {
-        headers.remove(name);
-    }
-    if keep_upgrade {
-        headers.insert(header::CONNECTION, UPGRADE_VALUE);
-    }
+        && hop_by_hop::connection_tokens(&parts.headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 /// Copies bytes both ways between the client and the upstream once both have switched.
@@ -310,31 +266,5 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
     let mut upstream = TokioIo::new(upstream);
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         tracing::debug!(error = %e, "upgraded connection ended");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strips_hop_by_hop_and_connection_named_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            "keep-alive, X-Secret, x-auth-user, Content-Length"
-                .parse()
-                .unwrap(),
-        );
-        h.insert("x-secret", "1".parse().unwrap());
-        h.insert("keep-alive", "timeout=5".parse().unwrap());
-        h.insert(header::TE, "trailers".parse().unwrap());
-        h.insert(header::UPGRADE, "websocket".parse().unwrap());
-        h.insert(header::CONTENT_LENGTH, "3".parse().unwrap());
-        h.insert("x-kept", "1".parse().unwrap());
-        strip_hop_by_hop(&mut h, false);
-        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-        names.sort();
-        assert_eq!(names, ["content-length", "x-kept"]);
     }
 }

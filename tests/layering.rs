@@ -18,6 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "metrics",
             "body",
             "error",
+            "hop_by_hop",
             "identity",
             "cors",
             "config",

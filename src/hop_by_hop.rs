@@ -1,0 +1,121 @@
+//! Hop-by-hop headers (RFC 9110 §7.6.1): those that describe one connection, not the message,
+//! are removed at every hop: `Connection`, the fields it names, and the fixed list of
+//! connection-specific fields (with the legacy `Keep-Alive` and `Proxy-Connection`).
+
+use http::header::{self, HeaderMap, HeaderName};
+use smallvec::SmallVec;
+
+/// Connection-specific fields, removed whatever `Connection` says.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// The field names a message's `Connection` headers list (RFC 9110 §7.6.1), as sent (any case).
+pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes from `headers` the hop-by-hop fields and those its `Connection` names, and whatever
+/// else `also` names, in one pass over the message's names: a forwarder that strips several
+/// lists pays for one. `Upgrade` stays when `keep_upgrade` (a protocol switch). Framing fields
+/// (`Content-Length`) and `Host` stay whatever `Connection` says: hyper owns framing, and the
+/// forwarder sets Host.
+pub fn strip(headers: &mut HeaderMap, keep_upgrade: bool, also: impl Fn(&HeaderName) -> bool) {
+    // Inline up to four: a message names one or two fields in Connection (`keep-alive`) and
+    // has as few to remove, and these vectors were two allocations of every response.
+    let doomed: SmallVec<[HeaderName; 4]> = {
+        let named: SmallVec<[&str; 4]> = connection_tokens(headers).collect();
+        headers
+            .keys()
+            .filter(|k| {
+                if *k == header::UPGRADE {
+                    // `Connection: upgrade` names Upgrade: on a protocol switch it must survive.
+                    return !keep_upgrade;
+                }
+                HOP_BY_HOP.contains(k)
+                    || also(k)
+                    || (*k != header::CONTENT_LENGTH
+                        && *k != header::HOST
+                        && named.iter().any(|t| k.as_str().eq_ignore_ascii_case(t)))
+            })
+            .cloned()
+            .collect()
+    };
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        names
+    }
+
+    fn message() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            "keep-alive, X-Secret, x-auth-user, Content-Length, Host, upgrade"
+                .parse()
+                .unwrap(),
+        );
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert(header::CONTENT_LENGTH, "3".parse().unwrap());
+        h.insert(header::HOST, "example.com".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        h.insert("x-also", "1".parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = message();
+        strip(&mut h, false, |_| false);
+        assert_eq!(names(&h), ["content-length", "host", "x-also", "x-kept"]);
+    }
+
+    #[test]
+    fn keeps_upgrade_on_a_switch_and_removes_what_also_names() {
+        let mut h = message();
+        strip(&mut h, true, |k| k.as_str() == "x-also");
+        assert_eq!(names(&h), ["content-length", "host", "upgrade", "x-kept"]);
+    }
+
+    /// More named fields than the inline capacity: the vectors spill, nothing is missed.
+    #[test]
+    fn many_named_fields() {
+        let mut h = HeaderMap::new();
+        let listed: Vec<String> = (0..20).map(|i| format!("x-hop-{i}")).collect();
+        h.insert(header::CONNECTION, listed.join(", ").parse().unwrap());
+        for name in &listed {
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                "1".parse().unwrap(),
+            );
+        }
+        h.insert("x-kept", "1".parse().unwrap());
+        strip(&mut h, false, |_| false);
+        assert_eq!(names(&h), ["x-kept"]);
+    }
+}
