@@ -66,18 +66,14 @@ pub async fn serve(
     } else {
         Listener::Everything
     };
-    for listener in listeners.iter().chain(&admin) {
-        if let Ok(addr) = listener.local_addr() {
-            if admin
-                .as_ref()
-                .is_some_and(|a| a.local_addr().ok() == Some(addr))
-            {
-                tracing::info!(%addr, "listening for the operator (metrics, health)");
-            } else {
-                tracing::info!(%addr, "listening");
-            }
-        }
-    }
+    // Said once every listener has its acceptors (the per-core workers are up): a `listening`
+    // line means served, not only queued in the kernel's backlog.
+    let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
+    let public_addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .filter(|addr| Some(*addr) != admin_addr)
+        .collect();
     let (stop, stopping) = watch::channel(false);
     let mut acceptors = tokio::task::JoinSet::new();
     let per_core = if let Some(workers) = config.per_core_workers() {
@@ -108,6 +104,12 @@ pub async fn serve(
             admin_connections.clone(),
             serving.clone(),
         ));
+    }
+    for addr in public_addrs {
+        tracing::info!(%addr, "listening");
+    }
+    if let Some(addr) = admin_addr {
+        tracing::info!(%addr, "listening for the operator (metrics, health)");
     }
     shutdown.await;
     // Closing the listeners first: new connections are refused while the old ones drain. (A
