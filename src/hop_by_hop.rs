@@ -17,14 +17,15 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// The field names a message's `Connection` headers list (RFC 9110 §7.6.1), as sent (any case).
-pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+/// The field names a message's `Connection` headers list (RFC 9110 §7.6.1), as sent (any case),
+/// as bytes: a value with a byte outside visible ASCII (obs-text, which hyper lets through) still
+/// names the fields around it, instead of hiding them all.
+pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
 }
 
@@ -37,7 +38,7 @@ pub fn strip(headers: &mut HeaderMap, keep_upgrade: bool, also: impl Fn(&HeaderN
     // Inline up to four: a message names one or two fields in Connection (`keep-alive`) and
     // has as few to remove, and these vectors were two allocations of every response.
     let doomed: SmallVec<[HeaderName; 4]> = {
-        let named: SmallVec<[&str; 4]> = connection_tokens(headers).collect();
+        let named: SmallVec<[&[u8]; 4]> = connection_tokens(headers).collect();
         headers
             .keys()
             .filter(|k| {
@@ -49,7 +50,9 @@ pub fn strip(headers: &mut HeaderMap, keep_upgrade: bool, also: impl Fn(&HeaderN
                     || also(k)
                     || (*k != header::CONTENT_LENGTH
                         && *k != header::HOST
-                        && named.iter().any(|t| k.as_str().eq_ignore_ascii_case(t)))
+                        && named
+                            .iter()
+                            .any(|t| k.as_str().as_bytes().eq_ignore_ascii_case(t)))
             })
             .cloned()
             .collect()
@@ -62,6 +65,7 @@ pub fn strip(headers: &mut HeaderMap, keep_upgrade: bool, also: impl Fn(&HeaderN
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn names(h: &HeaderMap) -> Vec<&str> {
         let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
@@ -100,6 +104,20 @@ mod tests {
         let mut h = message();
         strip(&mut h, true, |k| k.as_str() == "x-also");
         assert_eq!(names(&h), ["content-length", "host", "upgrade", "x-kept"]);
+    }
+
+    /// A `Connection` value with a byte outside visible ASCII still names its fields.
+    #[test]
+    fn a_value_with_obs_text_still_names_its_fields() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"X-Hop-Secret, \xe9").unwrap(),
+        );
+        h.insert("x-hop-secret", "s3cret".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip(&mut h, false, |_| false);
+        assert_eq!(names(&h), ["x-kept"]);
     }
 
     /// More named fields than the inline capacity: the vectors spill, nothing is missed.

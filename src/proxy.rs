@@ -250,7 +250,7 @@ fn is_websocket_handshake(parts: &request::Parts) -> bool {
         && single(header::UPGRADE).is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
         && single(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13")
         && key_ok
-        && hop_by_hop::connection_tokens(&parts.headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+        && hop_by_hop::connection_tokens(&parts.headers).any(|t| t.eq_ignore_ascii_case(b"upgrade"))
 }
 
 /// Copies bytes both ways between the client and the upstream once both have switched.

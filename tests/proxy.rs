@@ -474,6 +474,25 @@ async fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
     assert_eq!(seen.header_all("x-auth-token"), [SHARED_TOKEN]);
 }
 
+/// A `Connection` value with a byte outside visible ASCII (obs-text, which the HTTP library lets
+/// through) still names its fields: once, it hid them all, and they reached the upstream.
+#[tokio::test]
+async fn a_connection_value_with_obs_text_still_names_its_fields() {
+    let (up, gate) = setup().await;
+    let mut request = b"GET /api/hop HTTP/1.1\r\nHost: ucgate.test\r\nConnection: close\r\n\
+        Connection: X-Hop-Secret, \xe9\r\nX-Hop-Secret: s3cret\r\n"
+        .to_vec();
+    request.extend_from_slice(format!("{X_AUTH_TOKEN}: {SHARED_TOKEN}\r\n\r\n").as_bytes());
+    let r = raw_http(gate.addr(), request).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    assert!(
+        seen.header_all("x-hop-secret").is_empty(),
+        "{}",
+        seen.head_text()
+    );
+}
+
 #[tokio::test]
 async fn forwarded_headers_replace_what_the_client_claims() {
     let (up, gate) = setup().await;
