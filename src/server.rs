@@ -299,10 +299,7 @@ impl PerCore {
                         Ok((runtime, listeners?))
                     });
                 let (runtime, listeners) = match started {
-                    Ok(started) => {
-                        let _ = ready.send(Ok(()));
-                        started
-                    }
+                    Ok(started) => started,
                     Err(e) => return drop(ready.send(Err(e))),
                 };
                 crate::metrics::count_runtime(runtime.handle().clone());
@@ -316,6 +313,9 @@ impl PerCore {
                             serving.clone(),
                         ));
                     }
+                    // Ready with its acceptors spawned and its runtime counted: `listening` is
+                    // logged once every worker says so.
+                    let _ = ready.send(Ok(()));
                     let _ = stopping.wait_for(|stop| *stop).await;
                     acceptors.shutdown().await;
                     drop(accepting);
@@ -332,7 +332,7 @@ impl PerCore {
             per_core.threads.push(thread);
         }
         drop(ready_tx);
-        // Blocking, once, at start: each worker answers as soon as its runtime is built.
+        // Blocking, once, at start: each worker answers as soon as its acceptors are spawned.
         for _ in 0..workers {
             ready
                 .recv()
