@@ -122,36 +122,49 @@ impl Gateway {
     /// Answers one request: upstream's answer, an endpoint's, or the JSON error of the phase
     /// that refused it; never fails. Takes the gateway (a clone: one `Arc`) so that its
     /// future is the whole request's, boxed as it is.
-    async fn handle(
+    ///
+    /// This and the phases below are functions returning `async move` blocks, not `async fn`s:
+    /// an async fn moves its arguments into locals of its own, and its future then holds the
+    /// request's head twice; a block uses what it captured in place.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn's future holds its arguments twice"
+    )]
+    fn handle(
         self,
-        req: Request<Incoming>,
+        parts: request::Parts,
+        body: Incoming,
         conn: ConnInfo,
         tracker: RequestTracker,
-    ) -> Result<Response<Tracked<Body>>, Infallible> {
-        let last = tracker.start();
-        let started = Instant::now();
-        let (method, version) = (req.method().clone(), req.version());
-        let state = self.state();
-        let mut ctx = RequestCtx::default();
-        let mut response = match process(&state, req, conn, &mut ctx).await {
-            Ok(response) => response,
-            Err(e) => {
-                ctx.log.error = Some(e.code());
-                e.into_response()
+    ) -> impl Future<Output = Result<Response<Tracked<Body>>, Infallible>> {
+        async move {
+            let last = tracker.start();
+            let started = Instant::now();
+            let (method, version) = (parts.method.clone(), parts.version);
+            let state = self.state();
+            let mut ctx = RequestCtx::default();
+            let mut response = match process(&state, parts, body, conn, &mut ctx).await {
+                Ok(response) => response,
+                Err(e) => {
+                    ctx.log.error = Some(e.code());
+                    e.into_response()
+                }
+            };
+            // Errors included: a browser reads a 401 only with the grant.
+            if let Some(origin) = ctx.cors_origin {
+                Cors::decorate(&mut response, origin);
             }
-        };
-        // Errors included: a browser reads a 401 only with the grant.
-        if let Some(origin) = ctx.cors_origin {
-            Cors::decorate(&mut response, origin);
+            if last
+                && version < Version::HTTP_2
+                && response.status() != StatusCode::SWITCHING_PROTOCOLS
+            {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            ctx.log.finish(&method, version, started, response.status());
+            Ok(tracker.track(response))
         }
-        if last && version < Version::HTTP_2 && response.status() != StatusCode::SWITCHING_PROTOCOLS
-        {
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        ctx.log.finish(&method, version, started, response.status());
-        Ok(tracker.track(response))
     }
 }
 
@@ -164,40 +177,46 @@ struct RequestCtx {
     cors_origin: Option<HeaderValue>,
 }
 
-/// The phases, in order.
-async fn process(
-    state: &State,
-    req: Request<Incoming>,
+/// The phases, in order (an `async move` block: see [`Gateway::handle`]).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn's future holds its arguments twice"
+)]
+fn process<'a>(
+    state: &'a State,
+    parts: request::Parts,
+    body: Incoming,
     conn: ConnInfo,
-    ctx: &mut RequestCtx,
-) -> Result<Response<Body>, GateError> {
-    let log = &mut ctx.log;
-    let (parts, body) = req.into_parts();
-    let (path, origin) = admit(state, &parts, conn, log)?;
-    let target = target(state, &path, conn, log)?;
-    if let Some(response) = cross_origin(state, &target, &parts, &mut ctx.cors_origin)? {
-        return Ok(response);
-    }
-    let log = &mut ctx.log;
-    let route = match target {
-        Target::Endpoint(endpoint) => {
-            let request = Request::from_parts(parts, body);
-            // Boxed: the exchanges' futures are large, and would make every proxied request's
-            // future (moved whole at least once) as large as the largest of them.
-            return Box::pin(endpoint.serve(state, request, origin.client, log)).await;
+    ctx: &'a mut RequestCtx,
+) -> impl Future<Output = Result<Response<Body>, GateError>> + 'a {
+    async move {
+        let log = &mut ctx.log;
+        let (path, origin) = admit(state, &parts, conn, log)?;
+        let target = target(state, &path, conn, log)?;
+        if let Some(response) = cross_origin(state, &target, &parts, &mut ctx.cors_origin)? {
+            return Ok(response);
         }
-        Target::Route(route) => route,
-    };
-    // On a public route, `Authorization` is the upstream's business, not a credential.
-    let public = route.policy.is_public();
-    let presented = auth::presented(&parts.headers, parts.uri.query(), !public)?;
-    let credential = authenticate(state, route, &presented, origin.client).await?;
-    log.credential = Some(credential.kind());
-    let permit = authorise(route, &credential)?;
-    let mut asserted = permit.asserted(&state.shared, origin, conn.tls);
-    asserted.drop_authorization = presented.bearer;
-    let path_and_query = rewrite(&parts.uri, &path, presented.query)?;
-    forward(route, asserted, path_and_query, parts, body).await
+        let log = &mut ctx.log;
+        let route = match target {
+            Target::Endpoint(endpoint) => {
+                let request = Request::from_parts(parts, body);
+                // Boxed: the exchanges' futures are large, and would make every proxied
+                // request's future (moved whole at least once) as large as the largest of them.
+                return Box::pin(endpoint.serve(state, request, origin.client, log)).await;
+            }
+            Target::Route(route) => route,
+        };
+        // On a public route, `Authorization` is the upstream's business, not a credential.
+        let public = route.policy.is_public();
+        let presented = auth::presented(&parts.headers, parts.uri.query(), !public)?;
+        let credential = authenticate(state, route, &presented, origin.client).await?;
+        log.credential = Some(credential.kind());
+        let permit = authorise(route, &credential)?;
+        let mut asserted = permit.asserted(&state.shared, origin, conn.tls);
+        asserted.drop_authorization = presented.bearer;
+        let path_and_query = rewrite(&parts.uri, &path, presented.query)?;
+        forward(route, asserted, path_and_query, parts, body).await
+    }
 }
 
 /// Phase 1: what can be forwarded faithfully, its one normalised path, and where it comes from.
@@ -384,10 +403,11 @@ impl hyper::service::Service<Request<Incoming>> for GatewayService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         // The handler's own future, boxed: no wrapper future around it to copy it into first.
+        let (parts, body) = req.into_parts();
         Box::pin(
             self.gateway
                 .clone()
-                .handle(req, self.conn, self.tracker.clone()),
+                .handle(parts, body, self.conn, self.tracker.clone()),
         )
     }
 }

@@ -174,38 +174,50 @@ impl Pool {
     /// does on an error. Only when the connection closed before a response head came back (not
     /// on an answer it could not parse), and only after a connection idle for
     /// [`REPLAY_AFTER_IDLE`]: the copy of the head it takes stays off the busy path.
-    pub async fn send(
+    ///
+    /// A function returning an `async move` block rather than an `async fn`: an async fn moves
+    /// its arguments into locals of its own, so that its future held the request twice.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn's future holds its arguments twice"
+    )]
+    pub fn send(
         &self,
         mut request: Request<Upload>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), PoolError> {
-        while let Some((mut sender, idle_for)) = self.checkout() {
-            // Ready at once unless the connection still settles its last exchange.
-            if sender.ready().await.is_err() {
-                continue;
+    ) -> impl Future<Output = Result<(Response<Incoming>, Option<Lease>), PoolError>> + '_ {
+        async move {
+            while let Some((mut sender, idle_for)) = self.checkout() {
+                // Ready at once unless the connection still settles its last exchange.
+                if sender.ready().await.is_err() {
+                    continue;
+                }
+                // Boxed: the copy is rare, and inline it took the request's size again in
+                // every request's future.
+                let replay = (idle_for >= REPLAY_AFTER_IDLE)
+                    .then(|| replayable(&request).map(Box::new))
+                    .flatten();
+                match sender.try_send_request(request).await {
+                    Ok(response) => return Ok(self.lend(response, sender)),
+                    Err(mut e) => match (e.take_message(), replay) {
+                        // Never sent: the connection was closing. Try the next one.
+                        (Some(unsent), _) => request = unsent,
+                        (None, Some(again)) if closed_under(e.error()) => {
+                            tracing::debug!(error = %e.into_error(), "a pooled upstream connection closed under the request: sent again");
+                            request = *again;
+                            break;
+                        }
+                        (None, _) => return Err(e.into_error().into()),
+                    },
+                }
             }
-            let replay = (idle_for >= REPLAY_AFTER_IDLE)
-                .then(|| replayable(&request))
-                .flatten();
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.lend(response, sender)),
-                Err(mut e) => match (e.take_message(), replay) {
-                    // Never sent: the connection was closing. Try the next one.
-                    (Some(unsent), _) => request = unsent,
-                    (None, Some(again)) if closed_under(e.error()) => {
-                        tracing::debug!(error = %e.into_error(), "a pooled upstream connection closed under the request: sent again");
-                        request = again;
-                        break;
-                    }
-                    (None, _) => return Err(e.into_error().into()),
-                },
-            }
+            // Boxed: connecting (DNS, TCP, TLS, handshake) is the rare path, and its future,
+            // several KiB with a TLS session, would otherwise be part of every request's future,
+            // copied whole each time one is built or boxed (measured with callgrind: see the
+            // README).
+            let mut sender = Box::pin(self.connect()).await?;
+            let response = sender.send_request(request).await?;
+            Ok(self.lend(response, sender))
         }
-        // Boxed: connecting (DNS, TCP, TLS, handshake) is the rare path, and its future, several
-        // KiB with a TLS session, would otherwise be part of every request's future, copied
-        // whole each time one is built or boxed (measured with callgrind: see the README).
-        let mut sender = Box::pin(self.connect()).await?;
-        let response = sender.send_request(request).await?;
-        Ok(self.lend(response, sender))
     }
 
     fn lend(

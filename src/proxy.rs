@@ -76,51 +76,60 @@ pub struct Forward<'a> {
 
 impl Forward<'_> {
     /// Sends the request upstream and returns its response, bodies streamed both ways.
-    pub async fn send(
+    ///
+    /// An `async move` block rather than an `async fn`, whose arguments are moved into locals of
+    /// its own: the future held the request's head and this forwarder twice.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn's future holds its arguments twice"
+    )]
+    pub fn send(
         self,
         mut parts: request::Parts,
         body: Incoming,
-    ) -> Result<Response<Body>, GateError> {
-        let upgrade = (self.websocket && is_websocket_handshake(&parts))
-            .then(|| parts.extensions.remove::<OnUpgrade>())
-            .flatten();
-        self.rewrite(&mut parts, upgrade.is_some())?;
-        let (body, upload_end) = crate::body::upload(body, self.upstream.upload_stall);
-        let response = self.upstream.pool.send(Request::from_parts(parts, body));
-        // The route's timeout runs from the end of the upload, not from its start: a long upload
-        // is bounded by its stall limit instead. (So not tower's Timeout, which would start the
-        // clock with the call.)
-        let timeout = self.upstream.timeout;
-        let answer_due = async move {
-            upload_end.wait().await;
-            tokio::time::sleep(timeout).await;
-        };
-        let result = tokio::select! {
-            biased;
-            result = response => result,
-            () = answer_due => return Err(GateError::UpstreamTimeout),
-        };
-        let (mut response, lease) = match result {
-            Ok(answer) => answer,
-            Err(e) => return Err(self.failure(&e)),
-        };
-        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        match (switching, upgrade) {
-            (true, Some(client_side)) => {
-                let upstream_side = hyper::upgrade::on(&mut response);
-                tokio::spawn(tunnel(client_side, upstream_side));
+    ) -> impl Future<Output = Result<Response<Body>, GateError>> {
+        async move {
+            let upgrade = (self.websocket && is_websocket_handshake(&parts))
+                .then(|| parts.extensions.remove::<OnUpgrade>())
+                .flatten();
+            self.rewrite(&mut parts, upgrade.is_some())?;
+            let (body, upload_end) = crate::body::upload(body, self.upstream.upload_stall);
+            let response = self.upstream.pool.send(Request::from_parts(parts, body));
+            // The route's timeout runs from the end of the upload, not from its start: a long upload
+            // is bounded by its stall limit instead. (So not tower's Timeout, which would start the
+            // clock with the call.)
+            let timeout = self.upstream.timeout;
+            let answer_due = async move {
+                upload_end.wait().await;
+                tokio::time::sleep(timeout).await;
+            };
+            let result = tokio::select! {
+                biased;
+                result = response => result,
+                () = answer_due => return Err(GateError::UpstreamTimeout),
+            };
+            let (mut response, lease) = match result {
+                Ok(answer) => answer,
+                Err(e) => return Err(self.failure(&e)),
+            };
+            let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+            match (switching, upgrade) {
+                (true, Some(client_side)) => {
+                    let upstream_side = hyper::upgrade::on(&mut response);
+                    tokio::spawn(tunnel(client_side, upstream_side));
+                }
+                // An upstream may not switch protocols unasked.
+                (true, None) => return Err(GateError::UpstreamUnavailable),
+                (false, _) => {}
             }
-            // An upstream may not switch protocols unasked.
-            (true, None) => return Err(GateError::UpstreamUnavailable),
-            (false, _) => {}
+            hop_by_hop::strip(response.headers_mut(), switching, |_| false);
+            if switching {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, UPGRADE_VALUE);
+            }
+            small_body_in_one_piece(response, lease, self.upstream.timeout).await
         }
-        hop_by_hop::strip(response.headers_mut(), switching, |_| false);
-        if switching {
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, UPGRADE_VALUE);
-        }
-        small_body_in_one_piece(response, lease, self.upstream.timeout).await
     }
 
     /// Whose fault a failed exchange is: the client's body (silent: 408; malformed or cut off:
