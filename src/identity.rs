@@ -501,36 +501,32 @@ mod tests {
             header::CONNECTION,
             "x-secret, x-auth-token, x-forwarded-for".parse().unwrap(),
         );
-        let shared = HeaderValue::from_static("shared");
-        asserted(Some(&shared), None).apply(&mut h, None).unwrap();
+        with_the_shared_token(&mut h);
         assert_eq!(
             names(&h),
-            [
-                "x-auth-token",
-                "x-forwarded-for",
-                "x-forwarded-port",
-                "x-forwarded-proto",
-                "x-kept"
-            ]
+            [&WITH_THE_SHARED_TOKEN[..], &["x-kept"]].concat()
         );
+    }
+
+    /// What ucgate sets for the shared token, from a client it faces directly, without a host.
+    const WITH_THE_SHARED_TOKEN: [&str; 4] = [
+        "x-auth-token",
+        "x-forwarded-for",
+        "x-forwarded-port",
+        "x-forwarded-proto",
+    ];
+
+    fn with_the_shared_token(h: &mut HeaderMap) {
+        let shared = HeaderValue::from_static("shared");
+        asserted(Some(&shared), None).apply(h, None).unwrap();
         assert_eq!(h[X_AUTH_TOKEN], "shared");
     }
 
     #[test]
     fn sets_only_what_is_asserted() {
-        let shared = HeaderValue::from_static("shared");
         let mut h = headers(&["x-auth-user", "x_auth_method"]);
-        asserted(Some(&shared), None).apply(&mut h, None).unwrap();
-        assert_eq!(
-            names(&h),
-            [
-                "x-auth-token",
-                "x-forwarded-for",
-                "x-forwarded-port",
-                "x-forwarded-proto"
-            ]
-        );
-        assert_eq!(h[X_AUTH_TOKEN], "shared");
+        with_the_shared_token(&mut h);
+        assert_eq!(names(&h), WITH_THE_SHARED_TOKEN);
 
         let mut h = headers(&["x-auth-token"]);
         asserted(None, Some(("alice", "kerberos")))

@@ -775,12 +775,9 @@ mod tests {
         assert_eq!(s.validate(&older("the-jti")), Err(TokenError::Revoked));
     }
 
-    /// A vouched token is kept as long as its issuer's word is fresh, and not at all when that
-    /// word is already spent.
-    #[test]
-    fn a_vouched_token_is_kept_while_fresh() {
-        let s = service(3600);
-        let vouched = |sid: &str| Claims {
+    /// The claims of bob's xuc token, as xuc vouches for them, of session `sid`.
+    fn vouched(sid: &str) -> Claims {
+        Claims {
             sub: "bob".into(),
             profile: "agent".into(),
             method: Method::Xuc,
@@ -788,7 +785,14 @@ mod tests {
             exp: unix_now() + 600,
             auth_time: unix_now(),
             sid: sid.into(),
-        };
+        }
+    }
+
+    /// A vouched token is kept as long as its issuer's word is fresh, and not at all when that
+    /// word is already spent.
+    #[test]
+    fn a_vouched_token_is_kept_while_fresh() {
+        let s = service(3600);
         let fresh = "xuc-token-fresh";
         let kept = s
             .vouch(fresh, vouched("xuc:1"), Duration::from_secs(30))
@@ -823,15 +827,6 @@ mod tests {
             service(3600).cache_key(&token),
             "a secret per service"
         );
-        let vouched = Claims {
-            sub: "bob".into(),
-            profile: "agent".into(),
-            method: Method::Xuc,
-            iat: unix_now(),
-            exp: unix_now() + 600,
-            auth_time: unix_now(),
-            sid: "xuc:1".into(),
-        };
         let opaque = [
             "opaque-token-of-the-site-s-xuc-1",
             "opaque-token-of-the-site-s-xuc-2",
@@ -839,7 +834,7 @@ mod tests {
         let kept: Vec<_> = opaque
             .iter()
             .map(|t| {
-                s.vouch(t, vouched.clone(), Duration::from_secs(30))
+                s.vouch(t, vouched("xuc:1"), Duration::from_secs(30))
                     .unwrap()
             })
             .collect();
