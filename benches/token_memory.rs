@@ -133,4 +133,6 @@ fn main() {
     println!("  ucgate, one login for all the tokens: {one_bytes:.0}");
     println!("  ucgate, users.recheck on, a login per token: {many_bytes:.0}");
     assert_eq!(bare.entry_count(), count as u64, "every entry admitted");
+    assert_eq!(one_login.cached(), count as u64, "every token cached");
+    assert_eq!(many_logins.cached(), count as u64, "every token cached");
 }

@@ -134,6 +134,13 @@ impl Endpoint {
             }
             Endpoint::Ready => Err(GateError::NotReady),
             Endpoint::Metrics => {
+                let cached = state
+                    .uc
+                    .as_ref()
+                    .map_or(0, |uc| uc.issuer.tokens().cached());
+                metrics()
+                    .token_cache_entries
+                    .set(i64::try_from(cached).unwrap_or(i64::MAX));
                 let mut response = Response::new(body::full(metrics().encode()));
                 response.headers_mut().insert(
                     http::header::CONTENT_TYPE,

@@ -80,6 +80,8 @@ pub struct Metrics {
     /// count is one atomic add, not a family look-up.
     pub token_cache_hits: Counter,
     pub token_cache_misses: Counter,
+    /// Set when scraped, from the token service: tokens in the validation cache.
+    pub token_cache_entries: Gauge,
     pub reloads: Family<OutcomeLabels, Counter>,
     pub shared_token_previous: Counter,
     pub request_head_timeouts: Counter,
@@ -113,6 +115,7 @@ impl Metrics {
             lockouts: Counter::default(),
             token_cache_hits: token_cache.get_or_create_owned(&OutcomeLabels { outcome: "hit" }),
             token_cache_misses: token_cache.get_or_create_owned(&OutcomeLabels { outcome: "miss" }),
+            token_cache_entries: Gauge::default(),
             reloads: Family::default(),
             shared_token_previous: Counter::default(),
             request_head_timeouts: Counter::default(),
@@ -157,6 +160,11 @@ impl Metrics {
             "token_cache",
             "UC token validations by cache outcome (hit, miss)",
             token_cache,
+        );
+        registry.register(
+            "token_cache_entries",
+            "UC tokens (and tokens the site's xuc vouched for) in the validation cache, against tokens.cache_capacity",
+            m.token_cache_entries.clone(),
         );
         registry.register(
             "config_reloads",

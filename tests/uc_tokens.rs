@@ -789,6 +789,19 @@ async fn check_answers_login_and_ttl_for_a_valid_token_only() {
     assert_eq!(up.count(), 0);
 }
 
+/// `ucgate_token_cache_entries`: what the validation cache holds, for sizing
+/// `tokens.cache_capacity` (each token once, however often it is used).
+#[tokio::test]
+async fn the_validation_cache_s_size_is_exported() {
+    let (_up, gate) = start().await;
+    let first = token_for(&gate, "alice", ALICE_PW).await;
+    let second = token_for(&gate, "alice", ALICE_PW).await;
+    for token in [&first, &second, &first, &second] {
+        assert_eq!(get(&gate, "/uc/x", token).await.status(), 200);
+    }
+    assert_eq!(metric(&gate, "ucgate_token_cache_entries").await, 2);
+}
+
 #[tokio::test]
 async fn logout_revokes_a_cached_token_everywhere_and_no_other() {
     let (up, gate) = start().await;

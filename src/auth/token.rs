@@ -553,6 +553,13 @@ impl TokenService {
         }
     }
 
+    /// Tokens in the validation cache, counted after its pending work (admissions, expiries)
+    /// is done: for the metrics scrape, not the request path.
+    pub fn cached(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+
     /// The revocations in force.
     pub fn revocations(&self) -> &Revocations {
         &self.revoked
