@@ -1095,6 +1095,7 @@ async fn every_metric_the_dashboard_queries_is_one_ucgate_exports() {
         "ucgate_lockouts_total",
         "ucgate_upstream_response_seconds_bucket",
         "ucgate_token_cache_total",
+        "ucgate_token_cache_entries",
         "ucgate_connections_open",
         "ucgate_config_reloads_total",
         "ucgate_cluster_up",
