@@ -614,11 +614,11 @@ fn session_key(session: &str) -> u128 {
     u128::from_le_bytes(digest[..16].try_into().expect("16 bytes"))
 }
 
-/// The last segment of a JWS compact serialisation (RFC 7515 §7.1): the signature. Found by a
-/// plain backward scan: `rsplit('.')` went through the generic memrchr and cost 590
-/// instructions of every UC-token request (callgrind).
+/// The last segment of a JWS compact serialisation (RFC 7515 §7.1): the signature. Found with
+/// the memchr crate's vectorised `memrchr`: `rsplit('.')` went through core's generic one (590
+/// instructions of every UC-token request, callgrind), a byte-by-byte backward scan cost 250.
 fn signature(token: &str) -> &str {
-    match token.bytes().rposition(|b| b == b'.') {
+    match memchr::memrchr(b'.', token.as_bytes()) {
         Some(dot) => &token[dot + 1..],
         None => token,
     }
