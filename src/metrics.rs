@@ -163,7 +163,7 @@ impl Metrics {
         );
         registry.register(
             "token_cache_entries",
-            "UC tokens (and tokens the site's xuc vouched for) in the validation cache, against tokens.cache_capacity",
+            "UC tokens (and tokens the site's xuc vouched for) in the validation cache, bounded by tokens.cache_capacity",
             m.token_cache_entries.clone(),
         );
         registry.register(

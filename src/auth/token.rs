@@ -391,7 +391,8 @@ impl TokenService {
 
     /// Validates a token, with its login's standing in the directory when followed:
     /// `Expired`, `Revoked`, `Invalid`, or `Disallowed` by the directory. A cache hit costs
-    /// three keyed hashes, one look-up and, when followed, one atomic load.
+    /// a scan for the signature, one keyed hash of the token (its fingerprint), one look-up
+    /// and, when followed, one atomic load.
     pub fn validate(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
         let key = self.cache_key(token);
         let fingerprint = self.hashers[2].hash_one(token);
