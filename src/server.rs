@@ -32,9 +32,10 @@ pub async fn bind(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish
-/// for up to `shutdown_grace`. Errors only at start, when the per-core workers cannot start. With `server.thread_per_core` and more than one worker, the
-/// public listeners are served by worker threads of their own (see [`ServerConfig`]); the
-/// operator's listener stays on the calling runtime, beside the background work.
+/// for up to `shutdown_grace`. Errors only at start, when the per-core workers cannot start.
+/// With `server.thread_per_core` and more than one worker, the public listeners are served by
+/// worker threads of their own (see [`ServerConfig`]); the operator's listener stays on the
+/// calling runtime, beside the background work.
 pub async fn serve(
     listeners: Vec<TcpListener>,
     admin: Option<TcpListener>,
@@ -68,11 +69,11 @@ pub async fn serve(
     };
     // Said once every listener has its acceptors (the per-core workers are up): a `listening`
     // line means served, not only queued in the kernel's backlog.
+    // (The configuration refuses an operator's address that is also a public one.)
     let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
     let public_addrs: Vec<SocketAddr> = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())
-        .filter(|addr| Some(*addr) != admin_addr)
         .collect();
     let (stop, stopping) = watch::channel(false);
     let mut acceptors = tokio::task::JoinSet::new();
