@@ -1,6 +1,7 @@
 //! Forwarding: request rewrite, the pooled upstream client, streaming both ways, upgrades.
 
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,16 +98,17 @@ impl Forward<'_> {
             let response = self.upstream.pool.send(Request::from_parts(parts, body));
             // The route's timeout runs from the end of the upload, not from its start: a long upload
             // is bounded by its stall limit instead. (So not tower's Timeout, which would start the
-            // clock with the call.)
+            // clock with the call.) A small answer's body must be in by the same deadline: one
+            // timer per request, not one for the head and another for the body.
             let timeout = self.upstream.timeout;
-            let answer_due = async move {
+            let mut answer_due = std::pin::pin!(async move {
                 upload_end.wait().await;
                 tokio::time::sleep(timeout).await;
-            };
+            });
             let result = tokio::select! {
                 biased;
                 result = response => result,
-                () = answer_due => return Err(GateError::UpstreamTimeout),
+                () = &mut answer_due => return Err(GateError::UpstreamTimeout),
             };
             let (mut response, lease) = match result {
                 Ok(answer) => answer,
@@ -128,7 +130,7 @@ impl Forward<'_> {
                     .headers_mut()
                     .insert(header::CONNECTION, UPGRADE_VALUE);
             }
-            small_body_in_one_piece(response, lease, self.upstream.timeout).await
+            small_body_in_one_piece(response, lease, self.upstream.timeout, answer_due).await
         }
     }
 
@@ -195,11 +197,14 @@ const SMALL_BODY: u64 = 16 * 1024;
 
 /// A small upstream body (the usual JSON answer) is read before answering, so that the client
 /// gets head and body in one write instead of a head, a wake-up and a body; and so that the
-/// upstream connection goes back to the pool at once. Larger or unsized bodies stream.
+/// upstream connection goes back to the pool at once; it must be in by `answer_due` (504
+/// after). Larger or unsized bodies stream, `timeout` being the longest silence between two
+/// pieces.
 async fn small_body_in_one_piece(
     response: Response<Incoming>,
     lease: Option<Lease>,
     timeout: Duration,
+    answer_due: Pin<&mut impl Future<Output = ()>>,
 ) -> Result<Response<Body>, GateError> {
     use http_body::Body as _;
     if response.body().is_end_stream() {
@@ -222,19 +227,21 @@ async fn small_body_in_one_piece(
     let (parts, body) = response.into_parts();
     // The head is not sent yet: an upstream that breaks off or stalls mid-body gets the client
     // a clean 502 or 504.
-    match tokio::time::timeout(timeout, body.collect()).await {
-        Ok(Ok(collected)) => {
-            if let Some(lease) = lease {
-                lease.release();
-            }
-            Ok(Response::from_parts(
-                parts,
-                crate::body::full(collected.to_bytes()),
-            ))
-        }
-        Ok(Err(_)) => Err(GateError::UpstreamUnavailable),
-        Err(_) => Err(GateError::UpstreamTimeout),
+    let collected = tokio::select! {
+        biased;
+        collected = body.collect() => collected,
+        () = answer_due => return Err(GateError::UpstreamTimeout),
+    };
+    let Ok(collected) = collected else {
+        return Err(GateError::UpstreamUnavailable);
+    };
+    if let Some(lease) = lease {
+        lease.release();
     }
+    Ok(Response::from_parts(
+        parts,
+        crate::body::full(collected.to_bytes()),
+    ))
 }
 
 /// A WebSocket opening handshake (RFC 6455 §4.1): an HTTP/1.1 GET with `Connection: upgrade`,
