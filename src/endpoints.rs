@@ -155,6 +155,7 @@ impl Endpoint {
                 let password = Password {
                     directory: uc.issuer.directory(),
                     max_body: state.config.login.max_body,
+                    body_timeout: state.config.server.request_body_timeout,
                 };
                 uc.issuer.exchange(&password, request, attempt).await
             }

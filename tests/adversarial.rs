@@ -2181,11 +2181,71 @@ async fn an_oversized_login_body_is_413() {
         "{:?}",
         r.first().map(RawResponse::text)
     );
+    // A declared length past the limit is refused before any of the body is sent.
+    let mut stream = TcpStream::connect(gate.addr()).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST {login} HTTP/1.1\r\nHost: gate\r\nContent-Type: application/json\r\n\
+                 Content-Length: 1000000000000\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    read_response(&mut stream)
+        .await
+        .expect("answered without the body")
+        .assert_error(413, "RequestTooLarge");
     assert!(
         !gate.logs().contains(&"p".repeat(64)),
         "the body was logged"
     );
     assert_eq!(up.count(), 0);
+}
+
+/// A login body trickled in (or never finished) holds an unauthenticated connection slot: it
+/// gets `server.request_body_timeout` in all, then 408 and the connection is closed; other
+/// clients are served meanwhile.
+#[tokio::test]
+async fn a_login_body_that_never_ends_is_408() {
+    let up = Upstream::start().await;
+    let config = ConfigBuilder::new()
+        .server("request_body_timeout = \"1s\"")
+        .route(route("api", "/api/", &up.url()))
+        .raw("[tokens]\n\n[users]\nfile = \"users.toml\"")
+        .build();
+    let gate = Ucgate::builder(config)
+        .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
+        .file("users.toml", "")
+        .start()
+        .await;
+    let mut stream = TcpStream::connect(gate.addr()).await.unwrap();
+    stream
+        .write_all(
+            b"POST /xuc/api/2.0/auth/login HTTP/1.1\r\nHost: gate\r\n\
+              Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"login\"",
+        )
+        .await
+        .unwrap();
+    // A byte now and then, as a slow client would; then nothing more.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        stream.write_all(b" ").await.unwrap();
+    }
+    let served = client()
+        .get(gate.url("/api/meanwhile"))
+        .header("x-auth-token", SHARED_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    let mut buf = Vec::new();
+    tokio::time::timeout(BOUND, stream.read_to_end(&mut buf))
+        .await
+        .expect("the connection is closed")
+        .expect("read");
+    parse_response(&buf).assert_error(408, "RequestTimeout");
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! `POST /xuc/api/2.0/auth/login`: a login and password, checked by the directory.
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
@@ -35,13 +36,16 @@ pub struct Password<'a> {
     pub directory: &'a dyn Directory,
     /// Largest request body, bytes (`login.max_body`).
     pub max_body: usize,
+    /// Time for the whole body to arrive (`server.request_body_timeout`).
+    pub body_timeout: Duration,
 }
 
 impl Exchange for Password<'_> {
     const METHOD: Method = Method::Password;
 
     /// `InvalidJson` for a body that is not `{"login", "password"}` (or asks for a zero
-    /// lifetime), `RequestTooLarge` past `max_body`, `TooManyAttempts` when locked out,
+    /// lifetime), `RequestTooLarge` past `max_body`, `RequestTimeout` for a body not all in
+    /// within `body_timeout`, `InvalidBody` for one cut off, `TooManyAttempts` when locked out,
     /// `InvalidCredentials` for any wrong login, password, disabled user or user without a
     /// profile, all alike.
     async fn prove(
@@ -49,7 +53,7 @@ impl Exchange for Password<'_> {
         request: Request<Incoming>,
         attempt: Attempt<'_>,
     ) -> Result<Proof, GateError> {
-        let body = read_body(request.into_body(), self.max_body).await?;
+        let body = read_body(request.into_body(), self.max_body, self.body_timeout).await?;
         let request: LoginRequest =
             serde_json::from_slice(&body).map_err(|_| GateError::InvalidJson)?;
         if request.expiration == Some(0) {
@@ -88,10 +92,19 @@ impl Exchange for Password<'_> {
     }
 }
 
-async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, GateError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(GateError::BodyTooLarge),
-        Err(_) => Err(GateError::InvalidJson),
+/// The whole body, of at most `limit` bytes (`BodyTooLarge` at once for a longer declared
+/// length, or as soon as more arrives), all of it within `deadline` (`RequestTimeout`): a
+/// client that trickles its login holds a connection slot, unauthenticated, no longer than a
+/// slow upload would. A body cut off is `InvalidBody`.
+async fn read_body(body: Incoming, limit: usize, deadline: Duration) -> Result<Bytes, GateError> {
+    use http_body::Body as _;
+    if body.size_hint().lower() > limit as u64 {
+        return Err(GateError::BodyTooLarge);
+    }
+    match tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(GateError::BodyTooLarge),
+        Ok(Err(_)) => Err(GateError::InvalidBody),
+        Err(_) => Err(GateError::RequestTimeout),
     }
 }
