@@ -102,6 +102,11 @@ struct Table {
     /// Logins held at most.
     capacity: usize,
     round: Arc<AtomicU64>,
+    /// When the logins were last looked up (or the table made): the next round is due
+    /// `recheck` after it, whichever configuration runs it. A reload starts a new task, which
+    /// must not put the round off again (reloads more often than `recheck` would keep a
+    /// deleted user's tokens working).
+    last_round: Mutex<tokio::time::Instant>,
 }
 
 /// The cells by login.
@@ -125,6 +130,7 @@ impl Standing {
                 cells: Mutex::default(),
                 capacity: usize::try_from(capacity).unwrap_or(usize::MAX).max(1),
                 round: Arc::new(AtomicU64::new(0)),
+                last_round: Mutex::new(tokio::time::Instant::now()),
             }),
             idle_rounds: (idle.as_secs() / recheck.as_secs().max(1)).max(1) + 1,
             recheck,
@@ -167,14 +173,17 @@ impl Standing {
         let alive: Weak<()> = Arc::downgrade(&self.alive);
         let recheck = self.recheck;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(recheck);
+            let last = *table.last_round.lock().unwrap_or_else(|e| e.into_inner());
+            let first = (last + recheck).max(tokio::time::Instant::now());
+            let mut tick = tokio::time::interval_at(first, recheck);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
             loop {
                 tick.tick().await;
                 if alive.strong_count() == 0 {
                     return;
                 }
+                *table.last_round.lock().unwrap_or_else(|e| e.into_inner()) =
+                    tokio::time::Instant::now();
                 refresh(&table, idle_rounds, &*directory).await;
             }
         });
@@ -358,6 +367,26 @@ mod tests {
         standing.refresh_now(&directory).await;
         assert_eq!(cell.verdict("agent"), Verdict::Stands);
         assert!(Arc::ptr_eq(&cell, &standing.cell("alice")));
+    }
+
+    /// A reload starts a new round task: the next round stays due `recheck` after the last
+    /// one, not after the reload (reloads more often than `recheck` would put it off forever).
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_does_not_put_off_the_next_round() {
+        let directory = Arc::new(Changing::default());
+        *directory.users.lock().unwrap() = vec![user("alice", true, Some("agent"))];
+        let first = standing();
+        let cell = first.cell("alice");
+        first.start(directory.clone());
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        *directory.users.lock().unwrap() = vec![];
+        let mut second = standing();
+        second.inherit(&first);
+        drop(first);
+        second.start(directory.clone());
+        // 65 s after the table was made: the round due at 60 s has run.
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert_eq!(cell.verdict("agent"), Verdict::Refused);
     }
 
     #[tokio::test]
