@@ -13,6 +13,7 @@ use std::sync::Arc;
 use crate::auth::cas::Cas;
 use crate::auth::kerberos::Kerberos;
 use crate::auth::oidc::Oidc;
+use crate::auth::revocations::Revocations;
 use crate::auth::standing::Standing;
 use crate::auth::throttle::Throttle;
 use crate::auth::token::{Claims, TokenError, TokenService};
@@ -69,6 +70,10 @@ pub struct State {
     /// The link to the other instances, with `[cluster]`; kept across reloads that leave the
     /// section as it is.
     pub(crate) cluster: Option<Cluster>,
+    /// Without `[tokens]`: the revocations of the last generation that had UC tokens, kept
+    /// until `[tokens]` comes back (each until its token's `exp`), so that a reload through a
+    /// configuration without UC tokens does not bring logged-out tokens back to life.
+    dormant_revocations: Option<Revocations>,
 }
 
 /// UC tokens and the exchanges that lead to one: they exist only together, since an exchange
@@ -226,6 +231,7 @@ impl State {
             tls,
             uc,
             cluster: None,
+            dormant_revocations: None,
         };
         if let Some(cluster) = cluster {
             state.share(cluster);
@@ -251,17 +257,28 @@ impl State {
             self.share(running.clone());
         }
         self.throttle.inherit(&old.throttle);
-        if let (Some(new), Some(old)) = (&mut self.uc, &old.uc) {
-            new.issuer.inherit(&old.issuer);
-            if let (Some(new), Some(old)) = (&new.oidc, &old.oidc) {
-                new.inherit(old);
+        match (&mut self.uc, &old.uc) {
+            (Some(new), Some(old)) => {
+                new.issuer.inherit(&old.issuer);
+                if let (Some(new), Some(old)) = (&new.oidc, &old.oidc) {
+                    new.inherit(old);
+                }
+                // The same xuc: what it answered stays valid, and its probe keeps running.
+                if let (Some(config), Some(old)) = (&self.config.xuc, &old.xuc)
+                    && old.is_for(config)
+                {
+                    new.xuc = Some(old.clone());
+                }
             }
-            // The same xuc: what it answered stays valid, and its probe keeps running.
-            if let (Some(config), Some(old)) = (&self.config.xuc, &old.xuc)
-                && old.is_for(config)
-            {
-                new.xuc = Some(old.clone());
+            (Some(new), None) => {
+                if let Some(dormant) = &old.dormant_revocations {
+                    new.issuer.adopt_revocations(dormant);
+                }
             }
+            (None, Some(old)) => {
+                self.dormant_revocations = Some(old.issuer.tokens().revocations().clone());
+            }
+            (None, None) => self.dormant_revocations = old.dormant_revocations.clone(),
         }
     }
 

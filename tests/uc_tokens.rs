@@ -885,6 +885,47 @@ async fn revocations_survive_a_sighup_reload_which_also_reloads_the_users_file()
     assert_accepted(&gate, &up, &kept, "alice").await;
 }
 
+/// A reload through a configuration without `[tokens]` (UC tokens switched off for a while, or
+/// a config file caught half-written) and back must not bring logged-out tokens back to life:
+/// without a revocations file, memory is all that remembers them.
+#[tokio::test]
+async fn revocations_survive_a_reload_through_a_configuration_without_tokens() {
+    let (up, gate) = start().await;
+    let revoked = token_for(&gate, "alice", ALICE_PW).await;
+    let kept = token_for(&gate, "adam", ADAM_PW).await;
+    assert_eq!(logout(&gate, &revoked).await.status(), 204);
+    assert_refused(&gate, &revoked, "TokenInvalid", "revoked").await;
+
+    let shared_only = ConfigBuilder::new()
+        .server("watch_interval = \"0s\"")
+        .route(route("both", "/both/", &up.url()).accept(&["shared"]))
+        .build();
+    std::fs::write(&gate.config_path, shared_only).unwrap();
+    gate.signal(libc::SIGHUP);
+    gate.wait_log_count("configuration reloaded", 1).await;
+    // Twice without UC tokens: what is kept passes from one such generation to the next.
+    gate.signal(libc::SIGHUP);
+    gate.wait_log_count("configuration reloaded", 2).await;
+    let response = get(&gate, "/uc/x", &kept).await;
+    assert_error(response, 404, "NoRoute").await;
+
+    std::fs::write(&gate.config_path, config(&up, TOKENS, LOGIN_CFG).build()).unwrap();
+    gate.signal(libc::SIGHUP);
+    gate.wait_log_count("configuration reloaded", 3).await;
+    assert_accepted(&gate, &up, &kept, "adam").await;
+    let before = up.count();
+    assert_refused(
+        &gate,
+        &revoked,
+        "TokenInvalid",
+        "revoked before the reloads",
+    )
+    .await;
+    let response = get(&gate, "/both/x", &revoked).await;
+    assert_error(response, 401, "TokenInvalid").await;
+    assert_eq!(up.count(), before, "{:#?}", up.requests());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forged and expired tokens
 // ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
 use super::exchange::{Attempt, Exchange, Proof, Proven};
+use super::revocations::Revocations;
 use super::token::{Method, TokenService};
 use crate::body::Body;
 use crate::directory::{Directory, User};
@@ -39,6 +40,11 @@ impl Issuer {
     /// Keeps the revocations of the issuer this one replaces (see [`TokenService::inherit`]).
     pub fn inherit(&mut self, old: &Issuer) {
         self.tokens.inherit(&old.tokens);
+    }
+
+    /// See [`TokenService::adopt_revocations`].
+    pub fn adopt_revocations(&mut self, old: &Revocations) {
+        self.tokens.adopt_revocations(old);
     }
 
     /// Who may get a token (the password exchange checks passwords there).

@@ -606,6 +606,12 @@ impl TokenService {
             new.inherit(old);
         }
     }
+
+    /// Keeps revocations made before a configuration without `[tokens]` came and went: tokens
+    /// logged out then are still refused now that UC tokens are accepted again.
+    pub fn adopt_revocations(&mut self, old: &Revocations) {
+        self.revoked.inherit(old);
+    }
 }
 
 /// A session's revocation key: half a SHA-256 of its name, like tokens' (see
