@@ -87,14 +87,21 @@ impl Gateway {
     pub fn reload(&self, config_file: &Path) -> Result<(), LoadError> {
         let config = Config::load(config_file)?;
         let old = self.state();
-        let (new, running) = (&config.server, &old.config.server);
-        if new.listen != running.listen
-            || new.admin_listen != running.admin_listen
-            || new.workers != running.workers
-            || new.thread_per_core != running.thread_per_core
-        {
+        // A file caught half-written, or emptied by mistake, can still parse: refusing a
+        // reload that removes every route keeps the service up (a restart may run without).
+        if config.routes.is_empty() && !old.config.routes.is_empty() {
+            return Err(LoadError::Unusable {
+                file: config_file.to_owned(),
+                reason: "it declares no [[route]]: a reload may not remove every route (restart \
+                         ucgate to run without routes)"
+                    .into(),
+            });
+        }
+        let restart_only = config.server.restart_only_changes(&old.config.server);
+        if !restart_only.is_empty() {
             tracing::warn!(
-                "server.listen, admin_listen, workers or thread_per_core changed: it takes effect at the next restart"
+                settings = %restart_only.iter().map(|s| format!("server.{s}")).collect::<Vec<_>>().join(", "),
+                "these changed settings take effect at the next restart only"
             );
         }
         let mut state = State::load(config)?;

@@ -281,8 +281,7 @@ fn run(state: State, listen: Vec<std::net::SocketAddr>) -> ExitCode {
         let config_file = state.config().file.clone();
         let gateway = Gateway::new(state);
         gateway.start_background_tasks();
-        let interval = Some(server_config.watch_interval).filter(|d| !d.is_zero());
-        tokio::spawn(ucgate::watch(gateway.clone(), config_file, interval, hup));
+        tokio::spawn(ucgate::watch(gateway.clone(), config_file, hup));
         match ucgate::serve(
             listeners,
             admin,

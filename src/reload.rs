@@ -29,16 +29,14 @@ fn fingerprint(files: &[PathBuf]) -> Fingerprint {
         .collect()
 }
 
-/// Reloads on SIGHUP and whenever a watched file changes (polled every `interval`, if any:
-/// polling also works on bind mounts and editors' rename-on-save, where inotify misses changes).
-/// `hup` is the SIGHUP stream, created before ucgate announces its listeners: from then on a
-/// SIGHUP must reload, not meet its default action (ending the process). See [`hangup`].
-pub async fn watch(
-    gateway: Gateway,
-    config_file: PathBuf,
-    interval: Option<Duration>,
-    hup: std::io::Result<Signal>,
-) {
+/// Reloads on SIGHUP and whenever a watched file changes (polled every
+/// `server.watch_interval`, "0s" = SIGHUP only, as the running configuration says: a reload
+/// that changes it applies at once). Polling also works on bind mounts and editors'
+/// rename-on-save, where inotify misses changes. A change is loaded once the files have stayed
+/// the same for a whole interval, so that a file caught while being written is not. `hup` is
+/// the SIGHUP stream, created before ucgate announces its listeners: from then on a SIGHUP must
+/// reload, not meet its default action (ending the process). See [`hangup`].
+pub async fn watch(gateway: Gateway, config_file: PathBuf, hup: std::io::Result<Signal>) {
     let mut hup = match hup {
         Ok(hup) => hup,
         Err(e) => {
@@ -48,21 +46,28 @@ pub async fn watch(
     };
     let mut files = gateway.state().config.watched_files();
     let mut seen = fingerprint(&files);
-    let polling = interval.is_some();
-    let mut tick = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A change seen at the last poll, loaded if the next poll sees the same.
+    let mut settling: Option<Fingerprint> = None;
+    let mut interval = gateway.state().config.server.watch_interval;
+    let mut tick = ticker(interval);
     loop {
         let cause = tokio::select! {
             _ = hup.recv() => "SIGHUP",
-            _ = tick.tick(), if polling => {
+            _ = tick.tick(), if !interval.is_zero() => {
                 let now = fingerprint(&files);
                 if now == seen {
+                    settling = None;
+                    continue;
+                }
+                if settling.as_ref() != Some(&now) {
+                    settling = Some(now);
                     continue;
                 }
                 seen = now;
                 "file change"
             }
         };
+        settling = None;
         let outcome = gateway.reload(&config_file);
         let label = OutcomeLabels {
             outcome: if outcome.is_ok() {
@@ -82,6 +87,10 @@ pub async fn watch(
                 );
                 files = state.config.watched_files();
                 seen = fingerprint(&files);
+                if state.config.server.watch_interval != interval {
+                    interval = state.config.server.watch_interval;
+                    tick = ticker(interval);
+                }
             }
             Err(e) => {
                 tracing::error!(
@@ -91,4 +100,16 @@ pub async fn watch(
             }
         }
     }
+}
+
+/// Polls every `interval` (its first tick one interval from now); never for "0s".
+fn ticker(interval: Duration) -> tokio::time::Interval {
+    let period = if interval.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        interval
+    };
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
 }

@@ -395,6 +395,111 @@ async fn reloads_under_traffic_never_fail_a_request() {
     );
 }
 
+/// What a reload must not load (a file emptied, or cut short to a configuration without
+/// routes: both parse) and what it cannot apply (settings read at start-up: named in a warning).
+#[tokio::test]
+async fn a_reload_to_no_route_is_refused_and_restart_only_settings_are_named() {
+    let a = Upstream::start().await;
+    let base = || {
+        ConfigBuilder::new()
+            .server("watch_interval = \"0s\"")
+            .route(route("api", "/api/", &a.url()))
+    };
+    let gate = Ucgate::start(base().build()).await;
+    let config = gate.config_path.clone();
+
+    write_atomic(&config, "# being rewritten\n\n");
+    gate.signal(libc::SIGHUP);
+    wait_log_count(&gate, "reload refused", 1).await;
+    assert!(
+        gate.logs().contains("holds no configuration"),
+        "{}",
+        gate.logs()
+    );
+    write_atomic(&config, "[server]\nwatch_interval = \"0s\"\n");
+    gate.signal(libc::SIGHUP);
+    wait_log_count(&gate, "reload refused", 2).await;
+    assert!(gate.logs().contains("no [[route]]"), "{}", gate.logs());
+    assert_eq!(served_by(&gate, "/api/still").await, a.authority());
+
+    write_atomic(
+        &config,
+        ConfigBuilder::new()
+            .server("watch_interval = \"0s\"\nmax_headers = 20\nidle_timeout = \"5s\"")
+            .route(route("api", "/api/", &a.url()))
+            .build(),
+    );
+    gate.signal(libc::SIGHUP);
+    wait_log_count(&gate, "configuration reloaded", 1).await;
+    let warning = gate.wait_log("next restart only").await;
+    assert!(
+        warning.contains("server.idle_timeout, server.max_headers"),
+        "{warning}"
+    );
+    // Changing what a reload applies warns about nothing.
+    write_atomic(
+        &config,
+        ConfigBuilder::new()
+            .server("watch_interval = \"0s\"\nmax_headers = 20\nidle_timeout = \"5s\"")
+            .server("max_uri_length = 4096")
+            .route(route("api", "/api/", &a.url()))
+            .build(),
+    );
+    gate.signal(libc::SIGHUP);
+    wait_log_count(&gate, "configuration reloaded", 2).await;
+    assert_eq!(log_count(&gate, "next restart only"), 1, "{}", gate.logs());
+}
+
+/// A watched file is loaded once it has stayed the same for a whole `watch_interval` (a file
+/// being written is not), and a reload that sets `watch_interval = "0s"` stops the polling.
+#[tokio::test]
+async fn a_file_is_reloaded_once_it_settles_and_watch_interval_applies_at_once() {
+    let a = Upstream::start().await;
+    let with = |interval: &str, name: &str, padding: usize| {
+        format!(
+            "{}\n# {}\n",
+            ConfigBuilder::new()
+                .server(&format!("watch_interval = \"{interval}\""))
+                .route(route(name, &format!("/{name}/"), &a.url()))
+                .build(),
+            "x".repeat(padding)
+        )
+    };
+    let gate = Ucgate::start(with("400ms", "api", 0)).await;
+    let config = gate.config_path.clone();
+    // Rewritten every 50 ms for about a second (each time another length): no two polls see
+    // the same file, so nothing is loaded until it settles.
+    for i in 0..20 {
+        write_atomic(&config, with("400ms", &format!("churn{i}"), i % 7));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    write_atomic(&config, with("400ms", "settled", 0));
+    wait_log_count(&gate, "configuration reloaded", 1).await;
+    assert_eq!(served_by(&gate, "/settled/x").await, a.authority());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        log_count(&gate, "configuration reloaded"),
+        1,
+        "{}",
+        gate.logs()
+    );
+
+    write_atomic(&config, with("0s", "quiet", 0));
+    wait_log_count(&gate, "configuration reloaded", 2).await;
+    write_atomic(&config, with("0s", "unseen", 3));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        log_count(&gate, "configuration reloaded"),
+        2,
+        "{}",
+        gate.logs()
+    );
+    assert_error(get_shared(&gate, "/unseen/x").await, 404, "NoRoute").await;
+    gate.signal(libc::SIGHUP);
+    wait_log_count(&gate, "configuration reloaded", 3).await;
+    assert_eq!(served_by(&gate, "/unseen/x").await, a.authority());
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. The users file is watched
 // ---------------------------------------------------------------------------------------------

@@ -1450,8 +1450,11 @@ async fn per_core_workers_serve_every_listener_and_drain() {
         text.replace("thread_per_core = true", "thread_per_core = false"),
     );
     gate.signal(libc::SIGHUP);
-    gate.wait_log("thread_per_core changed: it takes effect at the next restart")
-        .await;
+    let warning = gate.wait_log("take effect at the next restart only").await;
+    assert!(
+        warning.ends_with("settings=server.thread_per_core"),
+        "{warning}"
+    );
 
     let in_flight =
         tokio::spawn(with_token(client().get(format!("http://{}/api/slow", public[0]))).send());

@@ -160,6 +160,17 @@ impl Config {
     /// Parses `text` as if read from `file` (relative paths resolve against its folder).
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| syntax(file, text, &e))?;
+        // Every key has a default, so an empty file would be a valid configuration without a
+        // route: most likely a file caught while being written, which a reload must not load.
+        if text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            return Err(ConfigError::Invalid {
+                file: file.to_owned(),
+                reason: "the file holds no configuration (empty, or only comments)".into(),
+            });
+        }
         // `ucgate.toml` has the parent "", which is no folder to check: name it.
         let base = file
             .parent()
