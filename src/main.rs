@@ -106,6 +106,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Some(clash) = state.config().server.admin_clash(&cli.listen) {
+        eprintln!("ucgate: {clash}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     match command {
         Command::CheckConfig => {
             print_config(&state);

@@ -1381,6 +1381,7 @@ async fn without_an_operators_listener_health_stays_on_the_public_one() {
     }
 
     let clash = config
+        .clone()
         .server("listen = [\"127.0.0.1:18123\"]")
         .server("admin_listen = \"127.0.0.1:18123\"")
         .build();
@@ -1391,6 +1392,21 @@ async fn without_an_operators_listener_health_stays_on_the_public_one() {
         "{}",
         finished.stderr
     );
+    // The same clash made by --listen, which replaces server.listen.
+    let by_flag = config
+        .server("listen = [\"127.0.0.1:18124\"]")
+        .server("admin_listen = \"127.0.0.1:18123\"")
+        .build();
+    for command in ["check-config", "run"] {
+        let finished =
+            Ucgate::builder(by_flag.clone()).run(&["--listen", "127.0.0.1:18123", command]);
+        assert_eq!(finished.code(), Some(2), "{command}: {finished:?}");
+        assert!(
+            finished.stderr.contains("or --listen"),
+            "{command}: {}",
+            finished.stderr
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

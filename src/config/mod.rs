@@ -367,6 +367,26 @@ upstream_auth = "shared"
 "#;
 
     #[test]
+    fn a_file_without_configuration_is_refused() {
+        for text in ["", "\n  \n", "# only\n  # comments\n"] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains("holds no configuration"), "{text:?}: {e}");
+        }
+        assert!(parse("# a comment, then\n[server]\n").is_ok());
+    }
+
+    /// A ttl longer than the sessions is named as what is set too long, with both durations.
+    #[test]
+    fn a_ttl_past_max_session_names_both() {
+        let text = ROUTE.replace("[tokens]\n", "[tokens]\nttl = \"1M\"\n");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("tokens.ttl: 1month") && e.contains("(7days)"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn client_timeouts_have_defaults_and_must_not_be_zero() {
         let c = parse(ROUTE).unwrap();
         assert_eq!(c.server.request_header_timeout, Duration::from_secs(10));

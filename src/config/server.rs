@@ -198,20 +198,26 @@ impl ServerConfig {
         (self.thread_per_core && workers > 1).then_some(workers)
     }
 
+    /// Why `admin_listen` cannot be served beside the public listeners `listen` (those of the
+    /// file, or `--listen`'s), if it cannot: it is one of them.
+    pub fn admin_clash(&self, listen: &[SocketAddr]) -> Option<String> {
+        // Port 0 (an ephemeral port, each bind its own) cannot clash.
+        let admin = self.admin_listen.filter(|a| a.port() != 0)?;
+        listen.contains(&admin).then(|| {
+            format!(
+                "server.admin_listen: {admin} is also in server.listen (or --listen); the operator's listener needs an address of its own"
+            )
+        })
+    }
+
     /// Checks the limits and resolves relative paths against the config file's folder `base`.
     /// Errors start with the key (`server.max_headers: ...`).
     pub(super) fn validate(&mut self, base: &Path) -> Result<(), String> {
         if self.listen.is_empty() {
             return Err("server.listen: needs at least one address".into());
         }
-        // Port 0 (an ephemeral port, each bind its own) cannot clash.
-        if let Some(admin) = self.admin_listen
-            && admin.port() != 0
-            && self.listen.contains(&admin)
-        {
-            return Err(format!(
-                "server.admin_listen: {admin} is also in server.listen; the operator's listener needs an address of its own"
-            ));
+        if let Some(clash) = self.admin_clash(&self.listen) {
+            return Err(clash);
         }
         if self.max_header_bytes < 8192 {
             return Err(

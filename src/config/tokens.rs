@@ -153,10 +153,12 @@ impl RawTokens {
             return Err("tokens.ttl: must be at least one second".into());
         }
         if config.max_session < config.ttl {
-            return Err(
-                "tokens.max_session: at least tokens.ttl (a session outlives its first token)"
-                    .into(),
-            );
+            return Err(format!(
+                "tokens.ttl: {} is longer than tokens.max_session ({}), which a session's tokens \
+                 never outlive: lower ttl or raise max_session",
+                humantime::format_duration(config.ttl),
+                humantime::format_duration(config.max_session)
+            ));
         }
         if config.leeway > Duration::from_secs(300) {
             return Err(
