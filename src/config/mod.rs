@@ -337,12 +337,18 @@ fn syntax(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
         .map(|(key, _)| key.trim())
         .filter(|key| !key.is_empty() && key.len() <= 64 && !key.starts_with(['[', '#']))
         .map(str::to_owned);
+    let mut message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    // `[route]` for `[[route]]` is the likeliest slip, and toml's words for it ("invalid type:
+    // map", "duplicate key") do not say what to write.
+    if line_text.trim() == "[route]" {
+        message.push_str(" (each route is a [[route]] table, with double brackets)");
+    }
     ConfigError::Syntax {
         file: file.to_owned(),
         line: before.matches('\n').count() + 1,
         column: before[line_start..].chars().count() + 1,
         key,
-        message: e.message().split_whitespace().collect::<Vec<_>>().join(" "),
+        message,
     }
 }
 
@@ -365,6 +371,15 @@ upstream = "http://127.0.0.1:9100"
 accept = ["shared", "uc"]
 upstream_auth = "shared"
 "#;
+
+    #[test]
+    fn a_route_in_single_brackets_says_to_double_them() {
+        let route = "[route]\nname = \"a\"\nprefix = \"/a/\"\nupstream = \"http://127.0.0.1:1\"\n";
+        for text in [route.to_owned(), format!("{route}{route}")] {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains("[[route]] table"), "{e}");
+        }
+    }
 
     #[test]
     fn a_file_without_configuration_is_refused() {
