@@ -57,11 +57,11 @@ pub fn read_env_file(file: &Path, name: &str) -> Result<Option<String>, EnvFileE
         Ok(iter) => iter,
         Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         // dotenvy's errors quote the offending line, which may hold a secret: keep only the kind.
-        Err(e) => return Err(unreadable(describe(&e))),
+        Err(e) => return Err(unreadable(describe(file, &e))),
     };
     let mut value = None;
     for item in iter {
-        let (key, v) = item.map_err(|e| unreadable(describe(&e)))?;
+        let (key, v) = item.map_err(|e| unreadable(describe(file, &e)))?;
         if key == name {
             value = Some(v);
         }
@@ -69,10 +69,22 @@ pub fn read_env_file(file: &Path, name: &str) -> Result<Option<String>, EnvFileE
     Ok(value)
 }
 
-fn describe(e: &dotenvy::Error) -> String {
+/// What is wrong with `file`, never its text: dotenvy gives the offending line's text, which is
+/// looked up in the file for its number only.
+fn describe(file: &Path, e: &dotenvy::Error) -> String {
     match e {
         dotenvy::Error::Io(e) => e.to_string(),
-        dotenvy::Error::LineParse(_, index) => format!("syntax error at character {index}"),
+        dotenvy::Error::LineParse(text, index) => {
+            let first = text.lines().next().unwrap_or_default();
+            let line = std::fs::read_to_string(file)
+                .ok()
+                .and_then(|content| content.lines().position(|l| l.contains(first)))
+                .filter(|_| !first.is_empty());
+            match line {
+                Some(n) => format!("syntax error on line {}, at character {index}", n + 1),
+                None => format!("syntax error at character {index}"),
+            }
+        }
         _ => "invalid file".into(),
     }
 }
@@ -106,10 +118,15 @@ mod tests {
     #[test]
     fn syntax_errors_do_not_echo_the_line() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
-        writeln!(f, "PLAY_AUTH_TOKEN=\"topsecret").unwrap();
+        writeln!(
+            f,
+            "# the site's secrets\nOTHER=1\nPLAY_AUTH_TOKEN=\"topsecret"
+        )
+        .unwrap();
         let e = read_env_file(f.path(), "PLAY_AUTH_TOKEN")
             .unwrap_err()
             .to_string();
         assert!(!e.contains("topsecret"), "{e}");
+        assert!(e.contains("line 3"), "the line is named: {e}");
     }
 }
