@@ -50,7 +50,7 @@ pub fn normalise_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
                 out.truncate(start);
             }
             s => {
-                if matches!(s.split(';').next(), Some("." | "..")) {
+                if is_dot_with_parameters(s) {
                     return Err(PathError::DotSegmentParameter);
                 }
                 starts.push(out.len());
@@ -68,6 +68,16 @@ pub fn normalise_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
         out.push('/');
     }
     Ok(Cow::Owned(out))
+}
+
+/// Whether a decoded segment is `.` or `..` followed by parameters: `;`, or `;` encoded (an
+/// upstream that decodes `%3B` before splitting off path parameters, as Java servlet containers
+/// may, would see `..;` and climb). Escapes are upper-cased by then: `%3B` covers `%3b`.
+fn is_dot_with_parameters(segment: &str) -> bool {
+    segment
+        .strip_prefix("..")
+        .or_else(|| segment.strip_prefix('.'))
+        .is_some_and(|rest| rest.starts_with(';') || rest.starts_with("%3B"))
 }
 
 /// True when `path` needs no work: the common case, checked without allocating.
@@ -169,6 +179,8 @@ mod tests {
             ("/.well-known/x", "/.well-known/x"),
             ("/a;v=1/b", "/a;v=1/b"),
             ("/..a/b", "/..a/b"),
+            ("/a/...%3b/b", "/a/...%3B/b"),
+            ("/a/x%3b/b", "/a/x%3B/b"),
         ];
         for (input, want) in cases {
             assert_eq!(norm(input).as_deref(), Ok(want), "{input}");
@@ -192,6 +204,11 @@ mod tests {
             ("/a%2", PathError::BadEscape),
             ("/a/..;/b", PathError::DotSegmentParameter),
             ("/a/.;x/b", PathError::DotSegmentParameter),
+            ("/a/..%3b/b", PathError::DotSegmentParameter),
+            ("/a/..%3B/b", PathError::DotSegmentParameter),
+            ("/a/.%3b/b", PathError::DotSegmentParameter),
+            ("/a/%2e%2e%3bx=1/b", PathError::DotSegmentParameter),
+            ("/a/..%3B", PathError::DotSegmentParameter),
         ];
         for (input, want) in cases {
             assert_eq!(norm(input), Err(want), "{input}");

@@ -682,6 +682,11 @@ async fn ambiguous_paths_are_400_and_never_forwarded() {
         "/api/..;/x",
         "/api/.;/x",
         "/api/..;jsessionid=1/x",
+        // `;` encoded: an upstream decoding `%3B` before path parameters would see `..;`.
+        "/api/..%3b/x",
+        "/api/..%3B/x",
+        "/api/.%3b/x",
+        "/api/%2e%2e%3bjsessionid=1/x",
         "/..",
         "/../api/x",
         "/api/../../etc/passwd",

@@ -53,7 +53,9 @@ pub fn path(data: &[u8]) {
     for (i, seg) in segments.iter().enumerate() {
         let last = i == segments.len() - 1;
         assert!(last || !seg.is_empty(), "{raw:?} -> {out:?}: empty segment");
+        // `;` encoded is `;` to an upstream that decodes before splitting off parameters.
         let name = seg.split(';').next().unwrap_or("");
+        let name = name.split("%3B").next().unwrap_or("");
         assert!(
             name != "." && name != "..",
             "{raw:?} -> {out:?}: dot segment {seg:?}"
