@@ -66,7 +66,9 @@ pub enum GateError {
     TokenInvalid,
     #[error("the token has expired")]
     TokenExpired,
-    #[error("the request carries several different tokens")]
+    /// Different tokens in different places, or several `X-Auth-Token` (or `Bearer`) header
+    /// lines, identical or not: the message must hold for both.
+    #[error("the request carries several tokens")]
     AmbiguousToken,
     #[error("this credential does not open this route")]
     Forbidden,

@@ -255,6 +255,8 @@ async fn ambiguous_tokens_are_400() {
     )
     .await;
     r.assert_error(400, "AmbiguousToken");
+    // And the message says so, without claiming they differ.
+    assert_eq!(r.json()["message"], "the request carries several tokens");
 
     let r = with_token(http.get(gate.url("/api/x?token=other")))
         .send()
