@@ -1,8 +1,9 @@
 //! The request lifecycle, as named phases in the order a request meets them:
 //!
 //! 1. [`admit`]: refuse what cannot be forwarded faithfully (methods other than
-//!    [`METHODS`], transfer codings other than chunked, an over-long target), normalise the
-//!    path and derive where the request comes from, once, for everything after;
+//!    [`METHODS`], a missing, repeated or invalid `Host`, userinfo in the target, transfer
+//!    codings other than chunked, an over-long target), normalise the path and derive where the
+//!    request comes from, once, for everything after;
 //! 2. [`target`]: an endpoint ucgate serves itself, or the route with the longest prefix;
 //! 3. [`cross_origin`]: for the exchange endpoints and routes with `cors = true`, the CORS
 //!    grant of a listed `Origin`, added to whatever the request is answered (errors too), and
@@ -243,6 +244,7 @@ fn admit<'r>(
         };
         return Err(GateError::MethodNotAllowed(allow));
     }
+    crate::identity::check_host(parts)?;
     // hyper decodes `chunked` and ucgate re-frames the body; any other coding would be
     // dropped on the way (Transfer-Encoding is hop-by-hop), so refuse it (RFC 9112 §6.1).
     let other_coding = parts

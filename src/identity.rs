@@ -9,9 +9,9 @@
 //! headers go in the same pass: a header it names in `Connection` must not remove what ucgate
 //! sets.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
-use http::{HeaderMap, HeaderName, HeaderValue, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Version, header, request};
 use ipnet::IpNet;
 
 use crate::config::ServerConfig;
@@ -155,6 +155,101 @@ impl Trust {
             trusted: true,
         }
     }
+}
+
+/// Checks the host a request names, once, before anything reads it (routing, authentication,
+/// `X-Forwarded-Host`). RFC 9112 §3.2: an HTTP/1.1 request without `Host`, with several `Host`
+/// lines, or with one that is not a host and port is a 400; HTTP/1.0 may go without. An
+/// absolute-form target's authority (and h2's `:authority`, which arrives there too) must be a
+/// host and port as well, and userinfo in it is an error (RFC 9110 §4.2.4): it would otherwise
+/// reach the upstream as `X-Forwarded-Host`.
+pub fn check_host(parts: &request::Parts) -> Result<(), GateError> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(GateError::InvalidRequest(
+            "the request has several Host headers",
+        ));
+    }
+    if let Some(authority) = parts.uri.authority() {
+        let authority = authority.as_str().as_bytes();
+        if authority.contains(&b'@') {
+            return Err(GateError::InvalidRequest(
+                "the request target must not carry userinfo",
+            ));
+        }
+        if !is_host_and_port(authority) {
+            return Err(GateError::InvalidRequest(
+                "the request target's authority is not a valid host and port",
+            ));
+        }
+    }
+    match host {
+        Some(host) if !is_host_and_port(host.as_bytes()) => Err(GateError::InvalidRequest(
+            "the Host header is not a valid host and port",
+        )),
+        None if parts.version == Version::HTTP_11 => Err(GateError::InvalidRequest(
+            "an HTTP/1.1 request needs a Host header",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `authority` is `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a
+/// non-empty registered name (unreserved characters, percent-escapes, sub-delimiters) or IPv4
+/// address, or an IPv6 literal in brackets; then digits naming a port that exists. A byte scan:
+/// it runs on every request.
+fn is_host_and_port(authority: &[u8]) -> bool {
+    let (host_ok, rest) = if let Some(literal) = authority.strip_prefix(b"[") {
+        let Some(close) = literal.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let v6 = std::str::from_utf8(&literal[..close])
+            .ok()
+            .and_then(|text| text.parse::<Ipv6Addr>().ok());
+        (v6.is_some(), &literal[close + 1..])
+    } else {
+        let end = authority
+            .iter()
+            .position(|&b| b == b':')
+            .unwrap_or(authority.len());
+        let name = &authority[..end];
+        (!name.is_empty() && is_reg_name(name), &authority[end..])
+    };
+    let port_ok = match rest {
+        [] => true,
+        // `*DIGIT`: empty is allowed (the scheme's default), a number past 65535 is no port.
+        [b':', digits @ ..] => digits
+            .iter()
+            .try_fold(0u32, |n, &d| {
+                let n = n * 10 + u32::from(d.wrapping_sub(b'0'));
+                (d.is_ascii_digit() && n <= u32::from(u16::MAX)).then_some(n)
+            })
+            .is_some(),
+        _ => false,
+    };
+    host_ok && port_ok
+}
+
+/// RFC 3986's `reg-name` (which covers IPv4 addresses): unreserved characters, sub-delimiters
+/// and percent-escapes.
+fn is_reg_name(name: &[u8]) -> bool {
+    let mut i = 0;
+    while i < name.len() {
+        match name[i] {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {}
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
+            b'%' if name
+                .get(i + 1..i + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) =>
+            {
+                i += 2;
+            }
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
 }
 
 /// IPv4-mapped IPv6 addresses (a dual-stack listener's view of IPv4 clients) as IPv4.
@@ -415,6 +510,52 @@ mod tests {
                 .ok()
                 .and_then(|a| a.port_u16());
             assert_eq!(port_of(host), expected, "{host}");
+        }
+    }
+
+    #[test]
+    fn hosts_are_a_host_and_a_port() {
+        for good in [
+            "example.com",
+            "example.com:8443",
+            "127.0.0.1:47235",
+            "[::1]",
+            "[::1]:8080",
+            "host:",
+            "host:0081",
+            "host:000080",
+            "host:65535",
+            "xn--bcher-kva.example",
+            "a%41b",
+            "a_b~c!$&'()*+,;=",
+        ] {
+            assert!(is_host_and_port(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            ":80",
+            "a b",
+            "evil.com/path?x",
+            "evil.com:99999",
+            "evil.com:65536",
+            "evil.com:abc",
+            "evil.com:+80",
+            "user:pass@evil",
+            "u@host:81",
+            "a:b:80",
+            "::1",
+            "[::1",
+            "[::1]x",
+            "[::1]:x",
+            "[a:81]",
+            "a]:81",
+            "x{y}:9",
+            "h%4:81",
+            "h%zz",
+            "evil.com#x",
+            "evil.com\\x",
+        ] {
+            assert!(!is_host_and_port(bad.as_bytes()), "{bad}");
         }
     }
 

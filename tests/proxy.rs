@@ -526,6 +526,98 @@ async fn forwarded_headers_replace_what_the_client_claims() {
     );
 }
 
+/// RFC 9112 §3.2: an HTTP/1.1 request without Host, with several, or with one that is not a
+/// host and port is a 400, before any credential is looked at; so is userinfo in an
+/// absolute-form target (RFC 9110 §4.2.4), which would otherwise reach the upstream as
+/// X-Forwarded-Host.
+#[tokio::test]
+async fn requests_without_one_valid_host_are_400_before_authentication() {
+    let (up, gate) = setup().await;
+    let token = format!("{X_AUTH_TOKEN}: {SHARED_TOKEN}\r\n");
+    let refused: Vec<(String, &str)> = vec![
+        (String::new(), "an HTTP/1.1 request needs a Host header"),
+        (
+            "Host: a.example\r\nHost: b.example\r\n".into(),
+            "the request has several Host headers",
+        ),
+        (
+            "Host: a.example\r\nHost: a.example\r\n".into(),
+            "the request has several Host headers",
+        ),
+    ];
+    let invalid = [
+        "a b",
+        "evil.com/path?x",
+        "evil.com:99999",
+        "evil.com:abc",
+        "user:pass@evil.com",
+        "evil.com#x",
+        "",
+    ];
+    let refused = refused.into_iter().chain(invalid.iter().map(|host| {
+        (
+            format!("Host: {host}\r\n"),
+            "the Host header is not a valid host and port",
+        )
+    }));
+    for (host_lines, message) in refused {
+        // With a valid token and without one: the Host is checked first.
+        for credential in [token.as_str(), ""] {
+            let head =
+                format!("GET /api/x HTTP/1.1\r\n{host_lines}{credential}Connection: close\r\n\r\n");
+            let r = raw_http(gate.addr(), &head).await;
+            r.assert_error(400, "InvalidRequest");
+            assert_eq!(r.json()["message"], message, "{head:?}");
+        }
+    }
+    // Userinfo in an absolute-form target, whatever the Host says.
+    for target in [
+        "http://user:pass@evil/api/x",
+        "http://user@evil.example:8080/api/x",
+    ] {
+        let head = format!(
+            "GET {target} HTTP/1.1\r\nHost: gate.example\r\n{token}Connection: close\r\n\r\n"
+        );
+        let r = raw_http(gate.addr(), &head).await;
+        r.assert_error(400, "InvalidRequest");
+        assert_eq!(
+            r.json()["message"],
+            "the request target must not carry userinfo",
+            "{target}"
+        );
+    }
+    // An absolute-form target whose authority is no host and port, if the parser lets it by.
+    let head = format!(
+        "GET http://evil.com:99999/api/x HTTP/1.1\r\nHost: gate.example\r\n{token}Connection: close\r\n\r\n"
+    );
+    let r = raw_http(gate.addr(), &head).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(up.count(), 0, "{:#?}", up.requests());
+
+    // HTTP/1.0 may go without Host; valid hosts of every shape pass.
+    let r = raw_http(gate.addr(), format!("GET /api/x HTTP/1.0\r\n{token}\r\n")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for host in [
+        "gate.example",
+        "gate.example:8443",
+        "127.0.0.1:1",
+        "[::1]:8080",
+        "[::1]",
+    ] {
+        let r = raw_http(
+            gate.addr(),
+            raw_request(
+                "GET",
+                "/api/x",
+                &[(X_AUTH_TOKEN, SHARED_TOKEN), ("Host", host)],
+            ),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{host}: {}", r.text());
+        assert_eq!(up.last().header_all("x-forwarded-host"), [host]);
+    }
+}
+
 #[tokio::test]
 async fn trusted_forwarded_headers_are_extended() {
     let up = Upstream::start().await;
