@@ -220,7 +220,7 @@ fn process<'a>(
         let credential = authenticate(state, route, &presented, origin.client).await?;
         log.credential = Some(credential.kind());
         let permit = authorise(route, &credential)?;
-        let mut asserted = permit.asserted(&state.shared, origin, conn.tls);
+        let mut asserted = permit.asserted(&state.shared, origin, conn.tls, conn.port);
         asserted.drop_authorization = presented.bearer;
         let path_and_query = rewrite(&parts.uri, &path, presented.query)?;
         forward(route, asserted, path_and_query, parts, body).await

@@ -16,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::client_timeouts::{self, Timeouts};
 use crate::config::ServerConfig;
 use crate::gateway::Gateway;
+use crate::identity::ListenerPort;
 use crate::state::{ConnInfo, Listener};
 
 /// Binds every configured address before anything is served, so that a port in use fails the
@@ -152,7 +153,14 @@ struct Serving {
 impl Serving {
     /// Serves an accepted connection in its slot: the TLS handshake when the public listener
     /// has TLS, then HTTP until the connection ends.
-    async fn serve(self, stream: TcpStream, remote: SocketAddr, listener: Listener, slot: Slot) {
+    async fn serve(
+        self,
+        stream: TcpStream,
+        remote: SocketAddr,
+        listener: Listener,
+        port: ListenerPort,
+        slot: Slot,
+    ) {
         let _slot = slot;
         // The acceptor of the current state: a reload brings new certificates to new
         // connections. The operator's listener is plain HTTP.
@@ -165,6 +173,7 @@ impl Serving {
                 remote,
                 tls: false,
                 listener,
+                port,
             };
             return self.serve_http(stream, conn).await;
         };
@@ -180,6 +189,7 @@ impl Serving {
                     remote,
                     tls: true,
                     listener,
+                    port,
                 };
                 self.serve_http(stream, conn).await;
             }
@@ -436,6 +446,15 @@ async fn accept_loop(
     slots: Arc<Semaphore>,
     serving: Serving,
 ) {
+    // The port the clients of this listener reach, made once for all of them. A bound socket
+    // always has an address: without one, nothing could be accepted from it either.
+    let port = match listener.local_addr() {
+        Ok(local) => ListenerPort::new(local.port()),
+        Err(e) => {
+            tracing::error!(error = %e, "a listener has no local address: it serves nothing");
+            return;
+        }
+    };
     loop {
         match listener.accept().await {
             Ok((stream, remote)) => {
@@ -449,7 +468,7 @@ async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&CLIENT_KEEPALIVE);
                 let slot = Slot::taken(permit);
-                tokio::spawn(serving.clone().serve(stream, remote, kind, slot));
+                tokio::spawn(serving.clone().serve(stream, remote, kind, port, slot));
             }
             // Out of file descriptors or a connection reset before accept: keep serving the
             // others, without spinning.

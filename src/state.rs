@@ -24,7 +24,7 @@ use crate::config::{Config, ConfigError, TokensConfig, UsersConfig};
 use crate::cors::Cors;
 use crate::directory::{self, OpenError};
 use crate::error::GateError;
-use crate::identity::Trust;
+use crate::identity::{ListenerPort, Trust};
 use crate::proxy::upstream_tls;
 use crate::routes::RouteTable;
 use crate::tls;
@@ -124,6 +124,8 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     pub tls: bool,
     pub listener: Listener,
+    /// The port of the listener that accepted it: `X-Forwarded-Port`.
+    pub port: ListenerPort,
 }
 
 /// Which listener accepted a connection, which decides the endpoints it serves. What is bound

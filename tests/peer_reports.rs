@@ -298,15 +298,16 @@ async fn forwarding_headers_of_untrusted_clients_are_replaced_by_what_ucgate_kno
     let up = Upstream::start().await;
     let mut headers: Vec<(&str, &str)> = FORWARDING_CLAIMS.to_vec();
     headers.push((X_AUTH_TOKEN, SHARED_TOKEN));
-    headers.push(("Host", "gate.example:8443"));
-    let expected = |port: &str| {
+    // Its port is neither the claimed X-Forwarded-Port nor the listener's.
+    headers.push(("Host", "gate.example:1234"));
+    let expected = |port: u16| {
         vec![
             ("x-forwarded-for".to_owned(), "127.0.0.1".to_owned()),
             (
                 "x-forwarded-host".to_owned(),
-                "gate.example:8443".to_owned(),
+                "gate.example:1234".to_owned(),
             ),
-            ("x-forwarded-port".to_owned(), port.to_owned()),
+            ("x-forwarded-port".to_owned(), port.to_string()),
             ("x-forwarded-proto".to_owned(), "http".to_owned()),
         ]
     };
@@ -318,7 +319,9 @@ async fn forwarding_headers_of_untrusted_clients_are_replaced_by_what_ucgate_kno
         let gate = start(layout(&up.url()).server(server).build()).await;
         let r = raw_http(gate.addr(), raw_request("GET", "/api/fwd", &headers)).await;
         assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(forwarding_seen(&up.last()), expected("8443"), "{server}");
+        // The port the client reached, as the listener knows it.
+        let port = gate.addr().port();
+        assert_eq!(forwarding_seen(&up.last()), expected(port), "{server}");
     }
     // A listed proxy is believed: its view stands, and ucgate adds itself as a hop.
     let gate = start(
@@ -336,6 +339,7 @@ async fn forwarding_headers_of_untrusted_clients_are_replaced_by_what_ucgate_kno
     );
     assert_eq!(seen.header_all("x-forwarded-prefix"), ["/admin"]);
     assert_eq!(seen.header_all("x-forwarded-proto"), ["https"]);
+    assert_eq!(seen.header_all("x-forwarded-port"), ["8443"]);
     // A configuration that lists proxies without trusting forwarding is refused.
     let out = Ucgate::builder(
         layout(&up.url())

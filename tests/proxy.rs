@@ -618,6 +618,42 @@ async fn requests_without_one_valid_host_are_400_before_authentication() {
     }
 }
 
+/// X-Forwarded-Port is the port of the listener the client connected to (nginx's
+/// `$server_port`), whatever port, or none, its Host or target names.
+#[tokio::test]
+async fn forwarded_port_is_the_listener_s() {
+    let (up, gate) = setup().await;
+    let port = gate.addr().port().to_string();
+    for (target, host) in [
+        ("/api/fwd", "gate.example:1234"),
+        ("/api/fwd", "gate.example:9999"),
+        ("/api/fwd", "gate.example"),
+        ("http://gate.example:9999/api/fwd", "gate.example"),
+    ] {
+        let headers = [
+            (X_AUTH_TOKEN, SHARED_TOKEN),
+            ("Host", host),
+            ("X-Forwarded-Port", "8443"),
+        ];
+        let r = raw_http(gate.addr(), raw_request("GET", target, &headers)).await;
+        assert_eq!(r.status, 200, "{target} {host}: {}", r.text());
+        let seen = up.last();
+        assert_eq!(
+            seen.header_all("x-forwarded-port"),
+            [port.as_str()],
+            "{target} {host}"
+        );
+    }
+    // HTTP/1.0 without Host: nothing to read a port from, the listener still has one.
+    let r = raw_http(
+        gate.addr(),
+        format!("GET /api/fwd HTTP/1.0\r\n{X_AUTH_TOKEN}: {SHARED_TOKEN}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().header_all("x-forwarded-port"), [port.as_str()]);
+}
+
 #[tokio::test]
 async fn trusted_forwarded_headers_are_extended() {
     let up = Upstream::start().await;
@@ -638,6 +674,15 @@ async fn trusted_forwarded_headers_are_extended() {
     );
     assert_eq!(seen.header_all("x-forwarded-proto"), ["https"]);
     assert_eq!(seen.header_all("x-forwarded-host"), ["public.example"]);
+    // What the proxy left out is filled in: the port is the listener's, not Host's default.
+    let port = gate.addr().port().to_string();
+    assert_eq!(seen.header_all("x-forwarded-port"), [port.as_str()]);
+    // What the proxy says stands.
+    let mut with_port = headers.to_vec();
+    with_port.push(("X-Forwarded-Port", "443"));
+    let r = raw_http(gate.addr(), raw_request("GET", "/api/fwd", &with_port)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().header_all("x-forwarded-port"), ["443"]);
     // Identity headers are never trusted, even behind a trusted proxy.
     let r = raw_http(
         gate.addr(),

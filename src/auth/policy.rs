@@ -8,7 +8,7 @@ use super::shared::SharedToken;
 use super::token::Claims;
 use crate::config::{Accept, RouteConfig, UpstreamAuth};
 use crate::error::GateError;
-use crate::identity::{Asserted, Origin};
+use crate::identity::{Asserted, ListenerPort, Origin};
 
 /// Built once per configuration for each route.
 #[derive(Debug, Clone)]
@@ -71,7 +71,13 @@ impl<'a> Permit<'a> {
     /// The identity headers of the upstream request: the shared token when the route
     /// authenticates ucgate upstream, the person when a UC token opened it; and where the
     /// request came from.
-    pub fn asserted(&self, shared: &'a SharedToken, origin: Origin, tls: bool) -> Asserted<'a> {
+    pub fn asserted(
+        &self,
+        shared: &'a SharedToken,
+        origin: Origin,
+        tls: bool,
+        port: ListenerPort,
+    ) -> Asserted<'a> {
         Asserted {
             token: (self.upstream_auth == UpstreamAuth::Shared).then(|| shared.header()),
             user: self
@@ -79,6 +85,7 @@ impl<'a> Permit<'a> {
                 .map(|claims| (&*claims.sub, claims.method.as_str())),
             origin,
             tls,
+            port,
             drop_authorization: false,
         }
     }
@@ -164,7 +171,7 @@ mod tests {
         let claims = uc("agent");
         let none = Policy::new(&route("[\"uc\"]", ""));
         let permit = none.authorize(&claims).unwrap();
-        let asserted = permit.asserted(&token, origin(), false);
+        let asserted = permit.asserted(&token, origin(), false, ListenerPort::new(80));
         assert!(asserted.token.is_none());
         assert_eq!(asserted.user, Some(("alice", "password")));
 
@@ -173,7 +180,7 @@ mod tests {
         let shared = Policy::new(&shared_route);
         let credential = Credential::Shared(SharedMatch::Current);
         let permit = shared.authorize(&credential).unwrap();
-        let asserted = permit.asserted(&token, origin(), false);
+        let asserted = permit.asserted(&token, origin(), false, ListenerPort::new(80));
         assert_eq!(asserted.token, Some(token.header()));
         assert!(asserted.user.is_none());
     }
