@@ -585,6 +585,46 @@ async fn a_user_added_to_the_users_file_can_log_in_without_a_restart() {
     assert_eq!(response.status(), 200);
 }
 
+/// A password written in the users file where its hash belongs (`password = "..."`): the
+/// reload refusal and `check-config` name the line and the key, never the line's text.
+#[tokio::test]
+async fn a_plaintext_password_in_the_users_file_is_never_logged() {
+    const PLAIN: &str = "BobPlainSecret99";
+    let plain_users = format!(
+        "[[user]]\nlogin = \"alice\"\ncti_enabled = true\nprofile = \"agent\"\n\n\
+         [[user]]\nlogin = \"bob\"\ncti_enabled = true\nprofile = \"agent\"\npassword = {}\n",
+        toml_str(PLAIN)
+    );
+    let config = ConfigBuilder::new()
+        .server("watch_interval = \"0s\"")
+        .raw("[tokens]\n\n[users]\nfile = \"users.toml\"")
+        .build();
+
+    let finished = Ucgate::builder(config.clone())
+        .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
+        .file("users.toml", &plain_users)
+        .run(&["check-config"]);
+    let output = format!("{}{}", finished.stdout, finished.stderr);
+    assert_eq!(finished.code(), Some(2), "{output}");
+    assert!(
+        output.contains("users.toml")
+            && output.contains("line 10, column 1: password: unknown field"),
+        "{output}"
+    );
+    assert!(!output.contains(PLAIN), "{output}");
+
+    let gate = Ucgate::builder(config)
+        .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
+        .file("users.toml", "")
+        .start()
+        .await;
+    write_atomic(&gate.dir().join("users.toml"), &plain_users);
+    gate.signal(libc::SIGHUP);
+    let refused = gate.wait_log("reload refused").await;
+    assert!(refused.contains("line 10, column 1: password"), "{refused}");
+    assert!(!gate.logs().contains(PLAIN), "{}", gate.logs());
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Shared-token rotation
 // ---------------------------------------------------------------------------------------------

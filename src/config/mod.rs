@@ -324,32 +324,96 @@ impl Config {
 /// A TOML or schema error, on one line: where it is, the key of that line, and what. (toml's
 /// own `Display` spans several lines, with a snippet of the file.)
 fn syntax(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
-    let mut offset = e.span().map_or(0, |span| span.start.min(text.len()));
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let (before, after) = text.split_at(offset);
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line_text = &text[line_start..offset + after.find('\n').unwrap_or(after.len())];
-    // Only the key of a `key = value` line: values are not repeated (whatever they hold).
-    let key = line_text
-        .split_once('=')
-        .map(|(key, _)| key.trim())
-        .filter(|key| !key.is_empty() && key.len() <= 64 && !key.starts_with(['[', '#']))
-        .map(str::to_owned);
-    let mut message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
-    // `[route]` for `[[route]]` is the likeliest slip, and toml's words for it ("invalid type:
-    // map", "duplicate key") do not say what to write.
-    if line_text.trim() == "[route]" {
-        message.push_str(" (each route is a [[route]] table, with double brackets)");
-    }
+    let at = TomlErrorAt::new(text, e);
     ConfigError::Syntax {
         file: file.to_owned(),
-        line: before.matches('\n').count() + 1,
-        column: before[line_start..].chars().count() + 1,
-        key,
-        message,
+        line: at.line,
+        column: at.column,
+        key: at.key,
+        message: at.message,
     }
+}
+
+/// Where a TOML or schema error is and what it says, without the file's text: toml's own
+/// `Display` quotes the offending line, which may hold a secret (a password written where its
+/// hash belongs). Its `Display` is one line: `line L, column C: KEY: MESSAGE`.
+#[derive(Debug)]
+pub(crate) struct TomlErrorAt {
+    pub line: usize,
+    pub column: usize,
+    /// The key of a `key = value` line, as written; never its value.
+    pub key: Option<String>,
+    /// toml's message on one line, string values it quotes replaced by "a string".
+    pub message: String,
+}
+
+impl TomlErrorAt {
+    pub(crate) fn new(text: &str, e: &toml::de::Error) -> Self {
+        let mut offset = e.span().map_or(0, |span| span.start.min(text.len()));
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let (before, after) = text.split_at(offset);
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line_text = &text[line_start..offset + after.find('\n').unwrap_or(after.len())];
+        // Only the key of a `key = value` line: values are not repeated (whatever they hold).
+        let key = line_text
+            .split_once('=')
+            .map(|(key, _)| key.trim())
+            .filter(|key| !key.is_empty() && key.len() <= 64 && !key.starts_with(['[', '#']))
+            .map(str::to_owned);
+        let mut message = without_quoted_strings(e.message())
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        // `[route]` for `[[route]]` is the likeliest slip, and toml's words for it ("invalid
+        // type: map", "duplicate key") do not say what to write.
+        if line_text.trim() == "[route]" {
+            message.push_str(" (each route is a [[route]] table, with double brackets)");
+        }
+        Self {
+            line: before.matches('\n').count() + 1,
+            column: before[line_start..].chars().count() + 1,
+            key,
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for TomlErrorAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}, column {}: ", self.line, self.column)?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// serde's "invalid type: string \"VALUE\", expected a boolean" quotes the value (a password
+/// typed into the wrong key): `string "…"` becomes `a string`.
+fn without_quoted_strings(message: &str) -> String {
+    const MARK: &str = "string \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(MARK) {
+        out.push_str(&rest[..start]);
+        out.push_str("a string");
+        // The value is Debug-escaped: it ends at the first quote not preceded by a backslash.
+        let value = &rest[start + MARK.len()..];
+        let mut escaped = false;
+        let end = value
+            .char_indices()
+            .find(|&(_, c)| {
+                let closes = c == '"' && !escaped;
+                escaped = c == '\\' && !escaped;
+                closes
+            })
+            .map_or(value.len(), |(i, _)| i + 1);
+        rest = &value[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]

@@ -75,13 +75,10 @@ impl FileDirectory {
     }
 
     fn parse(file: &Path, text: &str) -> Result<Self, String> {
-        let parsed: UsersFile = toml::from_str(text).map_err(|e| {
-            // One line, like every load error; toml's own text adds a source snippet.
-            e.to_string()
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-        })?;
+        // One line, like every load error, and never the file's text: toml's own `Display`
+        // quotes the offending line, which may be `password = "..."` written instead of its hash.
+        let parsed: UsersFile = toml::from_str(text)
+            .map_err(|e| crate::config::TomlErrorAt::new(text, &e).to_string())?;
         let mut users = HashMap::with_capacity(parsed.users.len());
         for (i, entry) in parsed.users.into_iter().enumerate() {
             if entry.login.is_empty() {
@@ -222,6 +219,28 @@ mod tests {
         );
         assert!(error("[[user]]\nlogin = \"a\"\n[[user]]\nlogin = \"a\"").contains("duplicate"));
         assert!(!error("[[user]]\nlogin = \"a\"\npasword = \"x\"").contains('\n'));
+    }
+
+    /// A password written where its hash belongs (or in any other key) is never quoted back:
+    /// the error names the line, the column, the key and the problem.
+    #[test]
+    fn errors_never_quote_the_file() {
+        let error = |text: &str| parse(text).map(|_| ()).unwrap_err();
+        let e = error("[[user]]\nlogin = \"bob\"\npassword = \"BobPlainSecret99\"\n");
+        assert!(!e.contains("BobPlainSecret99"), "{e}");
+        assert!(
+            e.starts_with("line 3, column 1: password: unknown field"),
+            "{e}"
+        );
+        let e = error("[[user]]\nlogin = \"bob\"\ncti_enabled = \"Bob\\\"Plain\\\"Secret\"\n");
+        assert!(!e.contains("Plain"), "{e}");
+        assert!(
+            e.contains("line 3") && e.contains("cti_enabled: invalid type: a string"),
+            "{e}"
+        );
+        let e = error("[[user]]\nlogin = \"bob\"\npassword = BobPlainSecret99\n");
+        assert!(!e.contains("BobPlainSecret99"), "{e}");
+        assert!(e.starts_with("line 3, column"), "{e}");
     }
 
     #[test]
