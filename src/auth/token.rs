@@ -263,7 +263,7 @@ impl TokenService {
                 "ucgate-key-check",
                 "probe",
                 Method::Password,
-                Duration::from_secs(60),
+                config.ttl.min(Duration::from_secs(60)),
                 None,
             )
             .map_err(|e| format!("tokens: cannot sign with the configured key: {e}"))?;
@@ -525,7 +525,22 @@ impl TokenService {
         {
             return Err(TokenError::Invalid);
         }
-        Ok(data.claims.into())
+        let claims = data.claims;
+        // What ucgate never signs, refused should its key leak (defence in depth): a token
+        // issued in the future, one living longer than `tokens.ttl` (both within the leeway),
+        // and a login or profile that cannot be a header value (`X-Auth-User`), which check
+        // would otherwise renew. Tokens signed under a longer `tokens.ttl` before a reload that
+        // shortened it are refused too.
+        let leeway = self.validation.leeway;
+        let ttl = self.max_ttl.as_secs();
+        if claims.iat > unix_now().saturating_add(leeway)
+            || claims.exp > claims.iat.saturating_add(ttl).saturating_add(leeway)
+            || http::HeaderValue::from_str(&claims.sub).is_err()
+            || http::HeaderValue::from_str(&claims.profile).is_err()
+        {
+            return Err(TokenError::Invalid);
+        }
+        Ok(claims.into())
     }
 
     /// Revokes a token and its whole session (every token renewed from the same
@@ -787,6 +802,55 @@ mod tests {
             Box::from("alice")
         );
         assert_eq!(s.validate(&older("the-jti")), Err(TokenError::Revoked));
+    }
+
+    /// Tokens signed with ucgate's own key but not as ucgate signs them (its key leaked):
+    /// issued in the future, living past `tokens.ttl`, a login or profile that cannot be a
+    /// header value. Within the leeway (5 s here), clocks may differ.
+    #[test]
+    fn refuses_what_ucgate_never_signs() {
+        let s = service(600);
+        let key = EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef");
+        let forged = |sub: &str, profile: &str, iat: u64, exp: u64| {
+            let claims = serde_json::json!({
+                "iss": "ucgate", "sub": sub, "profile": profile, "method": "password",
+                "iat": iat, "exp": exp, "jti": random_hex(),
+            });
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+        };
+        let now = unix_now();
+        let valid = |sub, profile, iat, exp| s.validate(&forged(sub, profile, iat, exp));
+        assert!(valid("alice", "agent", now, now + 600).is_ok());
+        assert!(
+            valid("alice", "agent", now - 10, now + 595).is_ok(),
+            "within the leeway"
+        );
+        assert!(
+            valid("alice", "agent", now + 3, now + 600).is_ok(),
+            "within the leeway"
+        );
+        assert!(
+            valid("josé", "agent", now, now + 600).is_ok(),
+            "obs-text is a header value"
+        );
+        let invalid = Err(TokenError::Invalid);
+        assert_eq!(
+            valid("alice", "agent", now, now + 10 * 365 * 86400),
+            invalid
+        );
+        assert_eq!(valid("alice", "agent", now - 10, now + 600), invalid);
+        assert_eq!(valid("alice", "agent", now + 60, now + 600), invalid);
+        assert_eq!(
+            valid("alice", "agent", now + 86400, now + 86400 + 60),
+            invalid
+        );
+        assert_eq!(
+            valid("demo\r\nX-Auth-User: root", "agent", now, now + 60),
+            invalid
+        );
+        assert_eq!(valid("demo\n", "agent", now, now + 60), invalid);
+        assert_eq!(valid("demo", "agent\r\nX-Evil: 1", now, now + 60), invalid);
+        assert_eq!(valid("demo", "agent\u{7f}", now, now + 60), invalid);
     }
 
     /// The claims of bob's xuc token, as xuc vouches for them, of session `sid`.
