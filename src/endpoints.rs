@@ -141,6 +141,17 @@ impl Endpoint {
                 metrics()
                     .token_cache_entries
                     .set(i64::try_from(cached).unwrap_or(i64::MAX));
+                // Only what is configured: without `[cluster]` or `[xuc]`, no gauge says "down".
+                metrics()
+                    .cluster_up
+                    .set(state.cluster.as_ref().map(|c| i64::from(c.is_up())));
+                metrics().xuc_up.set(
+                    state
+                        .uc
+                        .as_ref()
+                        .and_then(|uc| uc.xuc.as_ref())
+                        .map(|xuc| i64::from(xuc.is_up())),
+                );
                 let mut response = Response::new(body::full(metrics().encode()));
                 response.headers_mut().insert(
                     http::header::CONTENT_TYPE,

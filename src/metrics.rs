@@ -3,10 +3,14 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::thread::LocalKey;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{
+    EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder,
+};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
@@ -68,6 +72,49 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// A gauge of something that may not be configured (`[cluster]`, `[xuc]`): without a value,
+/// neither its sample nor its description is exported, so that a standalone install does not
+/// read as "dependency down".
+#[derive(Debug, Clone)]
+pub struct OptionalGauge(Arc<AtomicI64>);
+
+/// What an [`OptionalGauge`] holds while absent.
+const ABSENT: i64 = i64::MIN;
+
+impl Default for OptionalGauge {
+    fn default() -> Self {
+        Self(Arc::new(AtomicI64::new(ABSENT)))
+    }
+}
+
+impl OptionalGauge {
+    /// `None`: not configured, not exported.
+    pub fn set(&self, value: Option<i64>) {
+        self.0.store(value.unwrap_or(ABSENT), Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<i64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|&v| v != ABSENT)
+    }
+}
+
+impl EncodeMetric for OptionalGauge {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        match self.get() {
+            Some(value) => encoder.encode_gauge(&value),
+            None => Ok(()),
+        }
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+
+    fn is_empty(&self) -> bool {
+        self.get().is_none()
+    }
+}
+
 /// Every metric of ucgate, registered once (see [`metrics`]).
 pub struct Metrics {
     registry: Registry,
@@ -88,12 +135,14 @@ pub struct Metrics {
     pub connections_open: Gauge,
     directory_up: Family<BackendLabels, Gauge>,
     directory_errors: Family<KindLabels, Counter>,
-    cluster_up: Gauge,
+    /// Set when scraped, from the state: absent without `[cluster]`.
+    pub cluster_up: OptionalGauge,
     cluster_reconnects: Counter,
     cluster_errors: Family<KindLabels, Counter>,
     xuc_checks: Family<OutcomeLabels, Counter>,
     pub xuc_check_seconds: Histogram,
-    pub xuc_up: Gauge,
+    /// Set when scraped, from the state: absent without `[xuc]`.
+    pub xuc_up: OptionalGauge,
     /// Set when encoded, from the runtime.
     tasks_alive: Gauge,
 }
@@ -122,12 +171,12 @@ impl Metrics {
             connections_open: Gauge::default(),
             directory_up: Family::default(),
             directory_errors: Family::default(),
-            cluster_up: Gauge::default(),
+            cluster_up: OptionalGauge::default(),
             cluster_reconnects: Counter::default(),
             cluster_errors: Family::default(),
             xuc_checks: Family::default(),
             xuc_check_seconds: latency_histogram(),
-            xuc_up: Gauge::default(),
+            xuc_up: OptionalGauge::default(),
             tasks_alive: Gauge::default(),
             registry: Registry::default(),
         };
@@ -198,7 +247,7 @@ impl Metrics {
         );
         registry.register(
             "cluster_up",
-            "Whether the replicas' Redis is connected and caught up (1) or not (0, and 0 without [cluster])",
+            "Whether the replicas' Redis is connected and caught up (1) or not (0); absent without [cluster]",
             m.cluster_up.clone(),
         );
         registry.register(
@@ -223,7 +272,7 @@ impl Metrics {
         );
         registry.register(
             "xuc_up",
-            "Whether the site's xuc answers (1) or not (0, and 0 without [xuc])",
+            "Whether the site's xuc answers (1) or not (0); absent without [xuc]",
             m.xuc_up.clone(),
         );
         registry.register(
@@ -268,11 +317,6 @@ impl Metrics {
         self.directory_errors
             .get_or_create(&KindLabels { kind })
             .inc();
-    }
-
-    /// Whether the replicas' Redis is connected and caught up.
-    pub fn cluster_up(&self, up: bool) {
-        self.cluster_up.set(i64::from(up));
     }
 
     /// Counts an attempt to reconnect to the replicas' Redis.

@@ -1229,6 +1229,13 @@ async fn metrics_count_requests_latency_and_auth_failures() {
     ] {
         assert!(text.contains(family), "no {family:?} in\n{text}");
     }
+    // Without [cluster] and [xuc] no gauge says that they are down: they are not there at all.
+    for absent in ["ucgate_cluster_up", "ucgate_xuc_up"] {
+        assert!(
+            !text.contains(absent),
+            "{absent} without its section:\n{text}"
+        );
+    }
     let requests = |text: &str, route: &str, status: &str, credential: &str| {
         sample(
             text,

@@ -307,7 +307,6 @@ impl Inner {
                 tracing::warn!(url = %self.config.url, "xuc cannot be reached: tokens it issued and not checked yet are refused (503)");
             }
         }
-        metrics().xuc_up.set(i64::from(up));
     }
 
     /// Logs an unexpected answer of xuc, at most once every [`WARN_EVERY`].

@@ -380,7 +380,6 @@ impl Link {
                     *lock(&self.shared.connection) = Some(connection.clone());
                     self.shared.up.store(true, Ordering::Release);
                     self.shared.ready.store(true, Ordering::Release);
-                    metrics().cluster_up(true);
                     if outage {
                         tracing::info!("cluster: Redis answers again; revocations caught up");
                         outage = false;
@@ -392,7 +391,6 @@ impl Link {
             };
             *lock(&self.shared.connection) = None;
             self.shared.up.store(false, Ordering::Release);
-            metrics().cluster_up(false);
             metrics().cluster_error(error);
             if !outage {
                 // Once per outage; never the URL (redis' errors may name it).
