@@ -1,5 +1,5 @@
-//! `ucgate doctor`: checks the shared token across the custom.env files of a XiVO install
-//! without ever printing it, and the user directory of the configuration.
+//! `ucgate doctor`: checks the shared token across the custom.env files of a XiVO install and
+//! ucgate's own environment without ever printing it, and the user directory of the configuration.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use crate::directory::Directory;
 use crate::directory::database::Database;
 use crate::directory::file::FileDirectory;
 use crate::directory::ldap::Ldap;
-use crate::secrets::read_env_file;
+use crate::secrets::{read_env_file, weakness};
 
 /// Where XiVO's docker environments keep their custom.env.
 pub const XIVO_ENV_FILES: [&str; 3] = [
@@ -21,9 +21,6 @@ pub const XIVO_ENV_FILES: [&str; 3] = [
     "/etc/docker/mds/custom.env",
     "/etc/docker/compose/custom.env",
 ];
-
-const MIN_LENGTH: usize = 24;
-const MIN_BITS: f64 = 100.0;
 
 /// What was found in one file.
 #[derive(Debug, PartialEq)]
@@ -37,8 +34,8 @@ pub enum Finding {
     },
 }
 
-/// Checks `variable` in the XiVO files found under `root` and in `extra`; prints a report and
-/// returns whether everything is fine.
+/// Checks `variable` in the XiVO files found under `root`, in `extra` and in the environment
+/// (where `ucgate run` looks first); prints a report and returns whether everything is fine.
 pub fn run(
     root: &Path,
     extra: &[PathBuf],
@@ -90,14 +87,42 @@ pub fn run(
             }
         }
     }
+    // `ucgate run` reads the variable from its environment before any file: judge that value
+    // too, and compare it with the files'.
+    let in_env = std::env::var(variable).ok().filter(|v| !v.is_empty());
+    match &in_env {
+        None => writeln!(out, "  -  environment variable {variable}: unset")?,
+        Some(value) => {
+            digests.insert(Sha256::digest(value.as_bytes()).into());
+            match weakness(value) {
+                Some(why) => {
+                    healthy = false;
+                    writeln!(out, "FAIL environment variable {variable} is weak: {why}")?;
+                }
+                None => writeln!(
+                    out,
+                    " OK  environment variable {variable} is defined and strong"
+                )?,
+            }
+        }
+    }
+    let env = if in_env.is_some() {
+        " and the environment"
+    } else {
+        ""
+    };
     match (defined, digests.len()) {
-        (0, _) => {
+        (0, 0) => {
             healthy = false;
             writeln!(out, "FAIL {variable} is defined nowhere")?;
         }
+        (0, _) => writeln!(
+            out,
+            " OK  {variable} is defined in the environment only (no file to compare it with)"
+        )?,
         (_, 1) => writeln!(
             out,
-            " OK  {variable} is identical in the {defined} file(s) that define it"
+            " OK  {variable} is identical in the {defined} file(s){env} that define it"
         )?,
         (_, n) => {
             healthy = false;
@@ -229,51 +254,6 @@ fn inspect(file: &Path, variable: &str) -> Finding {
             weakness: weakness(&value),
         },
     }
-}
-
-/// Why a token is too weak, if it is: too short, or too little entropy. The estimate is the
-/// lower of two: the alphabet its character classes suggest, and the Shannon entropy of its
-/// characters (which catches "aaaa…" and repeated words).
-pub fn weakness(token: &str) -> Option<String> {
-    let lower = token.to_ascii_lowercase();
-    if ["change", "example", "secret", "password", "xivo"]
-        .iter()
-        .any(|w| lower.contains(w))
-    {
-        return Some("looks like a placeholder or a word, not a random value".into());
-    }
-    let length = token.chars().count();
-    if length < MIN_LENGTH {
-        return Some(format!("shorter than {MIN_LENGTH} characters"));
-    }
-    let bits = estimated_bits(token);
-    (bits < MIN_BITS).then(|| format!("about {bits:.0} bits of entropy, {MIN_BITS:.0} wanted"))
-}
-
-fn estimated_bits(token: &str) -> f64 {
-    let chars: Vec<char> = token.chars().collect();
-    let n = chars.len() as f64;
-    let classes = [
-        chars.iter().any(char::is_ascii_lowercase).then_some(26.0),
-        chars.iter().any(char::is_ascii_uppercase).then_some(26.0),
-        chars.iter().any(char::is_ascii_digit).then_some(10.0),
-        chars
-            .iter()
-            .any(|c| !c.is_ascii_alphanumeric())
-            .then_some(32.0),
-    ];
-    let alphabet: f64 = classes.iter().flatten().sum();
-    let by_classes = n * alphabet.log2();
-    let mut counts = std::collections::HashMap::new();
-    for c in &chars {
-        *counts.entry(c).or_insert(0.0) += 1.0;
-    }
-    let shannon: f64 = counts
-        .values()
-        .map(|&k: &f64| -(k / n) * (k / n).log2())
-        .sum();
-    // One repeated character has an entropy of -0.0 (−1 × log2 1): print it as 0.
-    by_classes.min(shannon * n).abs()
 }
 
 /// A fresh token: 32 random bytes, base64url without padding (43 characters, 256 bits).

@@ -113,6 +113,9 @@ fn main() -> ExitCode {
     match command {
         Command::CheckConfig => {
             print_config(&state);
+            if let Some(warning) = state.shared_token_warning() {
+                eprintln!("ucgate: warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
         Command::Run => run(state, cli.listen),
@@ -282,6 +285,9 @@ fn run(state: State, listen: Vec<std::net::SocketAddr>) -> ExitCode {
             cluster = state.cluster().as_deref().unwrap_or("none"),
             "ucgate starting"
         );
+        if let Some(warning) = state.shared_token_warning() {
+            tracing::warn!("{warning}");
+        }
         let config_file = state.config().file.clone();
         let gateway = Gateway::new(state);
         gateway.start_background_tasks();

@@ -85,6 +85,9 @@ pub async fn watch(gateway: Gateway, config_file: PathBuf, hup: std::io::Result<
                     routes = state.config.routes.len(),
                     "configuration reloaded"
                 );
+                if let Some(warning) = state.shared_token_warning() {
+                    tracing::warn!("{warning}");
+                }
                 files = state.config.watched_files();
                 seen = fingerprint(&files);
                 if state.config.server.watch_interval != interval {

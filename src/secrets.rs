@@ -89,6 +89,54 @@ fn describe(file: &Path, e: &dotenvy::Error) -> String {
     }
 }
 
+const MIN_LENGTH: usize = 24;
+const MIN_BITS: f64 = 100.0;
+
+/// Why a token is too weak, if it is: too short, or too little entropy. The estimate is the
+/// lower of two: the alphabet its character classes suggest, and the Shannon entropy of its
+/// characters (which catches "aaaa…" and repeated words).
+pub fn weakness(token: &str) -> Option<String> {
+    let lower = token.to_ascii_lowercase();
+    if ["change", "example", "secret", "password", "xivo"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
+        return Some("looks like a placeholder or a word, not a random value".into());
+    }
+    let length = token.chars().count();
+    if length < MIN_LENGTH {
+        return Some(format!("shorter than {MIN_LENGTH} characters"));
+    }
+    let bits = estimated_bits(token);
+    (bits < MIN_BITS).then(|| format!("about {bits:.0} bits of entropy, {MIN_BITS:.0} wanted"))
+}
+
+fn estimated_bits(token: &str) -> f64 {
+    let chars: Vec<char> = token.chars().collect();
+    let n = chars.len() as f64;
+    let classes = [
+        chars.iter().any(char::is_ascii_lowercase).then_some(26.0),
+        chars.iter().any(char::is_ascii_uppercase).then_some(26.0),
+        chars.iter().any(char::is_ascii_digit).then_some(10.0),
+        chars
+            .iter()
+            .any(|c| !c.is_ascii_alphanumeric())
+            .then_some(32.0),
+    ];
+    let alphabet: f64 = classes.iter().flatten().sum();
+    let by_classes = n * alphabet.log2();
+    let mut counts = std::collections::HashMap::new();
+    for c in &chars {
+        *counts.entry(c).or_insert(0.0) += 1.0;
+    }
+    let shannon: f64 = counts
+        .values()
+        .map(|&k: &f64| -(k / n) * (k / n).log2())
+        .sum();
+    // One repeated character has an entropy of -0.0 (−1 × log2 1): print it as 0.
+    by_classes.min(shannon * n).abs()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -345,6 +345,18 @@ impl State {
         self.shared.source()
     }
 
+    /// A warning when the shared token is weak (see `secrets::weakness`), for the start-up log,
+    /// reloads and `check-config`; never the value.
+    pub fn shared_token_warning(&self) -> Option<String> {
+        self.shared.weakness().map(|why| {
+            format!(
+                "the shared token from {} is weak ({why}): it opens every route that accepts \
+                 it; set a strong one (`ucgate doctor --new-token`) in every XiVO component",
+                self.shared.source()
+            )
+        })
+    }
+
     /// The directory, described for the start-up log and `check-config` ("3 users in FILE").
     pub fn directory(&self) -> Option<String> {
         self.uc.as_ref().map(|uc| uc.issuer.directory().describe())

@@ -763,13 +763,17 @@ struct Doctor {
 }
 
 fn doctor(args: &[&str]) -> Doctor {
-    let output = Command::new(env!("CARGO_BIN_EXE_ucgate"))
-        .arg("doctor")
-        .args(args)
-        .env_clear()
-        .env("PLAY_AUTH_TOKEN", SHARED_TOKEN)
-        .output()
-        .unwrap();
+    doctor_env(args, None)
+}
+
+/// `ucgate doctor` with PLAY_AUTH_TOKEN set to `token` in its environment, or unset.
+fn doctor_env(args: &[&str], token: Option<&str>) -> Doctor {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ucgate"));
+    command.arg("doctor").args(args).env_clear();
+    if let Some(token) = token {
+        command.env("PLAY_AUTH_TOKEN", token);
+    }
+    let output = command.output().unwrap();
     Doctor {
         code: output.status.code(),
         output: format!(
@@ -856,6 +860,65 @@ fn doctor_checks_the_shared_token_everywhere_without_printing_it() {
         &["defined nowhere"],
     );
 
+    // The environment, where `ucgate run` looks first: judged and compared too, never printed.
+    let check_env = |args: &[&str], token: &str, code: i32, needles: &[&str]| {
+        let d = doctor_env(args, Some(token));
+        assert_eq!(d.code, Some(code), "{args:?}:\n{}", d.output);
+        for needle in needles {
+            assert!(
+                d.output.contains(needle),
+                "{args:?}: no {needle:?} in\n{}",
+                d.output
+            );
+        }
+        for secret in secrets {
+            assert!(
+                !d.output.contains(secret),
+                "{args:?} printed a token:\n{}",
+                d.output
+            );
+        }
+        d.output
+    };
+    let empty_root = empty.path().to_str().unwrap();
+    let out = check_env(
+        &["--root", empty_root],
+        WEAK,
+        1,
+        &["environment variable PLAY_AUTH_TOKEN is weak"],
+    );
+    assert!(!out.contains("defined nowhere"), "{out}");
+    check_env(
+        &["--root", empty_root],
+        "x",
+        1,
+        &["is weak: shorter than 24"],
+    );
+    let out = check_env(
+        &["--root", empty_root],
+        strong(),
+        0,
+        &["in the environment only"],
+    );
+    assert!(!out.contains("FAIL"), "{out}");
+    check_env(
+        &["--root", same_root],
+        strong(),
+        0,
+        &["identical in the 3 file(s) and the environment"],
+    );
+    check_env(
+        &["--root", same_root],
+        strong_other(),
+        1,
+        &["differs", "2 distinct values"],
+    );
+    let out = doctor(&["--root", same_root]).output;
+    assert!(
+        out.contains("environment variable PLAY_AUTH_TOKEN: unset"),
+        "{out}"
+    );
+
     // Files copied from the other servers of a multi-server install.
     let copies = tempfile::tempdir().unwrap();
     let write = |name: &str, value: &str| {
@@ -919,6 +982,65 @@ fn doctor_checks_the_shared_token_everywhere_without_printing_it() {
     let d = doctor(&["--root", fresh_root.path().to_str().unwrap()]);
     assert_eq!(d.code, Some(0), "{}", d.output);
     assert!(!d.output.contains(&token), "{}", d.output);
+}
+
+/// A weak shared token still starts ucgate (sites must keep running), with a warning that says
+/// why and never prints the value, at start, at each reload and in `check-config`.
+#[tokio::test]
+async fn a_weak_shared_token_is_warned_about_without_its_value() {
+    const WEAK_SHORT: &str = "Zq7weak";
+    let up = Upstream::start().await;
+    let config = ConfigBuilder::new()
+        .route(route("api", "/api/", &up.url()))
+        .build();
+    for weak in [WEAK_SHORT, WEAK] {
+        let finished = Ucgate::builder(config.clone())
+            .env("PLAY_AUTH_TOKEN", weak)
+            .run(&["check-config"]);
+        assert_eq!(finished.code(), Some(0), "{finished:?}");
+        let output = format!("{}{}", finished.stdout, finished.stderr);
+        assert!(
+            finished.stderr.contains(
+                "warning: the shared token from environment variable PLAY_AUTH_TOKEN is weak"
+            ),
+            "{output}"
+        );
+        assert!(!output.contains(weak), "{output}");
+    }
+    let strong_check = Ucgate::builder(config.clone())
+        .env("PLAY_AUTH_TOKEN", strong())
+        .run(&["check-config"]);
+    assert_eq!(strong_check.code(), Some(0), "{strong_check:?}");
+    assert!(
+        !strong_check.stderr.contains("weak"),
+        "{}",
+        strong_check.stderr
+    );
+
+    let gate = Ucgate::builder(config.clone())
+        .env("PLAY_AUTH_TOKEN", WEAK_SHORT)
+        .start()
+        .await;
+    let warning = gate.wait_log("is weak").await;
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(warning.contains("shorter than 24 characters"), "{warning}");
+    let response = client()
+        .get(gate.url("/api/x"))
+        .header(X_AUTH_TOKEN, WEAK_SHORT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "it still opens the routes");
+    gate.signal(libc::SIGHUP);
+    gate.wait_log("configuration reloaded").await;
+    gate.wait_log_count("is weak", 2).await;
+    assert!(!gate.logs().contains(WEAK_SHORT), "{}", gate.logs());
+
+    let gate = Ucgate::builder(config)
+        .env("PLAY_AUTH_TOKEN", strong())
+        .start()
+        .await;
+    assert!(!gate.logs().contains("is weak"), "{}", gate.logs());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ pub struct SharedToken {
     current: Box<[u8]>,
     previous: Option<Box<[u8]>>,
     source: String,
+    /// Why the current value is weak (`ucgate doctor`'s rule), if it is; never the value.
+    weakness: Option<String>,
 }
 
 impl fmt::Debug for SharedToken {
@@ -84,6 +86,7 @@ impl SharedToken {
             current: value.as_bytes().into(),
             previous,
             source,
+            weakness: secrets::weakness(value),
         })
     }
 
@@ -95,6 +98,12 @@ impl SharedToken {
     /// Where the token was found, for logs (never the value).
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Why the token is weak (too short, a word, too little entropy), if it is: it opens every
+    /// route that accepts it, so a guessable one is worth a warning (never the value).
+    pub fn weakness(&self) -> Option<&str> {
+        self.weakness.as_deref()
     }
 
     /// The value to send upstream.
