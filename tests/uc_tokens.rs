@@ -974,13 +974,14 @@ async fn forged_tokens_are_refused_and_never_reach_the_upstream() {
     no_issuer.as_object_mut().unwrap().remove("iss");
     let mut unknown_method = claims("alice", "agent");
     unknown_method["method"] = json!("magic");
-    // Signed with the key but not as ucgate signs (the key leaked): living past tokens.ttl
-    // (1h here, no leeway), issued in the future, a login or profile that is no header value
-    // (check would renew it, signing a new token of it).
+    // Signed with the key but not as ucgate signs (the key leaked): living past a whole
+    // session (tokens.max_session, 7 days by default, no leeway), issued in the future, a login
+    // or profile that is no header value (check would renew it, signing a new token of it).
     let mut ten_years = claims("alice", "agent");
     ten_years["exp"] = json!(unix_now() + 10 * 365 * 86_400);
-    let mut longer_than_ttl = claims("alice", "agent");
-    longer_than_ttl["exp"] = json!(longer_than_ttl["iat"].as_u64().unwrap() + 3601);
+    let mut longer_than_a_session = claims("alice", "agent");
+    longer_than_a_session["exp"] =
+        json!(longer_than_a_session["iat"].as_u64().unwrap() + 7 * 86_400 + 1);
     let mut future = claims("alice", "agent");
     future["iat"] = json!(unix_now() + 600);
     future["exp"] = json!(unix_now() + 1200);
@@ -1038,7 +1039,10 @@ async fn forged_tokens_are_refused_and_never_reach_the_upstream() {
         ("missing profile", hs256(key, &no_profile)),
         ("unknown method", hs256(key, &unknown_method)),
         ("living ten years", hs256(key, &ten_years)),
-        ("living past tokens.ttl", hs256(key, &longer_than_ttl)),
+        (
+            "living past tokens.max_session",
+            hs256(key, &longer_than_a_session),
+        ),
         ("issued in the future", hs256(key, &future)),
         ("CR LF in the login", hs256(key, &crlf_login)),
         ("CR LF in the profile", hs256(key, &crlf_profile)),
@@ -1211,7 +1215,6 @@ async fn asymmetric_end_to_end(alg: Algorithm, name: &str, keys: KeyPair, other:
     };
     let mut forged_claims = claims("adam", "admin");
     forged_claims["iss"] = json!("ucgate-test");
-    // Within this gate's tokens.ttl (10m): a longer-lived token is not one ucgate signs.
     forged_claims["exp"] = json!(forged_claims["iat"].as_u64().unwrap() + 600);
     // Controls: signed with the private key by someone else than ucgate, accepted; and the
     // leeway (30 s) keeps a token that expired 10 s ago.

@@ -527,14 +527,14 @@ impl TokenService {
         }
         let claims = data.claims;
         // What ucgate never signs, refused should its key leak (defence in depth): a token
-        // issued in the future, one living longer than `tokens.ttl` (both within the leeway),
-        // and a login or profile that cannot be a header value (`X-Auth-User`), which check
-        // would otherwise renew. Tokens signed under a longer `tokens.ttl` before a reload that
-        // shortened it are refused too.
+        // issued in the future, one living longer than a whole session (`tokens.max_session`;
+        // both within the leeway), and a login or profile that cannot be a header value
+        // (`X-Auth-User`), which check would otherwise renew. Not `tokens.ttl`: a reload that
+        // shortens it would log out everyone holding a token signed under the longer one.
         let leeway = self.validation.leeway;
-        let ttl = self.max_ttl.as_secs();
+        let longest = self.max_session.as_secs();
         if claims.iat > unix_now().saturating_add(leeway)
-            || claims.exp > claims.iat.saturating_add(ttl).saturating_add(leeway)
+            || claims.exp > claims.iat.saturating_add(longest).saturating_add(leeway)
             || http::HeaderValue::from_str(&claims.sub).is_err()
             || http::HeaderValue::from_str(&claims.profile).is_err()
         {
@@ -805,7 +805,7 @@ mod tests {
     }
 
     /// Tokens signed with ucgate's own key but not as ucgate signs them (its key leaked):
-    /// issued in the future, living past `tokens.ttl`, a login or profile that cannot be a
+    /// issued in the future, living past `tokens.max_session`, a login or profile that cannot be a
     /// header value. Within the leeway (5 s here), clocks may differ.
     #[test]
     fn refuses_what_ucgate_never_signs() {
@@ -838,7 +838,10 @@ mod tests {
             valid("alice", "agent", now, now + 10 * 365 * 86400),
             invalid
         );
-        assert_eq!(valid("alice", "agent", now - 10, now + 600), invalid);
+        // Past the session (7 days by default), not past tokens.ttl (600 s here): a reload
+        // that shortens the ttl keeps the tokens already issued.
+        assert!(valid("alice", "agent", now - 10, now + 3600).is_ok());
+        assert_eq!(valid("alice", "agent", now - 10, now + 7 * 86400), invalid);
         assert_eq!(valid("alice", "agent", now + 60, now + 600), invalid);
         assert_eq!(
             valid("alice", "agent", now + 86400, now + 86400 + 60),
