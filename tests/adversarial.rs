@@ -2120,18 +2120,27 @@ async fn max_connections_counts_connections_not_listeners() {
     }
 }
 
-#[tokio::test]
-async fn an_oversized_login_body_is_413() {
+/// A gate issuing UC tokens (nobody in its users file) with `login` as its `[login]` section,
+/// and a route `/api/` to an upstream.
+async fn login_gate(config: ConfigBuilder, login: &str) -> (Upstream, Ucgate) {
     let up = Upstream::start().await;
-    let config = ConfigBuilder::new()
+    let config = config
         .route(route("api", "/api/", &up.url()))
-        .raw("[tokens]\n\n[users]\nfile = \"users.toml\"\n\n[login]\nmax_body = 256")
+        .raw(&format!(
+            "[tokens]\n\n[users]\nfile = \"users.toml\"\n\n[login]\n{login}"
+        ))
         .build();
     let gate = Ucgate::builder(config)
         .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
         .file("users.toml", "")
         .start()
         .await;
+    (up, gate)
+}
+
+#[tokio::test]
+async fn an_oversized_login_body_is_413() {
+    let (up, gate) = login_gate(ConfigBuilder::new(), "max_body = 256").await;
     let login = "/xuc/api/2.0/auth/login";
     // Control: a small body reaches the credential check.
     let r = client()
@@ -2209,17 +2218,11 @@ async fn an_oversized_login_body_is_413() {
 /// clients are served meanwhile.
 #[tokio::test]
 async fn a_login_body_that_never_ends_is_408() {
-    let up = Upstream::start().await;
-    let config = ConfigBuilder::new()
-        .server("request_body_timeout = \"1s\"")
-        .route(route("api", "/api/", &up.url()))
-        .raw("[tokens]\n\n[users]\nfile = \"users.toml\"")
-        .build();
-    let gate = Ucgate::builder(config)
-        .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
-        .file("users.toml", "")
-        .start()
-        .await;
+    let (_up, gate) = login_gate(
+        ConfigBuilder::new().server("request_body_timeout = \"1s\""),
+        "",
+    )
+    .await;
     let mut stream = TcpStream::connect(gate.addr()).await.unwrap();
     stream
         .write_all(
