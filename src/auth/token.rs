@@ -527,14 +527,15 @@ impl TokenService {
         }
         let claims = data.claims;
         // What ucgate never signs, refused should its key leak (defence in depth): a token
-        // issued in the future, one living longer than a whole session (`tokens.max_session`;
-        // both within the leeway), and a login or profile that cannot be a header value
-        // (`X-Auth-User`), which check would otherwise renew. Not `tokens.ttl`: a reload that
-        // shortens it would log out everyone holding a token signed under the longer one.
+        // issued in the future, a session that starts after its token (renewals would extend
+        // it forever: a session ends `tokens.max_session` after `auth_time`), both within the
+        // leeway; and a login or profile that cannot be a header value (`X-Auth-User`), which
+        // check would otherwise renew. No bound on `exp` − `iat` from the configuration: a
+        // reload that shortens `tokens.ttl` or `tokens.max_session` would refuse at once every
+        // token signed under the longer one.
         let leeway = self.validation.leeway;
-        let longest = self.max_session.as_secs();
         if claims.iat > unix_now().saturating_add(leeway)
-            || claims.exp > claims.iat.saturating_add(longest).saturating_add(leeway)
+            || claims.auth_time > claims.iat.saturating_add(leeway)
             || http::HeaderValue::from_str(&claims.sub).is_err()
             || http::HeaderValue::from_str(&claims.profile).is_err()
         {
@@ -805,26 +806,22 @@ mod tests {
     }
 
     /// Tokens signed with ucgate's own key but not as ucgate signs them (its key leaked):
-    /// issued in the future, living past `tokens.max_session`, a login or profile that cannot be a
-    /// header value. Within the leeway (5 s here), clocks may differ.
+    /// issued in the future, of a session starting after them, a login or profile that cannot
+    /// be a header value. Within the leeway (5 s here), clocks may differ.
     #[test]
     fn refuses_what_ucgate_never_signs() {
         let s = service(600);
         let key = EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef");
-        let forged = |sub: &str, profile: &str, iat: u64, exp: u64| {
+        let forged = |sub: &str, profile: &str, iat: u64, exp: u64, auth_time: u64| {
             let claims = serde_json::json!({
                 "iss": "ucgate", "sub": sub, "profile": profile, "method": "password",
-                "iat": iat, "exp": exp, "jti": random_hex(),
+                "iat": iat, "exp": exp, "auth_time": auth_time, "sid": random_hex(), "jti": random_hex(),
             });
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
         };
         let now = unix_now();
-        let valid = |sub, profile, iat, exp| s.validate(&forged(sub, profile, iat, exp));
+        let valid = |sub, profile, iat, exp| s.validate(&forged(sub, profile, iat, exp, iat));
         assert!(valid("alice", "agent", now, now + 600).is_ok());
-        assert!(
-            valid("alice", "agent", now - 10, now + 595).is_ok(),
-            "within the leeway"
-        );
         assert!(
             valid("alice", "agent", now + 3, now + 600).is_ok(),
             "within the leeway"
@@ -833,20 +830,21 @@ mod tests {
             valid("josé", "agent", now, now + 600).is_ok(),
             "obs-text is a header value"
         );
-        let invalid = Err(TokenError::Invalid);
-        assert_eq!(
-            valid("alice", "agent", now, now + 10 * 365 * 86400),
-            invalid
-        );
-        // Past the session (7 days by default), not past tokens.ttl (600 s here): a reload
-        // that shortens the ttl keeps the tokens already issued.
+        // Longer than tokens.ttl (600 s here): a reload that shortens the ttl (or the
+        // sessions) does not refuse the tokens already issued.
         assert!(valid("alice", "agent", now - 10, now + 3600).is_ok());
-        assert_eq!(valid("alice", "agent", now - 10, now + 7 * 86400), invalid);
+        assert!(valid("alice", "agent", now - 10, now + 30 * 86400).is_ok());
+        let invalid = Err(TokenError::Invalid);
         assert_eq!(valid("alice", "agent", now + 60, now + 600), invalid);
         assert_eq!(
             valid("alice", "agent", now + 86400, now + 86400 + 60),
             invalid
         );
+        let session_from =
+            |auth_time| s.validate(&forged("alice", "agent", now, now + 60, auth_time));
+        assert!(session_from(now - 3600).is_ok());
+        assert!(session_from(now + 3).is_ok(), "within the leeway");
+        assert_eq!(session_from(now + 1_000_000_000), invalid);
         assert_eq!(
             valid("demo\r\nX-Auth-User: root", "agent", now, now + 60),
             invalid
