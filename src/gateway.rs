@@ -37,7 +37,7 @@ use crate::auth::credential::Presented;
 use crate::auth::{self, Credential, Permit};
 use crate::body::Body;
 use crate::client_timeouts::{RequestTracker, Tracked};
-use crate::config::Config;
+use crate::config::{Config, ServerConfig};
 use crate::cors::Cors;
 use crate::endpoints::Endpoint;
 use crate::error::GateError;
@@ -69,12 +69,16 @@ const ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 #[derive(Clone)]
 pub struct Gateway {
     state: Arc<ArcSwap<State>>,
+    /// `[server]` as read at start-up: what the listeners and connections run with, whatever
+    /// later reloads said (see [`ServerConfig::restart_only_changes`]).
+    started: Arc<ServerConfig>,
 }
 
 impl Gateway {
     /// A gateway serving `state`.
     pub fn new(state: State) -> Self {
         Self {
+            started: Arc::new(state.config.server.clone()),
             state: Arc::new(ArcSwap::from_pointee(state)),
         }
     }
@@ -98,7 +102,9 @@ impl Gateway {
                     .into(),
             });
         }
-        let restart_only = config.server.restart_only_changes(&old.config.server);
+        // Against what runs, not the last reload's file: a value put back is no change, one
+        // left as a reload set it still is.
+        let restart_only = config.server.restart_only_changes(&self.started);
         if !restart_only.is_empty() {
             tracing::warn!(
                 settings = %restart_only.iter().map(|s| format!("server.{s}")).collect::<Vec<_>>().join(", "),
