@@ -359,13 +359,19 @@ impl Asserted<'_> {
             if let Ok(v) = HeaderValue::from_str(&chain) {
                 headers.insert(X_FORWARDED_FOR, v);
             }
+            // The port ucgate's listener has is the one the proxy reached, not the client: it
+            // is filled in only when the proxy described nothing of the original request (no
+            // scheme, no host), as ucgate's own view then stands for all three. Otherwise the
+            // upstream derives it from the proxy's scheme or host, as behind that proxy alone.
+            let described =
+                headers.contains_key(&X_FORWARDED_PROTO) || headers.contains_key(&X_FORWARDED_HOST);
             if !headers.contains_key(&X_FORWARDED_PROTO) {
                 headers.insert(X_FORWARDED_PROTO, proto(self.tls));
             }
             if let (false, Some(host)) = (headers.contains_key(&X_FORWARDED_HOST), original_host) {
                 headers.insert(X_FORWARDED_HOST, host);
             }
-            if !headers.contains_key(&X_FORWARDED_PORT) {
+            if !described && !headers.contains_key(&X_FORWARDED_PORT) {
                 headers.insert(X_FORWARDED_PORT, self.port.header());
             }
             return;
@@ -734,7 +740,9 @@ mod tests {
         assert_eq!(h[X_FORWARDED_FOR], "203.0.113.9, 10.0.0.7");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
         assert_eq!(h[X_FORWARDED_HOST], "gate.example");
-        assert_eq!(h[X_FORWARDED_PORT], "8080");
+        // The proxy gave the scheme: the port ucgate's listener has is the proxy's view, not
+        // the client's, and stays out.
+        assert!(!h.contains_key(X_FORWARDED_PORT));
         assert_eq!(h["x-forwarded-prefix"], "/ucgate");
         // Two header lines are one list: none of it is lost.
         let mut h = xff("198.51.100.1");

@@ -75,11 +75,22 @@ fn describe(file: &Path, e: &dotenvy::Error) -> String {
     match e {
         dotenvy::Error::Io(e) => e.to_string(),
         dotenvy::Error::LineParse(text, index) => {
+            // The line as dotenvy read it, not a comment that happens to hold the same text.
             let first = text.lines().next().unwrap_or_default();
             let line = std::fs::read_to_string(file)
                 .ok()
-                .and_then(|content| content.lines().position(|l| l.contains(first)))
-                .filter(|_| !first.is_empty());
+                .and_then(|content| {
+                    let lines: Vec<&str> = content.lines().collect();
+                    lines
+                        .iter()
+                        .position(|l| l.trim() == first.trim())
+                        .or_else(|| {
+                            lines
+                                .iter()
+                                .position(|l| !l.trim_start().starts_with('#') && l.contains(first))
+                        })
+                })
+                .filter(|_| !first.trim().is_empty());
             match line {
                 Some(n) => format!("syntax error on line {}, at character {index}", n + 1),
                 None => format!("syntax error at character {index}"),
@@ -168,7 +179,7 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         writeln!(
             f,
-            "# the site's secrets\nOTHER=1\nPLAY_AUTH_TOKEN=\"topsecret"
+            "# PLAY_AUTH_TOKEN=\"topsecret\nOTHER=1\nPLAY_AUTH_TOKEN=\"topsecret"
         )
         .unwrap();
         let e = read_env_file(f.path(), "PLAY_AUTH_TOKEN")

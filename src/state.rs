@@ -348,13 +348,24 @@ impl State {
     /// A warning when the shared token is weak (see `secrets::weakness`), for the start-up log,
     /// reloads and `check-config`; never the value.
     pub fn shared_token_warning(&self) -> Option<String> {
-        self.shared.weakness().map(|why| {
+        let current = self.shared.weakness().map(|why| {
             format!(
                 "the shared token from {} is weak ({why}): it opens every route that accepts \
                  it; set a strong one (`ucgate doctor --new-token`) in every XiVO component",
                 self.shared.source()
             )
-        })
+        });
+        let previous = self.shared.previous_weakness().map(|(name, why)| {
+            format!(
+                "the previous shared token from environment variable {name} \
+                 (shared_token.previous_env) is weak ({why}): it opens the same routes until the \
+                 rotation ends"
+            )
+        });
+        match (current, previous) {
+            (Some(current), Some(previous)) => Some(format!("{current}; {previous}")),
+            (current, previous) => current.or(previous),
+        }
     }
 
     /// The directory, described for the start-up log and `check-config` ("3 users in FILE").

@@ -475,7 +475,7 @@ fn a_bad_cas_section_refuses_to_start() {
         ),
         (
             "server = \"https://cas.example.com/cas\"\nallowed_services = [\"https://xivo.example.com/\"]\nprotocol = \"saml\"",
-            "saml",
+            "protocol: unknown variant",
         ),
     ] {
         let finished = Ucgate::builder(format!("{base}{cas}"))

@@ -589,6 +589,12 @@ async fn a_user_added_to_the_users_file_can_log_in_without_a_restart() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+
+    // Emptied (caught while being rewritten): refused too, bob stays.
+    write_atomic(&users, "# rewritten\n");
+    gate.wait_log_count("reload refused", 2).await;
+    assert!(gate.logs().contains("holds no user now"), "{}", gate.logs());
+    assert_eq!(login(&gate, "bob", "b0b-pass").await.status(), 200);
 }
 
 /// A password written in the users file where its hash belongs (`password = "..."`): the
@@ -1030,6 +1036,25 @@ async fn a_weak_shared_token_is_warned_about_without_its_value() {
         .start()
         .await;
     assert!(!gate.logs().contains("is weak"), "{}", gate.logs());
+
+    // The previous token of a rotation opens the same routes: judged too.
+    let rotating = ConfigBuilder::new()
+        .shared_token("previous_env = \"PLAY_AUTH_TOKEN_PREVIOUS\"")
+        .route(route("api", "/api/", &up.url()))
+        .build();
+    let finished = Ucgate::builder(rotating)
+        .env("PLAY_AUTH_TOKEN", strong())
+        .env("PLAY_AUTH_TOKEN_PREVIOUS", WEAK_SHORT)
+        .run(&["check-config"]);
+    assert_eq!(finished.code(), Some(0), "{finished:?}");
+    assert!(
+        finished
+            .stderr
+            .contains("previous shared token from environment variable PLAY_AUTH_TOKEN_PREVIOUS"),
+        "{}",
+        finished.stderr
+    );
+    assert!(!finished.stderr.contains(WEAK_SHORT), "{}", finished.stderr);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -30,6 +30,9 @@ pub struct SharedToken {
     source: String,
     /// Why the current value is weak (`ucgate doctor`'s rule), if it is; never the value.
     weakness: Option<String>,
+    /// The same for the previous value (`shared_token.previous_env`), which opens the same
+    /// routes during a rotation: the variable's name and why.
+    previous_weakness: Option<(String, String)>,
 }
 
 impl fmt::Debug for SharedToken {
@@ -67,9 +70,17 @@ impl SharedToken {
             .previous_env
             .as_deref()
             .and_then(|name| std::env::var(name).ok())
-            .filter(|v| !v.is_empty() && *v != value)
-            .map(|v| v.into_bytes().into_boxed_slice());
-        Self::new(&value, previous, source)
+            .filter(|v| !v.is_empty() && *v != value);
+        let previous_weakness = previous.as_deref().and_then(secrets::weakness);
+        let mut token = Self::new(
+            &value,
+            previous.map(|v| v.into_bytes().into_boxed_slice()),
+            source,
+        )?;
+        token.previous_weakness = previous_weakness
+            .zip(config.previous_env.clone())
+            .map(|(why, name)| (name, why));
+        Ok(token)
     }
 
     fn new(
@@ -87,6 +98,7 @@ impl SharedToken {
             previous,
             source,
             weakness: secrets::weakness(value),
+            previous_weakness: None,
         })
     }
 
@@ -104,6 +116,13 @@ impl SharedToken {
     /// route that accepts it, so a guessable one is worth a warning (never the value).
     pub fn weakness(&self) -> Option<&str> {
         self.weakness.as_deref()
+    }
+
+    /// The same for the previous token of a rotation: the variable it is in, and why.
+    pub fn previous_weakness(&self) -> Option<(&str, &str)> {
+        self.previous_weakness
+            .as_ref()
+            .map(|(name, why)| (name.as_str(), why.as_str()))
     }
 
     /// The value to send upstream.

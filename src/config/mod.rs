@@ -362,7 +362,7 @@ impl TomlErrorAt {
             .map(|(key, _)| key.trim())
             .filter(|key| !key.is_empty() && key.len() <= 64 && !key.starts_with(['[', '#']))
             .map(str::to_owned);
-        let mut message = without_quoted_strings(e.message())
+        let mut message = without_quoted_values(e.message())
             .split_whitespace()
             .collect::<Vec<_>>()
             .join(" ");
@@ -392,6 +392,34 @@ impl std::fmt::Display for TomlErrorAt {
 
 /// serde's "invalid type: string \"VALUE\", expected a boolean" quotes the value (a password
 /// typed into the wrong key): `string "…"` becomes `a string`.
+/// serde's messages that quote the value typed (`invalid type: integer `73519246``, `invalid
+/// value: ...`, `unknown variant `...``), with the value left out: a PIN typed where its hash
+/// belongs, or a secret pasted into the wrong key, must not reach a log line. Field names
+/// (`unknown field `password``) are keys, and stay.
+fn without_quoted_values(message: &str) -> String {
+    let mut out = without_quoted_strings(message);
+    for lead in ["invalid type: ", "invalid value: ", "unknown variant"] {
+        let mut from = 0;
+        while let Some(at) = out[from..].find(lead).map(|i| from + i) {
+            // `unknown variant `X`` or `invalid type: KIND `X``: the value is the next
+            // backticked text, up to ", expected" when there is one.
+            let after = at + lead.len();
+            let Some(open) = out[after..].find('`').map(|i| after + i) else {
+                break;
+            };
+            let close = out[open..]
+                .find("`, expected")
+                .map(|i| open + i + 1)
+                .or_else(|| out[open + 1..].find('`').map(|i| open + 1 + i + 1))
+                .unwrap_or(out.len());
+            let keep = out[..open].trim_end().len();
+            out.replace_range(keep..close, "");
+            from = keep;
+        }
+    }
+    out
+}
+
 fn without_quoted_strings(message: &str) -> String {
     const MARK: &str = "string \"";
     let mut out = String::with_capacity(message.len());
@@ -435,6 +463,36 @@ upstream = "http://127.0.0.1:9100"
 accept = ["shared", "uc"]
 upstream_auth = "shared"
 "#;
+
+    /// Values typed into the wrong key, or of the wrong type, are not repeated: a PIN where
+    /// a hash belongs, a secret pasted into a variant.
+    #[test]
+    fn errors_do_not_repeat_values() {
+        for (text, secret) in [
+            ("[server]\nlog_format = \"Secr3tPass\"\n", "Secr3tPass"),
+            ("[server]\nmax_headers = \"Secr3tPass\"\n", "Secr3tPass"),
+            ("[server]\nmax_headers = 73519246.5\n", "73519246"),
+            ("[server]\nlog_format = 73519246\n", "73519246"),
+            ("[tokens]\nsigning_key_env = 98765432\n", "98765432"),
+            ("[tokens]\nalgorithm = \"Secr3tPass\"\n", "Secr3tPass"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(!e.contains(secret), "{text:?}: {e}");
+            let key = text.lines().nth(1).unwrap().split(" =").next().unwrap();
+            assert!(e.contains(key), "names the key {key}: {e}");
+        }
+        // Field names are keys, and stay.
+        let e = parse("[server]\nlisten_on = 1\n").unwrap_err().to_string();
+        assert!(e.contains("listen_on"), "{e}");
+        assert_eq!(
+            without_quoted_values("unknown variant `x`, expected `text` or `json`"),
+            "unknown variant, expected `text` or `json`"
+        );
+        assert_eq!(
+            without_quoted_values("invalid type: integer `1`, expected a string"),
+            "invalid type: integer, expected a string"
+        );
+    }
 
     #[test]
     fn a_route_in_single_brackets_says_to_double_them() {
@@ -545,7 +603,8 @@ upstream_auth = "shared"
         let second = ROUTE.split_once("[[route]]").unwrap().1;
         assert!(error(&format!("{ROUTE}[[route]]{second}")).contains("route[1].name: duplicate"));
         let bad_kind = ROUTE.replace("\"uc\"]", "\"kerberos\"]");
-        assert!(error(&bad_kind).contains("kerberos"));
+        let e = error(&bad_kind);
+        assert!(e.contains("accept") && e.contains("unknown variant"), "{e}");
         let no_auth = ROUTE.replace("upstream_auth = \"shared\"", "");
         assert!(error(&no_auth).contains("upstream_auth"));
         let no_tokens = ROUTE.replace("[tokens]\n", "");

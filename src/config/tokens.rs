@@ -131,10 +131,11 @@ impl RawTokens {
                     public_key,
                 }
             }
-            other => {
-                return Err(format!(
-                    "tokens.algorithm: {other:?} is not one of \"HS256\", \"EdDSA\", \"RS256\""
-                ));
+            // The value is not repeated: whatever was typed there may be a secret.
+            _ => {
+                return Err(
+                    "tokens.algorithm: must be one of \"HS256\", \"EdDSA\", \"RS256\"".into(),
+                );
             }
         };
         if !matches!(algorithm, TokenAlgorithm::Hs256 { .. }) && self.signing_key_env.is_some() {

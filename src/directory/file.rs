@@ -138,6 +138,10 @@ impl Directory for FileDirectory {
     fn describe(&self) -> String {
         format!("{} users in {}", self.users.len(), self.file.display())
     }
+
+    fn listed(&self) -> Option<usize> {
+        Some(self.users.len())
+    }
 }
 
 /// Checks `password` against `known`'s hash, or against a dummy hash when there is no user or

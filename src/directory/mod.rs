@@ -70,6 +70,12 @@ pub trait Directory: Send + Sync + fmt::Debug {
     /// What it is, for the start-up log and `check-config` (never a secret): "3 users in FILE".
     fn describe(&self) -> String;
 
+    /// How many users a local list holds (the users file); `None` for a remote directory,
+    /// which ucgate does not count.
+    fn listed(&self) -> Option<usize> {
+        None
+    }
+
     /// The remote dependencies that did not answer the last time they were asked (`database`,
     /// `ldap`), for `/readyz`.
     fn down(&self) -> Vec<&'static str> {
