@@ -103,14 +103,8 @@ impl Gateway {
             });
         }
         // Against what runs, not the last reload's file: a value put back is no change, one
-        // left as a reload set it still is.
+        // left as a reload set it still is. Said once the reload is known to go through.
         let restart_only = config.server.restart_only_changes(&self.started);
-        if !restart_only.is_empty() {
-            tracing::warn!(
-                settings = %restart_only.iter().map(|s| format!("server.{s}")).collect::<Vec<_>>().join(", "),
-                "these changed settings take effect at the next restart only"
-            );
-        }
         let mut state = State::load(config)?;
         // The users file caught empty (being rewritten, or emptied by mistake) would refuse
         // every login and, at the next recheck, every token: refused like an empty config.
@@ -122,6 +116,12 @@ impl Gateway {
                          (restart ucgate to run without)"
                     .into(),
             });
+        }
+        if !restart_only.is_empty() {
+            tracing::warn!(
+                settings = %restart_only.iter().map(|s| format!("server.{s}")).collect::<Vec<_>>().join(", "),
+                "these changed settings take effect at the next restart only"
+            );
         }
         state.inherit(&old);
         self.state.store(Arc::new(state));

@@ -420,6 +420,17 @@ async fn a_reload_to_no_route_is_refused_and_restart_only_settings_are_named() {
     gate.signal(libc::SIGHUP);
     wait_log_count(&gate, "reload refused", 2).await;
     assert!(gate.logs().contains("no [[route]]"), "{}", gate.logs());
+    // Refused once loaded (a users file that is not there): nothing to warn about either.
+    write_atomic(
+        &config,
+        base()
+            .server("max_headers = 20")
+            .raw("[tokens]\n\n[users]\nfile = \"missing-users.toml\"")
+            .build(),
+    );
+    gate.signal(libc::SIGHUP);
+    wait_log_count(&gate, "reload refused", 3).await;
+    assert_eq!(log_count(&gate, "next restart only"), 0, "{}", gate.logs());
     assert_eq!(served_by(&gate, "/api/still").await, a.authority());
 
     write_atomic(

@@ -122,8 +122,21 @@ struct RawConfig {
 /// A humantime duration ("30s", "8h"), for every duration key of the configuration.
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s)
-        .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    humantime::parse_duration(&s).map_err(|e| {
+        // The kind of mistake, never the text typed (or humantime's unit, a piece of it): a
+        // secret pasted into the wrong key must not reach a log line.
+        use humantime::DurationError as E;
+        let kind = match e {
+            E::InvalidCharacter(_) => "an invalid character",
+            E::NumberExpected(_) => "a number expected",
+            E::UnknownUnit { .. } => "an unknown unit",
+            E::NumberOverflow => "too large",
+            E::Empty => "empty",
+        };
+        serde::de::Error::custom(format!(
+            "invalid duration ({kind}): a number and a unit, as \"30s\" or \"8h\""
+        ))
+    })
 }
 
 /// Checks that the duration `key` is `value` at most `max`, and more than zero unless
@@ -469,6 +482,8 @@ upstream_auth = "shared"
     #[test]
     fn errors_do_not_repeat_values() {
         for (text, secret) in [
+            ("[server]\nidle_timeout = \"hunter4secret\"\n", "secret"),
+            ("[server]\nidle_timeout = \"4secret\"\n", "secret"),
             ("[server]\nlog_format = \"Secr3tPass\"\n", "Secr3tPass"),
             ("[server]\nmax_headers = \"Secr3tPass\"\n", "Secr3tPass"),
             ("[server]\nmax_headers = 73519246.5\n", "73519246"),

@@ -90,8 +90,8 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// The settings of `self` that differ from `running`'s and are read only at start-up (the
-    /// listeners, the workers, the connections' limits and timeouts, the log format, the
-    /// watch): a reload cannot apply them. Empty when a reload applies everything.
+    /// listeners, the workers, the connections' limits and timeouts, the log format): a reload
+    /// cannot apply them. Empty when a reload applies everything.
     pub fn restart_only_changes(&self, running: &ServerConfig) -> Vec<&'static str> {
         let mut changed = Vec::new();
         let mut check = |name, differs: bool| {
