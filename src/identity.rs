@@ -162,7 +162,8 @@ impl Trust {
 /// lines, or with one that is not a host and port is a 400; HTTP/1.0 may go without. An
 /// absolute-form target's authority (and h2's `:authority`, which arrives there too) must be a
 /// host and port as well, and userinfo in it is an error (RFC 9110 §4.2.4): it would otherwise
-/// reach the upstream as `X-Forwarded-Host`.
+/// reach the upstream as `X-Forwarded-Host`. Over h2, a `host` header must name the same host as
+/// `:authority` (RFC 9113 §8.3.1).
 pub fn check_host(parts: &request::Parts) -> Result<(), GateError> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let host = hosts.next();
@@ -183,6 +184,19 @@ pub fn check_host(parts: &request::Parts) -> Result<(), GateError> {
                 "the request target's authority is not a valid host and port",
             ));
         }
+    }
+    // RFC 9113 §8.3.1: an h2 request whose `host` names another host than its `:authority`
+    // is malformed; ucgate reads the authority, an upstream or a log may read Host.
+    if let (Version::HTTP_2, Some(authority), Some(host)) =
+        (parts.version, parts.uri.authority(), host)
+        && !authority
+            .as_str()
+            .as_bytes()
+            .eq_ignore_ascii_case(host.as_bytes())
+    {
+        return Err(GateError::InvalidRequest(
+            "the Host header and :authority name different hosts",
+        ));
     }
     match host {
         Some(host) if !is_host_and_port(host.as_bytes()) => Err(GateError::InvalidRequest(

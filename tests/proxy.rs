@@ -618,6 +618,33 @@ async fn requests_without_one_valid_host_are_400_before_authentication() {
     }
 }
 
+/// Over h2, a `host` header naming another host than `:authority` is malformed (RFC 9113
+/// §8.3.1): 400 before authentication; the same host (any case) passes.
+#[tokio::test]
+async fn an_h2_host_that_differs_from_the_authority_is_400() {
+    let (up, gate) = setup().await;
+    let tcp = tokio::net::TcpStream::connect(gate.addr()).await.unwrap();
+    let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let authority = format!("gate.example:{}", gate.addr().port());
+    for (host, status) in [
+        ("other.example", 400),
+        (authority.as_str(), 200),
+        (&*authority.to_uppercase(), 200),
+    ] {
+        let mut h2 = h2.clone().ready().await.unwrap();
+        let request = http::Request::get(format!("http://{authority}/api/h2-host"))
+            .header(X_AUTH_TOKEN, SHARED_TOKEN)
+            .header("host", host)
+            .body(())
+            .unwrap();
+        let (response, _) = h2.send_request(request, true).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "host: {host}");
+    }
+    assert_eq!(up.count(), 2, "{:#?}", up.requests());
+}
+
 /// X-Forwarded-Port is the port of the listener the client connected to (nginx's
 /// `$server_port`), whatever port, or none, its Host or target names.
 #[tokio::test]
