@@ -184,19 +184,16 @@ pub fn check_host(parts: &request::Parts) -> Result<(), GateError> {
                 "the request target's authority is not a valid host and port",
             ));
         }
-    }
-    // RFC 9113 §8.3.1: an h2 request whose `host` names another host than its `:authority`
-    // is malformed; ucgate reads the authority, an upstream or a log may read Host.
-    if let (Version::HTTP_2, Some(authority), Some(host)) =
-        (parts.version, parts.uri.authority(), host)
-        && !authority
-            .as_str()
-            .as_bytes()
-            .eq_ignore_ascii_case(host.as_bytes())
-    {
-        return Err(GateError::InvalidRequest(
-            "the Host header and :authority name different hosts",
-        ));
+        // RFC 9113 §8.3.1: an h2 request whose `host` names another host than its
+        // `:authority` is malformed; ucgate reads the authority, an upstream or a log may read
+        // Host.
+        if parts.version == Version::HTTP_2
+            && host.is_some_and(|host| !authority.eq_ignore_ascii_case(host.as_bytes()))
+        {
+            return Err(GateError::InvalidRequest(
+                "the Host header and :authority name different hosts",
+            ));
+        }
     }
     match host {
         Some(host) if !is_host_and_port(host.as_bytes()) => Err(GateError::InvalidRequest(

@@ -355,13 +355,18 @@ impl State {
                 self.shared.source()
             )
         });
-        let previous = self.shared.previous_weakness().map(|(name, why)| {
-            format!(
-                "the previous shared token from environment variable {name} \
+        let previous_env = self.config.shared_token.previous_env.as_deref();
+        let previous = self
+            .shared
+            .previous_weakness()
+            .zip(previous_env)
+            .map(|(why, name)| {
+                format!(
+                    "the previous shared token from environment variable {name} \
                  (shared_token.previous_env) is weak ({why}): it opens the same routes until the \
                  rotation ends"
-            )
-        });
+                )
+            });
         match (current, previous) {
             (Some(current), Some(previous)) => Some(format!("{current}; {previous}")),
             (current, previous) => current.or(previous),

@@ -8,6 +8,11 @@ use http::HeaderValue;
 use crate::config::SharedTokenConfig;
 use crate::secrets::{self, EnvFileError};
 
+/// `secrets::weakness` of a token held as bytes (always UTF-8: it was read as a string).
+fn weakness_of(token: &[u8]) -> Option<String> {
+    std::str::from_utf8(token).ok().and_then(secrets::weakness)
+}
+
 /// Which of the configured values a presented shared token matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SharedMatch {
@@ -28,11 +33,6 @@ pub struct SharedToken {
     current: Box<[u8]>,
     previous: Option<Box<[u8]>>,
     source: String,
-    /// Why the current value is weak (`ucgate doctor`'s rule), if it is; never the value.
-    weakness: Option<String>,
-    /// The same for the previous value (`shared_token.previous_env`), which opens the same
-    /// routes during a rotation: the variable's name and why.
-    previous_weakness: Option<(String, String)>,
 }
 
 impl fmt::Debug for SharedToken {
@@ -70,17 +70,9 @@ impl SharedToken {
             .previous_env
             .as_deref()
             .and_then(|name| std::env::var(name).ok())
-            .filter(|v| !v.is_empty() && *v != value);
-        let previous_weakness = previous.as_deref().and_then(secrets::weakness);
-        let mut token = Self::new(
-            &value,
-            previous.map(|v| v.into_bytes().into_boxed_slice()),
-            source,
-        )?;
-        token.previous_weakness = previous_weakness
-            .zip(config.previous_env.clone())
-            .map(|(why, name)| (name, why));
-        Ok(token)
+            .filter(|v| !v.is_empty() && *v != value)
+            .map(|v| v.into_bytes().into_boxed_slice());
+        Self::new(&value, previous, source)
     }
 
     fn new(
@@ -97,8 +89,6 @@ impl SharedToken {
             current: value.as_bytes().into(),
             previous,
             source,
-            weakness: secrets::weakness(value),
-            previous_weakness: None,
         })
     }
 
@@ -114,15 +104,15 @@ impl SharedToken {
 
     /// Why the token is weak (too short, a word, too little entropy), if it is: it opens every
     /// route that accepts it, so a guessable one is worth a warning (never the value).
-    pub fn weakness(&self) -> Option<&str> {
-        self.weakness.as_deref()
+    /// Read at start-up, reloads and `check-config`, not per request: derived each time.
+    pub fn weakness(&self) -> Option<String> {
+        weakness_of(&self.current)
     }
 
-    /// The same for the previous token of a rotation: the variable it is in, and why.
-    pub fn previous_weakness(&self) -> Option<(&str, &str)> {
-        self.previous_weakness
-            .as_ref()
-            .map(|(name, why)| (name.as_str(), why.as_str()))
+    /// The same for the previous token of a rotation (`shared_token.previous_env`), which
+    /// opens the same routes until the rotation ends.
+    pub fn previous_weakness(&self) -> Option<String> {
+        self.previous.as_deref().and_then(weakness_of)
     }
 
     /// The value to send upstream.

@@ -403,12 +403,10 @@ impl std::fmt::Display for TomlErrorAt {
     }
 }
 
-/// serde's "invalid type: string \"VALUE\", expected a boolean" quotes the value (a password
-/// typed into the wrong key): `string "…"` becomes `a string`.
 /// serde's messages that quote the value typed (`invalid type: integer `73519246``, `invalid
-/// value: ...`, `unknown variant `...``), with the value left out: a PIN typed where its hash
-/// belongs, or a secret pasted into the wrong key, must not reach a log line. Field names
-/// (`unknown field `password``) are keys, and stay.
+/// value: ...`, `unknown variant `...``, and the strings of [`without_quoted_strings`]), with
+/// the value left out: a PIN typed where its hash belongs, or a secret pasted into the wrong
+/// key, must not reach a log line. Field names (`unknown field `password``) are keys, and stay.
 fn without_quoted_values(message: &str) -> String {
     let mut out = without_quoted_strings(message);
     for lead in ["invalid type: ", "invalid value: ", "unknown variant"] {
@@ -433,6 +431,8 @@ fn without_quoted_values(message: &str) -> String {
     out
 }
 
+/// serde's "invalid type: string \"VALUE\", expected a boolean" quotes the value (a password
+/// typed into the wrong key): `string "…"` becomes `a string`.
 fn without_quoted_strings(message: &str) -> String {
     const MARK: &str = "string \"";
     let mut out = String::with_capacity(message.len());

@@ -93,48 +93,31 @@ impl ServerConfig {
     /// listeners, the workers, the connections' limits and timeouts, the log format): a reload
     /// cannot apply them. Empty when a reload applies everything.
     pub fn restart_only_changes(&self, running: &ServerConfig) -> Vec<&'static str> {
-        let mut changed = Vec::new();
-        let mut check = |name, differs: bool| {
-            if differs {
-                changed.push(name);
-            }
-        };
-        check("listen", self.listen != running.listen);
-        check("admin_listen", self.admin_listen != running.admin_listen);
-        check("workers", self.workers != running.workers);
-        check(
-            "thread_per_core",
-            self.thread_per_core != running.thread_per_core,
-        );
-        check(
-            "request_header_timeout",
-            self.request_header_timeout != running.request_header_timeout,
-        );
-        check("idle_timeout", self.idle_timeout != running.idle_timeout);
-        check("send_timeout", self.send_timeout != running.send_timeout);
-        check(
-            "shutdown_grace",
-            self.shutdown_grace != running.shutdown_grace,
-        );
-        check("log_format", self.log_format != running.log_format);
-        check(
-            "max_header_bytes",
-            self.max_header_bytes != running.max_header_bytes,
-        );
-        check("max_headers", self.max_headers != running.max_headers);
-        check(
-            "max_connections",
-            self.max_connections != running.max_connections,
-        );
-        check(
-            "max_concurrent_streams",
-            self.max_concurrent_streams != running.max_concurrent_streams,
-        );
-        check(
-            "max_requests_per_connection",
-            self.max_requests_per_connection != running.max_requests_per_connection,
-        );
-        changed
+        // One list: each name is its field's, and cannot drift from it.
+        macro_rules! changed {
+            ($($field:ident),* $(,)?) => {
+                [$((stringify!($field), self.$field != running.$field)),*]
+            };
+        }
+        changed!(
+            listen,
+            admin_listen,
+            workers,
+            thread_per_core,
+            request_header_timeout,
+            idle_timeout,
+            send_timeout,
+            shutdown_grace,
+            log_format,
+            max_header_bytes,
+            max_headers,
+            max_connections,
+            max_concurrent_streams,
+            max_requests_per_connection,
+        )
+        .into_iter()
+        .filter_map(|(name, differs)| differs.then_some(name))
+        .collect()
     }
 }
 
