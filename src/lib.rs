@@ -41,6 +41,7 @@ mod server;
 mod state;
 mod telemetry;
 mod tls;
+mod woken;
 
 // What the binary runs.
 pub use directory::file::hash_password;

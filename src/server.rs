@@ -213,13 +213,13 @@ impl Serving {
             .serve_connection_with_upgrades(TokioIo::new(stream), service);
         tokio::pin!(connection);
         let draining = &mut self.draining;
-        let closing = async {
+        // Polled only when its own wakers fire, not at each of the connection's wake-ups.
+        let mut closing = crate::woken::when_woken(Box::pin(async {
             tokio::select! {
                 _ = draining.wait_for(|drain| *drain) => {}
                 () = tracker.enough().notified() => {}
             }
-        };
-        tokio::pin!(closing);
+        }));
         let mut closed = false;
         let ended = loop {
             tokio::select! {

@@ -1547,6 +1547,42 @@ async fn the_shutdown_grace_bounds_the_drain() {
     assert!(gate.logs().contains("SIGINT"), "{}", gate.logs());
 }
 
+/// An idle keep-alive connection is closed as the drain starts: it does not hold ucgate for
+/// the whole grace (a minute here, beyond the harness's bound), and its client sees the close.
+#[tokio::test]
+async fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let mut gate = Ucgate::start(routes(&up).server("shutdown_grace = \"60s\"").build()).await;
+    let mut idle = tokio::net::TcpStream::connect(gate.addr()).await.unwrap();
+    let head = format!(
+        "GET /api/x HTTP/1.1\r\nhost: {}\r\nx-auth-token: {SHARED_TOKEN}\r\n\r\n",
+        gate.addr()
+    );
+    idle.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0; 65536];
+    let n = idle.read(&mut answer).await.unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    gate.sigterm();
+    let status = gate.wait().await;
+    assert_eq!(status.code(), Some(0), "{}", gate.logs());
+    let closed = tokio::time::timeout(BOUND, async {
+        loop {
+            match idle.read(&mut answer).await {
+                Ok(0) | Err(_) => break,
+                // The rest of the first answer, if it came in two reads.
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the idle connection was never closed");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Thread per core
 // ---------------------------------------------------------------------------------------------
