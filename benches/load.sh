@@ -124,9 +124,9 @@ build_ucgate() {
   if [ -n "${UCGATE_BIN:-}" ]; then
     UCGATE=$UCGATE_BIN
   else
-    log "building ucgate (cargo build --release --locked)"
-    (cd "$ROOT" && cargo build --release --locked --quiet < /dev/null)
-    UCGATE="${CARGO_TARGET_DIR:-$ROOT/target}/release/ucgate"
+    log "building ucgate (cargo build --profile production --locked)"
+    (cd "$ROOT" && cargo build --profile production --locked --quiet --bin ucgate < /dev/null)
+    UCGATE="${CARGO_TARGET_DIR:-$ROOT/target}/production/ucgate"
   fi
   [ -x "$UCGATE" ] || die "no ucgate binary at $UCGATE"
 }

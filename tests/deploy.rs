@@ -180,6 +180,16 @@ fn the_image_runs_the_mounted_configuration_unprivileged() {
         final_stage.contains("libgssapi-krb5-2"),
         "the Kerberos runtime library is in the image"
     );
+    // The image ships what the benchmarks measure: the production profile, as Cargo.toml
+    // defines it.
+    assert!(
+        dockerfile.contains("cargo build --profile production")
+            && final_stage.contains("/src/target/production/ucgate "),
+        "{dockerfile}"
+    );
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
+    assert!(manifest.contains("[profile.production]"), "{manifest}");
 }
 
 #[test]
