@@ -8,7 +8,7 @@
 pub mod faulty;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -858,24 +858,14 @@ impl UcgateBuilder {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn ucgate");
-        let logs = Arc::new(Mutex::new(String::new()));
+        let logs = Arc::new(Mutex::new(StderrLog::new(child.stderr.take().unwrap())));
         let reader = {
             let logs = logs.clone();
-            let stderr = child.stderr.take().unwrap();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stderr);
-                let mut line = Vec::new();
-                while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
-                    logs.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&line));
-                    line.clear();
-                }
-            })
+            std::thread::spawn(move || StderrLog::follow(&logs))
         };
         let deadline = Instant::now() + BOUND;
         let addrs = loop {
-            let addrs = listening_addrs(&logs.lock().unwrap());
+            let addrs = listening_addrs(logs.lock().unwrap().drained());
             if addrs.len() >= self.listeners {
                 break addrs;
             }
@@ -883,7 +873,7 @@ impl UcgateBuilder {
                 let _ = reader.join();
                 panic!(
                     "ucgate exited ({status}) before listening; stderr:\n{}",
-                    logs.lock().unwrap()
+                    logs.lock().unwrap().drained()
                 );
             }
             if Instant::now() > deadline {
@@ -891,7 +881,7 @@ impl UcgateBuilder {
                 let _ = child.wait();
                 panic!(
                     "ucgate did not log `listening` within {BOUND:?}; stderr:\n{}",
-                    logs.lock().unwrap()
+                    logs.lock().unwrap().drained()
                 );
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -916,6 +906,84 @@ fn read_all(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String
     })
 }
 
+/// ucgate's stderr, kept as it is read. The pipe is non-blocking and read under the lock, both
+/// by a thread that follows it (so that ucgate never blocks on a full pipe) and by every look at
+/// the logs (so that a look sees all that was written before it).
+struct StderrLog {
+    pipe: std::process::ChildStderr,
+    text: String,
+    /// An incomplete last line (or UTF-8 sequence), kept until its end is read.
+    partial: Vec<u8>,
+    closed: bool,
+}
+
+impl StderrLog {
+    fn new(pipe: std::process::ChildStderr) -> Self {
+        use std::os::fd::AsRawFd;
+        let fd = pipe.as_raw_fd();
+        // SAFETY: fcntl(2) on a descriptor we own, changing only its O_NONBLOCK flag.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            assert!(flags >= 0, "F_GETFL");
+            assert!(libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) >= 0);
+        }
+        StderrLog {
+            pipe,
+            text: String::new(),
+            partial: Vec::new(),
+            closed: false,
+        }
+    }
+
+    /// Reads what the pipe holds now; returns all the complete lines read so far.
+    fn drained(&mut self) -> &str {
+        let mut buf = [0u8; 64 * 1024];
+        while !self.closed {
+            match self.pipe.read(&mut buf) {
+                Ok(0) => self.closed = true,
+                Ok(n) => self.partial.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => self.closed = true,
+            }
+        }
+        let complete = if self.closed {
+            self.partial.len()
+        } else {
+            self.partial
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1)
+        };
+        if complete > 0 {
+            let lines: Vec<u8> = self.partial.drain(..complete).collect();
+            self.text.push_str(&String::from_utf8_lossy(&lines));
+        }
+        &self.text
+    }
+
+    /// Drains the pipe whenever it has something, until ucgate (and whatever inherited its
+    /// stderr) closed it.
+    fn follow(log: &Mutex<StderrLog>) {
+        use std::os::fd::AsRawFd;
+        let fd = log.lock().unwrap().pipe.as_raw_fd();
+        loop {
+            let mut poll = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; the descriptor stays open as long as `log` does.
+            unsafe { libc::poll(&mut poll, 1, 100) };
+            let mut log = log.lock().unwrap();
+            log.drained();
+            if log.closed {
+                return;
+            }
+        }
+    }
+}
+
 /// The addresses of the `listening addr=...` log lines.
 pub fn listening_addrs(logs: &str) -> Vec<SocketAddr> {
     logs.lines()
@@ -932,7 +1000,7 @@ pub struct Ucgate {
     status: Option<ExitStatus>,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
-    logs: Arc<Mutex<String>>,
+    logs: Arc<Mutex<StderrLog>>,
     reader: Option<std::thread::JoinHandle<()>>,
     pub addrs: Vec<SocketAddr>,
 }
@@ -970,9 +1038,11 @@ impl Ucgate {
         self.dir.path()
     }
 
-    /// Everything ucgate wrote to stderr so far.
+    /// Everything ucgate wrote to stderr so far, up to this very call: what is still in the pipe
+    /// is read first, so that a line ucgate wrote before it answered a request is there once the
+    /// answer is (the reader thread alone may lag behind on a loaded machine).
     pub fn logs(&self) -> String {
-        self.logs.lock().unwrap().clone()
+        self.logs.lock().unwrap().drained().to_owned()
     }
 
     /// The access-log lines (target `ucgate::access`).
