@@ -40,10 +40,31 @@ fn listening(port: u16) -> bool {
 }
 
 /// The script's output, read as it comes.
-fn collect(stream: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+struct Collected {
+    text: Arc<Mutex<String>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Collected {
+    fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+
+    /// All of it, once the pipe is closed (bounded): the script's last lines may still be in
+    /// the pipe when it has exited.
+    fn complete(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.reader.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.text()
+    }
+}
+
+fn collect(stream: impl Read + Send + 'static) -> Collected {
     let text = Arc::new(Mutex::new(String::new()));
     let sink = text.clone();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         let mut reader = BufReader::new(stream);
         let mut line = String::new();
         while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
@@ -51,7 +72,7 @@ fn collect(stream: impl Read + Send + 'static) -> Arc<Mutex<String>> {
             line.clear();
         }
     });
-    text
+    Collected { text, reader }
 }
 
 fn wait_exit(child: &mut Child, bound: Duration) -> Option<ExitStatus> {
@@ -117,21 +138,18 @@ fn the_example_script_runs_what_it_prints_and_stops_on_ctrl_c() {
     let (start, end) = ("----- try it -----\n", "----- end -----");
     let deadline = Instant::now() + START_BOUND;
     let printed = loop {
-        let text = stdout.lock().unwrap().clone();
+        let text = stdout.text();
         if between(&text, start, end).is_some() {
             break text;
         }
         if let Some(status) = script.try_wait().unwrap() {
-            panic!(
-                "the script stopped ({status}):\n{text}\n{}",
-                stderr.lock().unwrap()
-            );
+            panic!("the script stopped ({status}):\n{text}\n{}", stderr.text());
         }
         if Instant::now() > deadline {
             let _ = script.kill();
             panic!(
                 "no curl lines within {START_BOUND:?}:\n{text}\n{}",
-                stderr.lock().unwrap()
+                stderr.text()
             );
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -205,7 +223,7 @@ fn the_example_script_runs_what_it_prints_and_stops_on_ctrl_c() {
     // SAFETY: kill(2) of the process group created above.
     assert_eq!(unsafe { libc::kill(-group.0, libc::SIGINT) }, 0);
     let status = wait_exit(&mut script, Duration::from_secs(30));
-    let log = stderr.lock().unwrap().clone();
+    let log = stderr.complete();
     let status = status.unwrap_or_else(|| {
         let _ = script.kill();
         panic!("the script did not stop on SIGINT:\n{log}")
