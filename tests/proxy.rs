@@ -2175,49 +2175,88 @@ async fn no_secret_reaches_logs_error_bodies_or_upstream_urls() {
 // Upstream connections
 // ---------------------------------------------------------------------------------------------
 
-/// A raw keep-alive upstream that answers every request with a small 200 and closes each
-/// connection `idle_close` after its last answer (a keep-alive timeout shorter than ucgate's);
-/// counts the connections it accepted.
-async fn closing_upstream(
-    idle_close: Duration,
-) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let read = tokio::time::timeout(idle_close, stream.read(&mut chunk)).await;
-                    let Ok(Ok(n @ 1..)) = read else { return };
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if stream.write_all(answer.as_bytes()).await.is_err() {
-                            return;
+/// A raw keep-alive upstream that answers every request with a small 200 and closes its idle
+/// connections when told to (as a keep-alive timeout shorter than ucgate's would, but at a moment
+/// the test chooses: a timer of its own would also fire when the test process is merely held up
+/// between two requests on a loaded machine); counts the connections it accepted and closed.
+struct ClosingUpstream {
+    url: String,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    close_idle: tokio::sync::watch::Sender<u64>,
+}
+
+impl ClosingUpstream {
+    async fn start() -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+        let closed = std::sync::Arc::new(AtomicUsize::new(0));
+        let (close_idle, _) = tokio::sync::watch::channel(0u64);
+        let (count, ended, orders) = (accepted.clone(), closed.clone(), close_idle.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let ended = ended.clone();
+                let mut order = orders.subscribe();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let n = tokio::select! {
+                            read = stream.read(&mut chunk) => match read {
+                                Ok(n @ 1..) => n,
+                                _ => break,
+                            },
+                            // Between requests only: one under way is answered first.
+                            _ = order.changed(), if buf.is_empty() => break,
+                        };
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if stream.write_all(answer.as_bytes()).await.is_err() {
+                                break;
+                            }
                         }
                     }
-                }
-            });
+                    drop(stream);
+                    ended.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        ClosingUpstream {
+            url,
+            accepted,
+            closed,
+            close_idle,
         }
-    });
-    (url, accepted)
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Closes every idle connection; returns once they are closed.
+    async fn close_idle_connections(&self) {
+        let open = self.accepted() - self.closed.load(std::sync::atomic::Ordering::SeqCst);
+        let target = self.closed.load(std::sync::atomic::Ordering::SeqCst) + open;
+        self.close_idle.send_modify(|generation| *generation += 1);
+        assert!(
+            eventually(|| self.closed.load(std::sync::atomic::Ordering::SeqCst) >= target).await,
+            "the upstream's idle connections were not closed"
+        );
+    }
 }
 
 #[tokio::test]
 async fn upstream_connections_are_reused_and_one_the_upstream_closed_is_replaced() {
-    use std::sync::atomic::Ordering;
-    let (url, accepted) = closing_upstream(Duration::from_millis(150)).await;
+    let up = ClosingUpstream::start().await;
     let gate = Ucgate::start(
         ConfigBuilder::new()
-            .route(route("api", "/api/", &url))
+            .route(route("api", "/api/", &up.url))
             .build(),
     )
     .await;
@@ -2225,30 +2264,24 @@ async fn upstream_connections_are_reused_and_one_the_upstream_closed_is_replaced
     for _ in 0..20 {
         assert_eq!(get().await.unwrap().status(), 200);
     }
-    assert_eq!(
-        accepted.load(Ordering::SeqCst),
-        1,
-        "one connection, kept alive"
-    );
+    assert_eq!(up.accepted(), 1, "one connection, kept alive");
     // The upstream closes it while idle: the next request goes on a new one, and succeeds.
     for round in 2..=4 {
+        up.close_idle_connections().await;
+        // ucgate reads the end of the connection meanwhile.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let r = get().await.unwrap();
         assert_eq!(r.status(), 200, "{}", gate.logs());
         assert_eq!(r.text().await.unwrap(), "ok");
-        assert_eq!(accepted.load(Ordering::SeqCst), round);
+        assert_eq!(up.accepted(), round);
     }
     // Concurrent requests get connections of their own, then share them.
     let answers = futures_util::future::join_all((0..8).map(|_| get())).await;
     assert!(answers.iter().all(|r| r.as_ref().unwrap().status() == 200));
-    let after_burst = accepted.load(Ordering::SeqCst);
+    let after_burst = up.accepted();
     assert!(after_burst <= 4 + 8, "{after_burst}");
     for _ in 0..20 {
         assert_eq!(get().await.unwrap().status(), 200);
     }
-    assert_eq!(
-        accepted.load(Ordering::SeqCst),
-        after_burst,
-        "the pool serves them"
-    );
+    assert_eq!(up.accepted(), after_burst, "the pool serves them");
 }
