@@ -2231,10 +2231,13 @@ async fn a_login_body_that_never_ends_is_408() {
         )
         .await
         .unwrap();
-    // A byte now and then, as a slow client would; then nothing more.
+    // A byte now and then, as a slow client would; then nothing more. A test held up past the
+    // timeout (a loaded machine) finds the connection answered and closed already.
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        stream.write_all(b" ").await.unwrap();
+        if stream.write_all(b" ").await.is_err() {
+            break;
+        }
     }
     let served = client()
         .get(gate.url("/api/meanwhile"))
@@ -2243,11 +2246,15 @@ async fn a_login_body_that_never_ends_is_408() {
         .await
         .unwrap();
     assert_eq!(served.status(), 200);
+    // Read to the close; a byte written after it gets a reset, which ends the reading too.
     let mut buf = Vec::new();
-    tokio::time::timeout(BOUND, stream.read_to_end(&mut buf))
+    let read = tokio::time::timeout(BOUND, stream.read_to_end(&mut buf))
         .await
-        .expect("the connection is closed")
-        .expect("read");
+        .expect("the connection is closed");
+    assert!(
+        read.is_ok() || !buf.is_empty(),
+        "{read:?} before any answer"
+    );
     parse_response(&buf).assert_error(408, "RequestTimeout");
 }
 
