@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{BOUND, run_bounded};
+use crate::common::{BOUND, SETUP_BOUND, run_bounded, run_within};
 
 const INSTALL: &str =
     "run scripts/install-idp-deps.sh (apt-get install postgresql slapd ldap-utils)";
@@ -214,7 +214,7 @@ impl Postgres {
                 "--no-sync",
                 "--no-instructions",
             ]);
-        let out = run_bounded(&mut cmd, b"");
+        let out = run_within(&mut cmd, b"", SETUP_BOUND);
         std::fs::remove_file(&pwfile).unwrap();
         check(&out, "initdb");
     }
@@ -451,7 +451,10 @@ impl Slapd {
             .arg("-f")
             .arg(slapd.conf_path())
             .args(["-l", "/dev/stdin"]);
-        check(&run_bounded(&mut slapadd, ldif.as_bytes()), "slapadd");
+        check(
+            &run_within(&mut slapadd, ldif.as_bytes(), SETUP_BOUND),
+            "slapadd",
+        );
         // As for postgres: a port taken between picking and binding means another try.
         let mut attempts = 0;
         loop {
