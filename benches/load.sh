@@ -366,6 +366,7 @@ h2load_run() {
 # transfer_run ID PORT TOKEN PID: ROUNDS downloads of the BIG_MIB file and ROUNDS uploads of it,
 # one at a time with curl; the median MB/s of each, and the proxy's CPU per MiB moved.
 transfer_run() {
+  [ "$BIG_MIB" -gt 0 ] || return 0   # BIG_MIB=0 skips the large bodies
   local id=$1 port=$2 token=$3 pid=$4 dir ticks speeds
   local base="http://127.0.0.1:$port/api"
   for dir in down up; do
@@ -497,9 +498,10 @@ report() {
     fi
   done
   echo
-  echo "| $BIG_MIB MiB, streamed, median of $ROUNDS | download MB/s | CPU per MiB | upload MB/s | CPU per MiB |"
-  echo "|---|---:|---:|---:|---:|"
+  [ "$BIG_MIB" -gt 0 ] && echo "| $BIG_MIB MiB, streamed, median of $ROUNDS | download MB/s | CPU per MiB | upload MB/s | CPU per MiB |"
+  [ "$BIG_MIB" -gt 0 ] && echo "|---|---:|---:|---:|---:|"
   for id in nginx ucgate_shared; do
+    { [ "$BIG_MIB" -gt 0 ] && [ -n "${RPS[$id]:-}" ]; } || continue
     if [ -n "${DL_MBS[$id]:-}" ] && [ -n "${UL_MBS[$id]:-}" ]; then
       printf '| %s | %s | %s µs | %s | %s µs |\n' "${LABEL[$id]}" "${DL_MBS[$id]}" "${DL_CPU[$id]}" \
         "${UL_MBS[$id]}" "${UL_CPU[$id]}"
@@ -535,7 +537,9 @@ report() {
     echo "* ucgate (UC token) / HAProxy: requests/s ×$r (target ≥ 1.3: $(awk -v r="$r" 'BEGIN { print ((r >= 1.3) ? "met" : "MISSED") }'))," \
       "p99 ×$p (target ≤ 1: $(verdict "$p" le)), CPU per request ×$(ratio "${CPU[ucgate_uc]}" "${CPU[haproxy]}")"
   fi
-  if [ -n "${TOKENS_KIB:-}" ]; then
+  if [ "$TOKENS" -eq 0 ]; then
+    :   # TOKENS=0 skips the memory measurement
+  elif [ -n "${TOKENS_KIB:-}" ]; then
     echo "* ucgate with $TOKENS distinct UC tokens cached: peak RSS $(mib "$TOKENS_KIB")" \
       "(idle $(mib "$IDLE_KIB"); target < 50 MiB) — $TOKENS_NOTE"
   else
