@@ -63,6 +63,13 @@ struct Exchanges {
     max_requests: u32,
     /// Notified when the request numbered `max_requests` starts.
     enough: Notify,
+    /// Requests past which the connection is dropped, not closed gracefully: `max_requests`
+    /// and as many more as may have been in flight when the close was asked for (h2 streams).
+    /// Only a client that ignores the close (an h2 one that never answers the GOAWAY's PING,
+    /// so that its first GOAWAY never becomes final) gets there.
+    abandon_at: u32,
+    /// Notified when the request numbered `abandon_at` starts.
+    overrun: Notify,
     /// Set when a response switched protocols (a WebSocket tunnel): the bytes that follow are
     /// not HTTP/1, and its deadlines no longer apply.
     upgraded: AtomicBool,
@@ -108,8 +115,14 @@ pub struct RequestTracker {
     exchanges: Arc<Exchanges>,
 }
 
-/// A new connection's IO and its request tracker, for `max_requests` requests at most.
-pub fn wrap<IO>(io: IO, timeouts: Timeouts, max_requests: u32) -> (DeadlineIo<IO>, RequestTracker) {
+/// A new connection's IO and its request tracker, for `max_requests` requests, and at most
+/// `in_flight` more that were under way when the close was asked for.
+pub fn wrap<IO>(
+    io: IO,
+    timeouts: Timeouts,
+    max_requests: u32,
+    in_flight: u32,
+) -> (DeadlineIo<IO>, RequestTracker) {
     let exchanges = Arc::new(Exchanges {
         started: AtomicU32::new(0),
         finished: AtomicU32::new(0),
@@ -117,6 +130,8 @@ pub fn wrap<IO>(io: IO, timeouts: Timeouts, max_requests: u32) -> (DeadlineIo<IO
         opened: Instant::now(),
         max_requests,
         enough: Notify::new(),
+        abandon_at: max_requests.saturating_add(in_flight),
+        overrun: Notify::new(),
         upgraded: AtomicBool::new(false),
     });
     // A new connection must send its first head within `head` of being accepted.
@@ -161,7 +176,17 @@ impl RequestTracker {
         if started == self.exchanges.max_requests {
             self.exchanges.enough.notify_one();
         }
+        if started == self.exchanges.abandon_at {
+            self.exchanges.overrun.notify_one();
+        }
         last
+    }
+
+    /// Notified when the connection has started more requests than it may, even counting those
+    /// under way when it was asked to close: its client ignores the close, and it is to be
+    /// dropped.
+    pub fn overrun(&self) -> &Notify {
+        &self.exchanges.overrun
     }
 
     /// Notified when the connection has started its last request (`max_requests`): it is to
@@ -477,7 +502,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_partial_head_gets_a_408_at_the_deadline() {
         let (mut client, server) = duplex(4096);
-        let (mut io, _tracker) = wrap(server, TIMEOUTS, u32::MAX);
+        let (mut io, _tracker) = wrap(server, TIMEOUTS, u32::MAX, 0);
         client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
         let started = Instant::now();
         assert_eq!(read_all(&mut io).await, b"GET / HTTP/1.1\r\nHo");
@@ -497,7 +522,7 @@ mod tests {
     /// end, the IO and its tracker.
     async fn serving() -> (DuplexStream, DeadlineIo<DuplexStream>, RequestTracker) {
         let (mut client, server) = duplex(4096);
-        let (mut io, tracker) = wrap(server, TIMEOUTS, u32::MAX);
+        let (mut io, tracker) = wrap(server, TIMEOUTS, u32::MAX, 0);
         let head = b"GET / HTTP/1.1\r\n\r\n";
         client.write_all(head).await.unwrap();
         let mut buf = [0u8; 64];
@@ -546,7 +571,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_h2_preface_split_over_reads_turns_the_deadlines_off() {
         let (mut client, server) = duplex(4096);
-        let (mut io, _tracker) = wrap(server, TIMEOUTS, u32::MAX);
+        let (mut io, _tracker) = wrap(server, TIMEOUTS, u32::MAX, 0);
         let mut buf = [0u8; 64];
         for part in [&H2_PREFACE[..5], &H2_PREFACE[5..]] {
             client.write_all(part).await.unwrap();
@@ -561,7 +586,7 @@ mod tests {
     async fn a_408_the_client_never_takes_ends_the_input_after_the_send_timeout() {
         // Too small a buffer for the 408, and a client that never reads it.
         let (mut client, server) = duplex(16);
-        let (mut io, _tracker) = wrap(server, TIMEOUTS, u32::MAX);
+        let (mut io, _tracker) = wrap(server, TIMEOUTS, u32::MAX, 0);
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         let started = Instant::now();
         assert_eq!(read_all(&mut io).await, b"GET / HTTP/1.1\r\n");
@@ -571,7 +596,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_write_the_client_never_takes_fails_after_the_send_timeout() {
         let (_client, server) = duplex(16);
-        let (mut io, _tracker) = wrap(server, TIMEOUTS, u32::MAX);
+        let (mut io, _tracker) = wrap(server, TIMEOUTS, u32::MAX, 0);
         let started = Instant::now();
         let err = io.write_all(&[0u8; 64]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
@@ -583,7 +608,7 @@ mod tests {
         const CANNED: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
         // No request started since the head began: hyper's own answer, replaced.
         let (mut client, server) = duplex(4096);
-        let (mut io, _tracker) = wrap(server, TIMEOUTS, u32::MAX);
+        let (mut io, _tracker) = wrap(server, TIMEOUTS, u32::MAX, 0);
         client
             .write_all(b"GET / HTTP/1.1\r\nBad Header: 1\r\n\r\n")
             .await
@@ -604,7 +629,7 @@ mod tests {
 
         // The same bytes from the service (a request started, even if its body is done): kept.
         let (mut client, server) = duplex(4096);
-        let (mut io, tracker) = wrap(server, TIMEOUTS, u32::MAX);
+        let (mut io, tracker) = wrap(server, TIMEOUTS, u32::MAX, 0);
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         assert!(io.read(&mut buf).await.unwrap() > 0);
         tracker.start();

@@ -51,6 +51,9 @@ pub async fn serve(
             send: config.send_timeout,
         },
         max_requests: config.max_requests_per_connection,
+        // The streams open when the close is asked for, and as many opened by a client in the
+        // round trip before it reads the GOAWAY (slots freed by answers sent before it).
+        in_flight: config.max_concurrent_streams.saturating_mul(2),
     };
     // Connections drain when this turns true; they are all gone when every slot is back.
     let (drain, draining) = watch::channel(false);
@@ -206,7 +209,12 @@ impl Serving {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let limits = self.limits;
-        let (stream, tracker) = client_timeouts::wrap(stream, limits.timeouts, limits.max_requests);
+        let (stream, tracker) = client_timeouts::wrap(
+            stream,
+            limits.timeouts,
+            limits.max_requests,
+            limits.in_flight,
+        );
         let service = self.gateway.service(conn, tracker.clone());
         let connection = self
             .builder
@@ -220,6 +228,9 @@ impl Serving {
                 () = tracker.enough().notified() => {}
             }
         }));
+        // A client that ignores the close: an h2 one that never answers the PING of the first
+        // GOAWAY keeps it from becoming final, and could open streams without end.
+        let mut overrun = crate::woken::when_woken(Box::pin(tracker.overrun().notified()));
         let mut closed = false;
         let ended = loop {
             tokio::select! {
@@ -230,6 +241,13 @@ impl Serving {
                 () = &mut closing, if !closed => {
                     closed = true;
                     connection.as_mut().graceful_shutdown();
+                }
+                () = &mut overrun => {
+                    tracing::debug!(
+                        remote = %conn.remote,
+                        "connection dropped: more requests than max_requests_per_connection after its close"
+                    );
+                    return;
                 }
                 ended = connection.as_mut() => break ended,
             }
@@ -383,6 +401,8 @@ impl PerCore {
 struct ConnLimits {
     timeouts: Timeouts,
     max_requests: u32,
+    /// Requests that may be under way when a connection is asked to close (h2 streams).
+    in_flight: u32,
 }
 
 fn connection_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {

@@ -2568,3 +2568,71 @@ async fn a_connection_is_closed_gracefully_after_max_requests() {
     assert!(ended.is_ok(), "{ended:?}");
     assert_eq!(up.count(), 13);
 }
+
+/// An h2 client that never answers the PING of the first GOAWAY keeps the graceful close from
+/// becoming final (the GOAWAY names the last stream once the PING comes back): it must not open
+/// streams without end past `max_requests_per_connection`. Once more streams started than those
+/// allowed and those that may have been under way at the close, the connection is dropped.
+#[tokio::test]
+async fn an_h2_client_ignoring_the_close_cannot_open_streams_without_end() {
+    let (_up, gate) = limits_setup(&[
+        "max_requests_per_connection = 2",
+        "max_concurrent_streams = 4",
+    ])
+    .await;
+    fn frame(kind: u8, flags: u8, id: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], kind, flags];
+        f.extend_from_slice(&id.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+    // GET /api/x without a token (a 401 counts as a request), HPACK without indexing.
+    fn get(id: u32) -> Vec<u8> {
+        let mut block = vec![0x82, 0x86, 0x04, 6];
+        block.extend_from_slice(b"/api/x");
+        block.extend_from_slice(&[0x01, 4]);
+        block.extend_from_slice(b"gate");
+        frame(0x1, 0x5, id, &block)
+    }
+    let mut tcp = TcpStream::connect(gate.addr()).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(0x4, 0, 0, &[]));
+    hello.extend(frame(0x4, 0x1, 0, &[]));
+    tcp.write_all(&hello).await.unwrap();
+    let (mut read, mut write) = tcp.into_split();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(BOUND, read.read_to_end(&mut got)).await;
+        got
+    });
+    // One stream at a time, never more in flight than allowed; PINGs unanswered.
+    let mut sent = 0;
+    for i in 0..500u32 {
+        if write.write_all(&get(1 + 2 * i)).await.is_err() {
+            break;
+        }
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let got = tokio::time::timeout(BOUND, reader)
+        .await
+        .expect("the connection is dropped")
+        .unwrap();
+    let (mut at, mut answers, mut goaway) = (0, 0, false);
+    while at + 9 <= got.len() {
+        let len =
+            usize::from(got[at]) << 16 | usize::from(got[at + 1]) << 8 | usize::from(got[at + 2]);
+        match got[at + 3] {
+            0x1 => answers += 1,
+            0x7 => goaway = true,
+            _ => {}
+        }
+        at += 9 + len;
+    }
+    assert!(goaway, "no GOAWAY");
+    assert!(
+        answers <= 2 + 2 * 4,
+        "{answers} answers to {sent} streams on one connection"
+    );
+}
