@@ -66,8 +66,9 @@ struct Exchanges {
     /// Requests past which the connection is dropped, not closed gracefully: `max_requests`
     /// and as many more as may have been in flight when the close was asked for (h2 streams).
     /// Only a client that ignores the close (an h2 one that never answers the GOAWAY's PING,
-    /// so that its first GOAWAY never becomes final) gets there.
-    abandon_at: u32,
+    /// so that its first GOAWAY never becomes final) gets there. None past `u32::MAX`: a
+    /// saturated count would equal `max_requests` and drop the last request's connection.
+    abandon_at: Option<u32>,
     /// Notified when the request numbered `abandon_at` starts.
     overrun: Notify,
     /// Set when a response switched protocols (a WebSocket tunnel): the bytes that follow are
@@ -130,7 +131,9 @@ pub fn wrap<IO>(
         opened: Instant::now(),
         max_requests,
         enough: Notify::new(),
-        abandon_at: max_requests.saturating_add(in_flight),
+        abandon_at: max_requests
+            .checked_add(in_flight)
+            .filter(|_| in_flight > 0),
         overrun: Notify::new(),
         upgraded: AtomicBool::new(false),
     });
@@ -176,7 +179,7 @@ impl RequestTracker {
         if started == self.exchanges.max_requests {
             self.exchanges.enough.notify_one();
         }
-        if started == self.exchanges.abandon_at {
+        if Some(started) == self.exchanges.abandon_at {
             self.exchanges.overrun.notify_one();
         }
         last
@@ -491,6 +494,33 @@ mod tests {
         idle: Duration::from_secs(60),
         send: Duration::from_secs(60),
     };
+
+    /// The connection is to be dropped only past its last request and those in flight, and
+    /// never at its last request, whatever the limit.
+    #[tokio::test]
+    async fn overrun_comes_after_the_last_request_and_those_in_flight() {
+        use futures_util::FutureExt;
+        let ready = |n: &Notify| n.notified().now_or_never().is_some();
+        let (_client, server) = duplex(64);
+        let (_io, tracker) = wrap(server, TIMEOUTS, 2, 3);
+        for _ in 0..4 {
+            tracker.start();
+        }
+        assert!(ready(tracker.enough()));
+        assert!(!ready(tracker.overrun()));
+        tracker.start();
+        assert!(ready(tracker.overrun()));
+
+        let (_client, server) = duplex(64);
+        let (_io, tracker) = wrap(server, TIMEOUTS, u32::MAX, 512);
+        tracker
+            .exchanges
+            .started
+            .store(u32::MAX - 1, Ordering::Release);
+        assert!(tracker.start(), "the last request");
+        assert!(ready(tracker.enough()));
+        assert!(!ready(tracker.overrun()), "a saturated count is no overrun");
+    }
 
     /// What the wrapped side reads until its end of input.
     async fn read_all(io: &mut DeadlineIo<tokio::io::DuplexStream>) -> Vec<u8> {
