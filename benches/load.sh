@@ -498,10 +498,15 @@ report() {
     fi
   done
   echo
-  [ "$BIG_MIB" -gt 0 ] && echo "| $BIG_MIB MiB, streamed, median of $ROUNDS | download MB/s | CPU per MiB | upload MB/s | CPU per MiB |"
-  [ "$BIG_MIB" -gt 0 ] && echo "|---|---:|---:|---:|---:|"
+  # The large bodies go through nginx and ucgate_shared: a table only if one of them ran.
+  local big=0
+  if [ "$BIG_MIB" -gt 0 ] && { [ -n "${RPS[nginx]:-}" ] || [ -n "${RPS[ucgate_shared]:-}" ]; }; then
+    big=1
+    echo "| $BIG_MIB MiB, streamed, median of $ROUNDS | download MB/s | CPU per MiB | upload MB/s | CPU per MiB |"
+    echo "|---|---:|---:|---:|---:|"
+  fi
   for id in nginx ucgate_shared; do
-    { [ "$BIG_MIB" -gt 0 ] && [ -n "${RPS[$id]:-}" ]; } || continue
+    { [ "$big" = 1 ] && [ -n "${RPS[$id]:-}" ]; } || continue
     if [ -n "${DL_MBS[$id]:-}" ] && [ -n "${UL_MBS[$id]:-}" ]; then
       printf '| %s | %s | %s µs | %s | %s µs |\n' "${LABEL[$id]}" "${DL_MBS[$id]}" "${DL_CPU[$id]}" \
         "${UL_MBS[$id]}" "${UL_CPU[$id]}"
