@@ -2580,25 +2580,18 @@ async fn an_h2_client_ignoring_the_close_cannot_open_streams_without_end() {
         "max_concurrent_streams = 4",
     ])
     .await;
-    fn frame(kind: u8, flags: u8, id: u32, payload: &[u8]) -> Vec<u8> {
-        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
-        let mut f = vec![len[1], len[2], len[3], kind, flags];
-        f.extend_from_slice(&id.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    }
     // GET /api/x without a token (a 401 counts as a request), HPACK without indexing.
     fn get(id: u32) -> Vec<u8> {
         let mut block = vec![0x82, 0x86, 0x04, 6];
         block.extend_from_slice(b"/api/x");
         block.extend_from_slice(&[0x01, 4]);
         block.extend_from_slice(b"gate");
-        frame(0x1, 0x5, id, &block)
+        h2_frame(0x1, 0x5, id, &block)
     }
     let mut tcp = TcpStream::connect(gate.addr()).await.unwrap();
     let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    hello.extend(frame(0x4, 0, 0, &[]));
-    hello.extend(frame(0x4, 0x1, 0, &[]));
+    hello.extend(h2_frame(0x4, 0, 0, &[]));
+    hello.extend(h2_frame(0x4, 0x1, 0, &[]));
     tcp.write_all(&hello).await.unwrap();
     let (mut read, mut write) = tcp.into_split();
     let reader = tokio::spawn(async move {
