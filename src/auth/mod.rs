@@ -23,6 +23,7 @@ pub mod oidc;
 pub mod password;
 pub mod policy;
 pub mod revocations;
+pub mod session;
 pub mod shared;
 pub mod standing;
 pub mod throttle;

@@ -125,7 +125,6 @@ mod tests {
             sub: "alice".into(),
             profile: profile.into(),
             method: Method::Password,
-            iat: 0,
             exp: 0,
             auth_time: 0,
             sid: "".into(),

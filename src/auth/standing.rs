@@ -9,8 +9,10 @@
 //! every login of the table up again every `recheck`, all at once, and writes the cells; a
 //! directory that cannot answer leaves them as they are: tokens keep working as they did.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
@@ -40,23 +42,34 @@ pub enum Verdict {
     Refused,
 }
 
-/// One login's state, shared by its table entry and every cached token of the login.
+/// One login's state, shared by its table entry and every cached token of the login: 48
+/// bytes with Arc's counts, and the login's text (the table finds the cell by it).
 #[derive(Debug)]
 pub struct Cell {
+    login: Box<str>,
     known: ArcSwap<Known>,
-    /// The refresh round in which a request last read this cell: a login idle for long is
-    /// dropped from the table.
+    /// The refresh round in which a request last read this cell (a login idle for long is
+    /// dropped from the table), or [`EVICTED`] once dropped: no longer refreshed, and a token
+    /// holding it must fetch a fresh cell.
     seen: AtomicU64,
-    /// Dropped from the table: no longer refreshed; a token holding it must fetch a fresh cell.
-    evicted: AtomicBool,
-    round: Arc<AtomicU64>,
 }
 
+/// What [`Cell::seen`] holds once the cell has left the table: above every round, so that a
+/// request reading the cell never brings it back.
+const EVICTED: u64 = u64::MAX;
+
 impl Cell {
-    /// The verdict for a token carrying `profile`. Lock-free: two atomic loads and a store.
-    pub fn verdict(&self, profile: &str) -> Verdict {
-        self.seen
-            .store(self.round.load(Ordering::Relaxed), Ordering::Relaxed);
+    /// The verdict for a token carrying `profile`, read in refresh round `round`. Lock-free:
+    /// two atomic loads, and a write only at the first read of a round.
+    fn verdict(&self, profile: &str, round: u64) -> Verdict {
+        let seen = self.seen.load(Ordering::Relaxed);
+        if seen < round {
+            // Lost to a concurrent read of the same round, or to the eviction: either way,
+            // what it would have written is there or must stay.
+            let _ = self
+                .seen
+                .compare_exchange(seen, round, Ordering::Relaxed, Ordering::Relaxed);
+        }
         match &**self.known.load() {
             Known::Pending => Verdict::Stands,
             Known::Allowed(now) if **now == *profile => Verdict::Stands,
@@ -75,7 +88,37 @@ impl Cell {
 
     /// No longer refreshed: fetch the login's cell again with [`Standing::cell`].
     pub fn is_evicted(&self) -> bool {
-        self.evicted.load(Ordering::Relaxed)
+        self.seen.load(Ordering::Relaxed) == EVICTED
+    }
+
+    fn evict(&self) {
+        self.seen.store(EVICTED, Ordering::Relaxed);
+    }
+}
+
+/// A cell in the table, found by its login: the login is held once, by the cell (a map from
+/// the login to the cell held it twice, and a slot twice the size).
+#[derive(Debug)]
+struct Entry(Arc<Cell>);
+
+impl Borrow<str> for Entry {
+    fn borrow(&self) -> &str {
+        &self.0.login
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.login == other.0.login
+    }
+}
+
+impl Eq for Entry {}
+
+impl Hash for Entry {
+    // As `str` hashes: `Borrow<str>` requires it.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.login.hash(state);
     }
 }
 
@@ -109,8 +152,8 @@ struct Table {
     last_round: Mutex<tokio::time::Instant>,
 }
 
-/// The cells by login.
-type Cells = HashMap<Arc<str>, Arc<Cell>, foldhash::fast::RandomState>;
+/// The cells, found by login.
+type Cells = HashSet<Entry, foldhash::fast::RandomState>;
 
 /// What a fresh cell knows: shared by every such cell instead of one allocation each.
 static PENDING: LazyLock<Arc<Known>> = LazyLock::new(|| Arc::new(Known::Pending));
@@ -148,7 +191,7 @@ impl Standing {
     /// validated, not at each request.
     pub fn cell(&self, login: &str) -> Arc<Cell> {
         let mut cells = self.table.lock();
-        if let Some(cell) = cells.get(login) {
+        if let Some(Entry(cell)) = cells.get(login) {
             return cell.clone();
         }
         let round = self.table.round.load(Ordering::Relaxed);
@@ -156,13 +199,18 @@ impl Standing {
             make_room(&mut cells, self.table.capacity, round);
         }
         let cell = Arc::new(Cell {
+            login: login.into(),
             known: ArcSwap::new(PENDING.clone()),
             seen: AtomicU64::new(round),
-            evicted: AtomicBool::new(false),
-            round: self.table.round.clone(),
         });
-        cells.insert(Arc::from(login), cell.clone());
+        cells.insert(Entry(cell.clone()));
         cell
+    }
+
+    /// The verdict of `cell` (one of this table's, or one it dropped) for a token carrying
+    /// `profile`: see [`Verdict`].
+    pub fn verdict(&self, cell: &Cell, profile: &str) -> Verdict {
+        cell.verdict(profile, self.table.round.load(Ordering::Relaxed))
     }
 
     /// Looks every login of the table up again, every `recheck`, until the configuration
@@ -208,6 +256,10 @@ impl Standing {
 /// nothing of yet go first (dropping them loses nothing), then those it allowed (a changed
 /// profile would fall back to the tokens' until the next round), and those it refused last
 /// (their tokens would be let in meanwhile); within each, those not read in this round first.
+#[expect(
+    clippy::mutable_key_type,
+    reason = "an entry hashes and compares by its cell's login, which never changes"
+)]
 fn make_room(cells: &mut Cells, capacity: usize, round: u64) {
     let target = capacity - capacity.div_ceil(8);
     fn idle(c: &Cell, round: u64) -> bool {
@@ -225,10 +277,10 @@ fn make_room(cells: &mut Cells, capacity: usize, round: u64) {
         if len <= target {
             break;
         }
-        cells.retain(|_, cell| {
+        cells.retain(|Entry(cell)| {
             let go = len > target && evictable(cell, round);
             if go {
-                cell.evicted.store(true, Ordering::Relaxed);
+                cell.evict();
                 len -= 1;
             }
             !go
@@ -239,33 +291,32 @@ fn make_room(cells: &mut Cells, capacity: usize, round: u64) {
 /// One round: logins idle for `idle_rounds` leave the table; the others are looked up.
 async fn refresh(table: &Table, idle_rounds: u64, directory: &dyn Directory) {
     let now = table.round.fetch_add(1, Ordering::Relaxed) + 1;
-    let mut logins: Vec<Arc<str>> = Vec::new();
     let mut cells: Vec<Arc<Cell>> = Vec::new();
-    table.lock().retain(|login, cell| {
+    table.lock().retain(|Entry(cell)| {
         if now.saturating_sub(cell.seen.load(Ordering::Relaxed)) > idle_rounds {
-            cell.evicted.store(true, Ordering::Relaxed);
+            cell.evict();
             return false;
         }
-        logins.push(login.clone());
         cells.push(cell.clone());
         true
     });
-    if logins.is_empty() {
+    if cells.is_empty() {
         return;
     }
+    let logins: Vec<&str> = cells.iter().map(|cell| &*cell.login).collect();
     let users = match directory.lookup_many(&logins).await {
         Ok(users) => users,
         // The directory says why in its own log; the last known states stand.
         Err(_) => return,
     };
-    for ((login, cell), user) in logins.iter().zip(cells).zip(users) {
+    for (cell, user) in cells.iter().zip(users) {
         let known = match user.as_ref().and_then(User::login_profile) {
             Some(profile) => Known::Allowed(profile.into()),
             None => Known::Refused,
         };
         if known == Known::Refused && **cell.known.load() != Known::Refused {
             tracing::info!(
-                login = &**login,
+                login = &*cell.login,
                 "the directory no longer allows this login: its tokens are refused"
             );
         }
@@ -340,17 +391,23 @@ mod tests {
         let standing = standing();
         let cell = standing.cell("alice");
         // First sight: the token's word.
-        assert_eq!(cell.verdict("agent"), Verdict::Stands);
+        assert_eq!(standing.verdict(&cell, "agent"), Verdict::Stands);
         standing.refresh_now(&directory).await;
-        assert_eq!(cell.verdict("agent"), Verdict::Stands);
+        assert_eq!(standing.verdict(&cell, "agent"), Verdict::Stands);
         // The profile changes: requests act on the new one.
         *directory.users.lock().unwrap() = vec![user("alice", true, Some("supervisor"))];
         standing.refresh_now(&directory).await;
-        assert_eq!(cell.verdict("agent"), Verdict::Profile("supervisor".into()));
+        assert_eq!(
+            standing.verdict(&cell, "agent"),
+            Verdict::Profile("supervisor".into())
+        );
         // The directory goes down: the last known state stands.
         *directory.down.lock().unwrap() = true;
         standing.refresh_now(&directory).await;
-        assert_eq!(cell.verdict("agent"), Verdict::Profile("supervisor".into()));
+        assert_eq!(
+            standing.verdict(&cell, "agent"),
+            Verdict::Profile("supervisor".into())
+        );
         *directory.down.lock().unwrap() = false;
         // Disabled, then without a profile, then deleted: refused each time.
         for now in [
@@ -360,12 +417,12 @@ mod tests {
         ] {
             *directory.users.lock().unwrap() = now;
             standing.refresh_now(&directory).await;
-            assert_eq!(cell.verdict("agent"), Verdict::Refused);
+            assert_eq!(standing.verdict(&cell, "agent"), Verdict::Refused);
         }
         // Back: allowed again, and the same cell for every token of the login.
         *directory.users.lock().unwrap() = vec![user("alice", true, Some("agent"))];
         standing.refresh_now(&directory).await;
-        assert_eq!(cell.verdict("agent"), Verdict::Stands);
+        assert_eq!(standing.verdict(&cell, "agent"), Verdict::Stands);
         assert!(Arc::ptr_eq(&cell, &standing.cell("alice")));
     }
 
@@ -386,7 +443,7 @@ mod tests {
         second.start(directory.clone());
         // 65 s after the table was made: the round due at 60 s has run.
         tokio::time::sleep(Duration::from_secs(25)).await;
-        assert_eq!(cell.verdict("agent"), Verdict::Refused);
+        assert_eq!(second.verdict(&cell, "agent"), Verdict::Refused);
     }
 
     #[tokio::test]
@@ -399,10 +456,13 @@ mod tests {
             standing.refresh_now(&directory).await;
         }
         assert!(cell.is_evicted());
+        // A request still holding the dropped cell does not bring it back.
+        standing.verdict(&cell, "agent");
+        assert!(cell.is_evicted());
         // Read in every round: stays.
         let busy = standing.cell("busy");
         for _ in 0..standing.idle_rounds + 3 {
-            busy.verdict("agent");
+            standing.verdict(&busy, "agent");
             standing.refresh_now(&directory).await;
         }
         assert!(!busy.is_evicted());
@@ -420,7 +480,7 @@ mod tests {
         // Dropped cells say so (their tokens fetch a fresh one); refusals stay.
         assert_eq!(cells.iter().filter(|c| c.is_evicted()).count(), 20 - 4);
         for (i, cell) in refused.iter().enumerate() {
-            assert_eq!(cell.verdict("agent"), Verdict::Refused);
+            assert_eq!(standing.verdict(cell, "agent"), Verdict::Refused);
             assert!(Arc::ptr_eq(cell, &standing.cell(&format!("r{i}"))));
         }
         assert!(Arc::ptr_eq(&cells[19], &standing.cell("u19")));
@@ -429,7 +489,7 @@ mod tests {
             .map(|i| user(&format!("u{i}"), true, Some("agent")))
             .collect();
         standing.refresh_now(&directory).await;
-        cells[19].verdict("agent");
+        standing.verdict(&cells[19], "agent");
         let unread: Vec<_> = cells[..19].iter().filter(|c| !c.is_evicted()).collect();
         assert_eq!(unread.len(), 3);
         standing.cell("new");
@@ -449,7 +509,7 @@ mod tests {
             let refused: Vec<_> = (0..7).map(|i| standing.cell(&format!("r{i}"))).collect();
             let ok = standing.cell("ok");
             standing.refresh_now(&directory).await;
-            assert_eq!(ok.verdict("agent"), Verdict::Stands);
+            assert_eq!(standing.verdict(&ok, "agent"), Verdict::Stands);
             standing.cell("new");
             assert!(ok.is_evicted());
             assert!(refused.iter().all(|c| !c.is_evicted()));
@@ -475,7 +535,10 @@ mod tests {
         assert_eq!(standing.len(), 8);
         for cell in &answered {
             assert!(!cell.is_evicted());
-            assert_eq!(cell.verdict("agent"), Verdict::Profile("supervisor".into()));
+            assert_eq!(
+                standing.verdict(cell, "agent"),
+                Verdict::Profile("supervisor".into())
+            );
         }
     }
 
@@ -487,6 +550,6 @@ mod tests {
         old.refresh_now(&directory).await;
         let mut new = standing();
         new.inherit(&old);
-        assert_eq!(new.cell("bob").verdict("agent"), Verdict::Refused);
+        assert_eq!(new.verdict(&new.cell("bob"), "agent"), Verdict::Refused);
     }
 }

@@ -22,6 +22,7 @@ use moka::Expiry;
 use serde::Deserialize;
 use url::Url;
 
+use super::session::Session;
 use super::token::{Claims, Method, TokenError, TokenService, unix_now};
 use crate::config::{ProfilesFrom, XucConfig};
 use crate::directory::{Directory, User};
@@ -233,11 +234,10 @@ impl Xuc {
             sub: Box::from(&*vouched.login),
             profile: Box::from(&*vouched.profile),
             method: Method::Xuc,
-            iat: now,
             exp: vouched.exp,
             auth_time: now,
             // Its own session: a logout here of one xuc token must not end another's.
-            sid: format!("xuc:{key:032x}").into_boxed_str(),
+            sid: Session::xuc(key),
         };
         tokens.vouch(token, claims, fresh_for).map_err(|e| match e {
             TokenError::Expired => GateError::TokenExpired,

@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -282,15 +281,14 @@ impl Directory for Database {
 
     fn lookup_many<'a>(
         &'a self,
-        logins: &'a [Arc<str>],
+        logins: &'a [&'a str],
     ) -> BoxFuture<'a, Result<Vec<Option<User>>, GateError>> {
         Box::pin(async move {
             let mut users = Vec::with_capacity(logins.len());
             for chunk in logins.chunks(BATCH) {
-                let names: Vec<&str> = chunk.iter().map(|l| &**l).collect();
-                let mut rows = self.rows(&names).await?;
+                let mut rows = self.rows(chunk).await?;
                 users.extend(
-                    names
+                    chunk
                         .iter()
                         .map(|l| rows.remove(*l).flatten().map(|r| r.user)),
                 );

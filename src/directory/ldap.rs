@@ -229,7 +229,7 @@ impl Directory for LdapPasswords {
 
     fn lookup_many<'a>(
         &'a self,
-        logins: &'a [Arc<str>],
+        logins: &'a [&'a str],
     ) -> BoxFuture<'a, Result<Vec<Option<User>>, GateError>> {
         self.inner.lookup_many(logins)
     }

@@ -56,7 +56,7 @@ pub trait Directory: Send + Sync + fmt::Debug {
     /// order, `None` for those it does not know.
     fn lookup_many<'a>(
         &'a self,
-        logins: &'a [Arc<str>],
+        logins: &'a [&'a str],
     ) -> BoxFuture<'a, Result<Vec<Option<User>>, GateError>> {
         Box::pin(async move {
             let mut users = Vec::with_capacity(logins.len());
