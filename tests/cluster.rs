@@ -194,6 +194,25 @@ async fn a_logout_on_one_instance_is_refused_by_the_others_within_a_second() {
     let keys = redis.cli(&["--scan", "--pattern", "site1:revoked:*"]);
     let keys: Vec<&str> = keys.lines().collect();
     assert_eq!(keys.len(), 2, "the token and its session: {keys:?}");
+    // The session's key is half a SHA-256 of its `sid` text (little-endian), as instances of
+    // earlier releases, sharing this Redis, write and read it.
+    let sid = {
+        use base64::Engine;
+        let payload = first.split('.').nth(1).unwrap();
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        serde_json::from_slice::<Value>(&payload).unwrap()["sid"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(sid.as_bytes());
+    let half = u128::from_le_bytes(digest[..16].try_into().unwrap());
+    assert!(
+        keys.contains(&format!("site1:revoked:s:{half:032x}").as_str()),
+        "{sid}: {keys:?}"
+    );
     for key in keys {
         let ttl: i64 = redis.cli(&["TTL", key]).parse().unwrap();
         // tokens.ttl is 8 h, max_session 7 d: at most that plus the leeway (0) and a second.

@@ -628,6 +628,94 @@ async fn a_logout_outlives_a_restart() {
     );
 }
 
+/// The session keys of the revocations file are half a SHA-256 of the session's text, whatever
+/// ucgate keeps in memory: a file written by an earlier release (or another instance) still
+/// ends its sessions, and a logout writes the same keys. The keys below were computed outside
+/// ucgate (`printf %s SID | sha256sum`, first 16 bytes read little-endian): a 32-hex `sid`, an
+/// `xuc:` one, and the 16-hex `jti` of a token older than sessions.
+#[tokio::test]
+async fn session_keys_of_the_revocations_file_are_those_of_earlier_releases() {
+    const SESSIONS: [(&str, &str); 3] = [
+        (
+            "0123456789abcdef0123456789abcdef",
+            "99e0c2cc66e5982976eb479943bdb13e",
+        ),
+        (
+            "xuc:0123456789abcdef0123456789abcdef",
+            "431a9822ac0aa5c679ae813f625e503d",
+        ),
+        ("0123456789abcdef", "ddc2ebe5dd1d1f1f787ab2f711519f9f"),
+    ];
+    let up = Upstream::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("revocations.json");
+    let config = with_revocations_file(&up.url(), &file);
+    let now = unix_now();
+    let header = serde_json::json!({"alg": "HS256", "typ": "JWT"});
+    let signed = |sid: Option<&str>, jti: &str| {
+        let mut claims = serde_json::json!({
+            "iss": "ucgate", "sub": "agent", "profile": "agent", "method": "password",
+            "iat": now, "exp": now + 600, "jti": jti,
+        });
+        if let Some(sid) = sid {
+            claims["sid"] = sid.into();
+        }
+        hs256(&header, &claims)
+    };
+    // The sessions' tokens: the third has no sid, its jti stands for its session.
+    let tokens = [
+        signed(Some(SESSIONS[0].0), "a-jti"),
+        signed(Some(SESSIONS[1].0), "b-jti"),
+        signed(None, SESSIONS[2].0),
+    ];
+    let other = signed(Some("fedcba9876543210fedcba9876543210"), "c-jti");
+
+    // Read: a file naming those sessions, as an earlier release wrote it.
+    let entries: Vec<String> = SESSIONS
+        .iter()
+        .map(|(_, key)| format!("{{\"key\": \"{key}\", \"exp\": {}}}", now + 3600))
+        .collect();
+    std::fs::write(
+        &file,
+        format!(
+            "{{\"version\": 2, \"revoked\": [], \"sessions\": [{}]}}",
+            entries.join(", ")
+        ),
+    )
+    .unwrap();
+    let gate = start(config.clone()).await;
+    for token in &tokens {
+        assert_error(get_with(&gate, token).await, 401, "TokenInvalid").await;
+    }
+    assert_eq!(get_with(&gate, &other).await.status(), 200);
+    drop(gate);
+
+    // Written: a logout of each session puts the same key in the file.
+    std::fs::remove_file(&file).unwrap();
+    let gate = start(config).await;
+    for token in &tokens {
+        let logout = client()
+            .post(gate.url("/xuc/api/2.0/auth/logout"))
+            .header(X_AUTH_TOKEN, token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(logout.status(), 204);
+    }
+    let stored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let mut keys: Vec<&str> = stored["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    keys.sort_unstable();
+    let mut expected: Vec<&str> = SESSIONS.iter().map(|(_, key)| *key).collect();
+    expected.sort_unstable();
+    assert_eq!(keys, expected, "{stored}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7 for UC tokens: header extensions refused
 // ---------------------------------------------------------------------------------------------
