@@ -40,7 +40,15 @@ fn the_token_claims_seeds_reach_the_claims_checks() {
         let (_, _, token) = fuzz_checks::signed_token(&data).unwrap();
         fuzz_checks::service().validate(&token)
     };
-    assert!(outcome("seed-valid").is_ok());
+    for valid in [
+        "seed-valid",
+        "seed-sid-hex",
+        "seed-sid-xuc",
+        "seed-sid-upper-hex",
+        "seed-sid-escaped",
+    ] {
+        assert!(outcome(valid).is_ok(), "{valid}");
+    }
     for refused in [
         "seed-no-typ",
         "seed-exp-string",

@@ -229,6 +229,13 @@ pub fn token_claims(data: &[u8]) {
     assert_eq!(json["sub"].as_str(), Some(&*claims.sub));
     assert_eq!(json["profile"].as_str(), Some(&*claims.profile));
     assert_eq!(json["method"].as_str(), Some(claims.method.as_str()));
+    // The session, kept compactly, is written back as signed (renewals sign it, revocations
+    // hash it): its `sid`, or the `jti` of a token older than sessions.
+    let session = match json["sid"].as_str() {
+        Some(sid) if !sid.is_empty() => sid,
+        _ => json["jti"].as_str().expect("accepted without a string jti"),
+    };
+    assert_eq!(claims.sid.to_string(), session);
 }
 
 /// `parse_service_response`: never panics; a success names a plausible user.
