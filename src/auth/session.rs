@@ -42,17 +42,22 @@ impl Session {
     /// The key its revocation is kept under: the first half of the SHA-256 of its text, as in
     /// the revocations file and in Redis (so it must not change with the storage).
     pub fn revocation_key(&self) -> u128 {
-        let mut text = [0u8; XUC_PREFIX.len() + 32];
-        let digest = match &self.0 {
-            Name::Hex(bits) => Sha256::digest(hex_into(bits, &mut text)),
-            Name::Xuc(bits) => {
-                text[..XUC_PREFIX.len()].copy_from_slice(XUC_PREFIX.as_bytes());
-                hex_into(bits, &mut text[XUC_PREFIX.len()..]);
-                Sha256::digest(&text[..])
-            }
-            Name::Text(text) => Sha256::digest(text.as_bytes()),
-        };
+        let mut buffer = [0u8; XUC_PREFIX.len() + 32];
+        let digest = Sha256::digest(self.text(&mut buffer));
         u128::from_le_bytes(digest[..16].try_into().expect("16 bytes"))
+    }
+
+    /// Its text, written into `buffer` unless kept as text.
+    fn text<'a>(&'a self, buffer: &'a mut [u8; XUC_PREFIX.len() + 32]) -> &'a [u8] {
+        match &self.0 {
+            Name::Hex(bits) => hex_into(bits, buffer),
+            Name::Xuc(bits) => {
+                buffer[..XUC_PREFIX.len()].copy_from_slice(XUC_PREFIX.as_bytes());
+                hex_into(bits, &mut buffer[XUC_PREFIX.len()..]);
+                &buffer[..]
+            }
+            Name::Text(text) => text.as_bytes(),
+        }
     }
 }
 
@@ -98,18 +103,11 @@ impl From<&str> for Session {
 }
 
 impl fmt::Display for Session {
+    /// The name's text, padded as a `str` would be.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bits = match &self.0 {
-            Name::Hex(bits) => bits,
-            Name::Xuc(bits) => {
-                f.write_str(XUC_PREFIX)?;
-                bits
-            }
-            Name::Text(text) => return f.write_str(text),
-        };
-        let mut text = [0u8; 32];
-        // Hex digits: ASCII.
-        f.write_str(std::str::from_utf8(hex_into(bits, &mut text)).map_err(|_| fmt::Error)?)
+        let mut buffer = [0u8; XUC_PREFIX.len() + 32];
+        // UTF-8: hex digits and the prefix, or a `str`.
+        f.pad(std::str::from_utf8(self.text(&mut buffer)).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -161,5 +159,13 @@ mod tests {
             "xuc:00000000000000000000000000000001"
         );
         assert_eq!(std::mem::size_of::<Session>(), 24);
+        assert_eq!(
+            format!("{:>6}|{:<4}|", Session::from("ab"), Session::from("c")),
+            "    ab|c   |"
+        );
+        assert_eq!(
+            format!("{:>34}", Session::random(1)),
+            format!("{:>34}", format!("{:032x}", 1))
+        );
     }
 }

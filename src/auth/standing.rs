@@ -132,6 +132,9 @@ impl Hash for Entry {
 #[derive(Debug)]
 pub struct Standing {
     table: Arc<Table>,
+    /// Logins held at most: this configuration's (`tokens.cache_capacity`), also in a table
+    /// it inherits.
+    capacity: usize,
     /// Refresh rounds without a request after which a login leaves the table.
     idle_rounds: u64,
     recheck: Duration,
@@ -142,9 +145,8 @@ pub struct Standing {
 #[derive(Debug)]
 struct Table {
     cells: Mutex<Cells>,
-    /// Logins held at most.
-    capacity: usize,
-    round: Arc<AtomicU64>,
+    /// The refresh round under way: counted up at each round (see `Cell::seen`).
+    round: AtomicU64,
     /// When the logins were last looked up (or the table made): the next round is due
     /// `recheck` after it, whichever configuration runs it. A reload starts a new task, which
     /// must not put the round off again (reloads more often than `recheck` would keep a
@@ -171,10 +173,10 @@ impl Standing {
         Self {
             table: Arc::new(Table {
                 cells: Mutex::default(),
-                capacity: usize::try_from(capacity).unwrap_or(usize::MAX).max(1),
-                round: Arc::new(AtomicU64::new(0)),
+                round: AtomicU64::new(0),
                 last_round: Mutex::new(tokio::time::Instant::now()),
             }),
+            capacity: usize::try_from(capacity).unwrap_or(usize::MAX).max(1),
             idle_rounds: (idle.as_secs() / recheck.as_secs().max(1)).max(1) + 1,
             recheck,
             alive: Arc::new(()),
@@ -182,7 +184,8 @@ impl Standing {
     }
 
     /// Keeps the table of the configuration this one replaces: a reload does not forget who
-    /// was disabled.
+    /// was disabled. This configuration's capacity applies to it from now on (a smaller one at
+    /// the next login made room for).
     pub fn inherit(&mut self, old: &Standing) {
         self.table = old.table.clone();
     }
@@ -195,8 +198,8 @@ impl Standing {
             return cell.clone();
         }
         let round = self.table.round.load(Ordering::Relaxed);
-        if cells.len() >= self.table.capacity {
-            make_room(&mut cells, self.table.capacity, round);
+        if cells.len() >= self.capacity {
+            make_room(&mut cells, self.capacity, round);
         }
         let cell = Arc::new(Cell {
             login: login.into(),
@@ -540,6 +543,19 @@ mod tests {
                 Verdict::Profile("supervisor".into())
             );
         }
+    }
+
+    /// A reload that lowers `tokens.cache_capacity` bounds the inherited table too.
+    #[test]
+    fn a_reload_s_capacity_applies_to_the_inherited_table() {
+        let old = Standing::new(100, Duration::from_secs(3600), Duration::from_secs(60));
+        for i in 0..50 {
+            old.cell(&format!("u{i}"));
+        }
+        let mut new = Standing::new(8, Duration::from_secs(3600), Duration::from_secs(60));
+        new.inherit(&old);
+        new.cell("next");
+        assert!(new.len() <= 8, "{} logins", new.len());
     }
 
     #[tokio::test]
