@@ -125,7 +125,7 @@ impl RequestLog {
 /// write. The `UCGATE_LOG` filter still decides whether it is written.
 #[derive(Debug, serde::Serialize)]
 struct AccessLine<'a> {
-    #[serde(serialize_with = "display")]
+    #[serde(serialize_with = "method_text")]
     method: &'a Method,
     path: &'a str,
     route: &'a str,
@@ -134,7 +134,7 @@ struct AccessLine<'a> {
     error: &'a str,
     #[serde(serialize_with = "client_or_dash")]
     client: Option<IpAddr>,
-    #[serde(serialize_with = "debug")]
+    #[serde(serialize_with = "version_field")]
     version: Version,
     latency_us: u64,
 }
@@ -151,12 +151,12 @@ struct JsonEvent<'a> {
     target: &'static str,
 }
 
-fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
+fn method_text<S: serde::Serializer>(v: &&Method, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.as_str())
 }
 
-fn debug<T: std::fmt::Debug, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&format_args!("{v:?}"))
+fn version_field<S: serde::Serializer>(v: &Version, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&version_text(*v))
 }
 
 fn client_or_dash<S: serde::Serializer>(v: &Option<IpAddr>, s: S) -> Result<S::Ok, S::Error> {
