@@ -409,7 +409,40 @@ mod tests {
                 latency_us: u64::MAX,
             },
         ];
-        for line in &lines {
+        // More: escapes Debug and JSON write differently, a combining mark first, unprintable
+        // Unicode, a path longer than the reused buffer, a method of every token character,
+        // IPv4-mapped, loopback and link-local IPv6, every version.
+        let long = format!("/{}", "a\\\"é".repeat(3000));
+        let reviewer = [
+            "\u{301}é\u{200b}\u{feff}\u{2028}\u{85}\u{9f}\u{1b}[31m\r\u{7}\u{8}\u{c}\u{b}",
+            "/tokens/0123456789abcdef0123456789abcdef?token=x",
+            "'\"'\\\\\u{10ffff}\u{e000}\u{fffd}😀",
+            long.as_str(),
+        ];
+        let tchars = Method::from_bytes(b"X-MY_M.E~T!H#O$D%&*+^`|").unwrap();
+        let reviewer: Vec<AccessLine<'_>> = reviewer
+            .iter()
+            .zip(["::ffff:192.0.2.1", "::1", "fe80::1:2:3:4", "::ffff:0:0"])
+            .zip([
+                Version::HTTP_09,
+                Version::HTTP_10,
+                Version::HTTP_11,
+                Version::HTTP_2,
+            ])
+            .map(|((text, ip), version)| AccessLine {
+                method: &tchars,
+                path: text,
+                route: text,
+                status: 999,
+                credential: text,
+                error: text,
+                client: Some(ip.parse().unwrap()),
+                version,
+                latency_us: 1,
+            })
+            .collect();
+        let lines: Vec<&AccessLine<'_>> = lines.iter().chain(&reviewer).collect();
+        for line in lines {
             for format in [LogFormat::Text, LogFormat::Json] {
                 let mut ours = Vec::new();
                 line.format(format, SystemTime::now(), &mut ours);
