@@ -27,7 +27,12 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+        .with_ansi(ansi)
+        // A line that cannot be written (stderr a pipe whose reader left: EPIPE) is dropped, as
+        // the hand-written access lines are. tracing's default reports it with `eprintln!`, to
+        // the same stderr, and that panics: the request being logged was cut off, and a
+        // SIGTERM's "SIGTERM received" ended the process (101) instead of its drain.
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -178,7 +183,8 @@ impl AccessLine<'_> {
         LINE.with_borrow_mut(|line| {
             line.clear();
             self.format(format, now, line);
-            // As tracing's writer: a log that cannot be written is not an error of the request.
+            // A log that cannot be written is not an error of the request (nor of the process:
+            // `init` has tracing's writer drop such lines too).
             let _ = std::io::stderr().write_all(line);
             if line.capacity() > 4096 {
                 *line = Vec::new();

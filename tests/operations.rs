@@ -1832,3 +1832,89 @@ async fn a_slow_head_over_tls_is_408_too() {
     parse_response(&answer).assert_error(408, "RequestTimeout");
     assert_eq!(up.count(), 0);
 }
+
+/// stderr a pipe whose reader has left (a log collector gone, `ucgate 2>&1 | tee` ended): the
+/// lines that cannot be written are dropped. tracing's writer reported each with `eprintln!`
+/// to that same stderr, which panics: a request that logged a line was cut off (no answer) and
+/// SIGTERM's "SIGTERM received" ended the process with 101 instead of draining it.
+#[tokio::test]
+async fn a_broken_stderr_pipe_cuts_neither_requests_nor_the_shutdown() {
+    use std::io::BufRead;
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ucgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nshutdown_grace = \"10s\"\n\n\
+             [[route]]\nname = \"gone\"\nprefix = \"/gone/\"\nupstream = \"http://{dead_addr}\"\n\
+             accept = []\nupstream_auth = \"none\"\n"
+        ),
+    )
+    .unwrap();
+    /// Killed on drop: a failing assertion leaves no ucgate behind.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ucgate"))
+        .arg("--config")
+        .arg(&config)
+        .env_clear()
+        .env("PLAY_AUTH_TOKEN", SHARED_TOKEN)
+        // The failed upstream request is logged at debug: a line written during the request.
+        .env("UCGATE_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(Killed)
+        .unwrap();
+    let child = &mut child.0;
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr: SocketAddr = loop {
+        line.clear();
+        assert_ne!(
+            stderr.read_line(&mut line).unwrap(),
+            0,
+            "no `listening` line"
+        );
+        if let Some(addr) = listening_addrs(&line).pop() {
+            break addr;
+        }
+    };
+    // The reader leaves: every later write to stderr fails with EPIPE.
+    drop(stderr);
+
+    for path in ["/gone/x", "/healthz"] {
+        let response = client()
+            .get(format!("http://{addr}{path}"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: no answer: {e}"));
+        let expected = if path == "/healthz" { 200 } else { 502 };
+        assert_eq!(response.status(), expected, "{path}");
+    }
+    // SAFETY: kill(2) on the pid of a child we own and have not reaped.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let deadline = Instant::now() + BOUND;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            panic!("ucgate did not exit within {BOUND:?} of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}
