@@ -21,7 +21,7 @@ pub fn init(format: LogFormat) {
     let ansi = std::io::stderr().is_terminal();
     if !ansi {
         // Colours on a terminal are tracing's to write; elsewhere (a file, a pipe to the
-        // container's log driver), access lines are written by hand (see `access_line`).
+        // container's log driver), access lines are written by hand (see `AccessLine`).
         let _ = ACCESS_FORMAT.set(format);
     }
     let builder = tracing_subscriber::fmt()
