@@ -98,6 +98,50 @@ async fn forwards_with_the_shared_token_and_injects_it_upstream() {
     );
 }
 
+/// With `server.log_format = "json"`, every line ucgate writes is one JSON object, and a
+/// request's access line holds its fields (the query, which may hold a token, never).
+#[tokio::test]
+async fn json_logs_are_one_object_a_line() {
+    let up = Upstream::start().await;
+    let gate = Ucgate::start(routes(&up).server("log_format = \"json\"").build()).await;
+    let in_query = format!("/api/items?a=1&token={SHARED_TOKEN}");
+    let response = client().get(gate.url(&in_query)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let response = client().get(gate.url("/api/x\"y")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    let lines = gate.wait_access_lines(2).await;
+    let access: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(access[0]["target"], "ucgate::access");
+    assert_eq!(access[0]["message"], "request");
+    assert_eq!(access[0]["level"], "INFO");
+    assert_eq!(access[0]["method"], "GET");
+    assert_eq!(access[0]["path"], "/api/items");
+    assert_eq!(access[0]["route"], "api");
+    assert_eq!(access[0]["status"], 200);
+    assert_eq!(access[0]["credential"], "shared");
+    assert_eq!(access[0]["client"], "127.0.0.1");
+    assert_eq!(access[0]["version"], "HTTP/1.1");
+    assert!(access[0]["latency_us"].is_u64(), "{}", lines[0]);
+    assert!(
+        humantime::parse_rfc3339(access[0]["timestamp"].as_str().unwrap()).is_ok(),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(access[1]["status"], 401);
+    assert_eq!(access[1]["error"], "TokenMissing");
+    let logs = gate.logs();
+    assert!(!logs.contains(SHARED_TOKEN), "{logs}");
+    for line in logs.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON: {line}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_missing_token_is_401_with_www_authenticate() {
     let (up, gate) = setup_with_uc_route().await;

@@ -988,9 +988,21 @@ impl StderrLog {
 pub fn listening_addrs(logs: &str) -> Vec<SocketAddr> {
     logs.lines()
         .filter(|l| l.contains("listening"))
-        .filter_map(|l| l.split("addr=").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next())
-        .filter_map(|a| a.trim_matches('"').parse().ok())
+        .filter_map(|l| {
+            if l.starts_with('{') {
+                // `server.log_format = "json"`.
+                let line: serde_json::Value = serde_json::from_str(l).ok()?;
+                return (line["message"] == "listening")
+                    .then(|| line["addr"].as_str()?.parse().ok())
+                    .flatten();
+            }
+            let rest = l.split("addr=").nth(1)?;
+            rest.split_whitespace()
+                .next()?
+                .trim_matches('"')
+                .parse()
+                .ok()
+        })
         .collect()
 }
 
