@@ -127,7 +127,7 @@ impl RequestLog {
 /// Written by hand, the same bytes as tracing's formatter would write (a unit test compares
 /// them, text and JSON): tracing's field visitors, `Debug` quoting and ANSI styling wrappers
 /// cost 16,000 instructions per line, nearly half of what forwarding the request costs
-/// (callgrind, `UCGATE_LOG=info`); this costs about 2,200, half of it the timestamp and the
+/// (callgrind, `UCGATE_LOG=info`); this costs about 2,500, half of it the timestamp and the
 /// write. The `UCGATE_LOG` filter still decides whether it is written.
 #[derive(Debug)]
 struct AccessLine<'a> {
