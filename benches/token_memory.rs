@@ -14,7 +14,7 @@ use ucgate::{Method, Standing, TokenService};
 
 /// As ucgate: the allocator decides what a cached entry really costs.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: ucgate::Allocator = ucgate::Allocator;
 
 /// The size of the validation cache's value (a fingerprint, a revision, the claims and the
 /// login's cell, the freshness of a vouched token).

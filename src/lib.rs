@@ -16,6 +16,7 @@
 //!
 //! Modules are private; what the binary, the tests and the benches use is re-exported here.
 
+mod allocator;
 mod auth;
 mod body;
 mod client_timeouts;
@@ -44,6 +45,7 @@ mod tls;
 mod woken;
 
 // What the binary runs.
+pub use allocator::Allocator;
 pub use directory::file::hash_password;
 pub use doctor::{directory as doctor_directory, new_token, run as doctor};
 pub use gateway::Gateway;

@@ -11,7 +11,7 @@ use ucgate::{Gateway, State};
 /// mimalloc: a proxy allocates and frees many small buffers per request, from one thread, which
 /// glibc's allocator serves noticeably slower (measured with benches/load.sh).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: ucgate::Allocator = ucgate::Allocator;
 
 /// Exit code for a configuration that cannot be used (as sysexits' EX_USAGE family, and what
 /// init systems treat as "do not restart in a loop").

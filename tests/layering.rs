@@ -12,6 +12,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "plain data and tools",
         &[
+            "allocator",
             "path",
             "secrets",
             "lazy_timer",
