@@ -148,4 +148,20 @@ mod tests {
             }
         }
     }
+
+    /// Plain calls only within what mimalloc promises (`PLAIN_ALIGN`): beyond 16 bytes a plain
+    /// block of a multiple size is usually aligned anyway, so the test above would not notice a
+    /// wider bound (tried: 32 and 4096 pass it).
+    #[test]
+    fn plain_only_up_to_mimallocs_promise() {
+        for align in [32, 64, 4096] {
+            for size in [align, 3 * align, 1 << 20] {
+                assert!(!plain(size, align), "size {size}, align {align}");
+            }
+        }
+        for align in [1, 2, 4, 8, 16] {
+            assert!(plain(3 * align, align), "align {align}");
+        }
+        assert!(!plain(8, 16), "the 8-byte class is only 8-aligned");
+    }
 }
