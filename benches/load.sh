@@ -4,6 +4,7 @@
 #   benches/load.sh                 # 10 s per setup
 #   QUICK=1 benches/load.sh         # 2 s per setup, to check that everything works
 #   DURATION=30 benches/load.sh     # seconds per setup
+#   PASSES=3 benches/load.sh        # every setup three times, alternated: medians and spread
 #
 # Other knobs (environment): CONNECTIONS (32), WARMUP (seconds, 2; 1 when QUICK),
 # H2_CONNECTIONS x H2_STREAMS (4 x 8: as many requests in flight as wrk), TOKENS (100000),
@@ -44,6 +45,11 @@ H2_STREAMS=${H2_STREAMS:-8}
 TOKENS=${TOKENS:-100000}
 BIG_MIB=${BIG_MIB:-200}
 ROUNDS=${ROUNDS:-3}
+# The request setups run PASSES times in turn (1 2 3 ... 1 2 3 ...), so that the machine's drift
+# falls on every setup alike; the tables give each figure's median (the lower one of an even
+# count) and the ratios each pass's too. The large bodies and the memory run once.
+PASSES=${PASSES:-1}
+PASS=1
 REQUEST_PATH=/api/bench
 BIG=""                # a tmpfs directory for the large-body setups, removed on exit
 
@@ -52,6 +58,8 @@ CHILDREN=()           # pids of every server started, stopped on exit
 CREATED_POLICY_RC=0   # whether this script created /usr/sbin/policy-rc.d
 FAILED=0
 declare -A RPS P50 P99 RSS CPU NOTE DL_MBS DL_CPU UL_MBS UL_CPU
+# Each pass's figures, in pass order, space-separated (RPS etc. hold their medians).
+declare -A ALL_RPS ALL_P50 ALL_P99 ALL_CPU
 
 log() { printf 'load.sh: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
@@ -331,8 +339,23 @@ wrk_run() {
     return 1
   fi
   [ "$socket_errors" -eq 0 ] || NOTE[$id]="$socket_errors socket errors"
-  RPS[$id]=$rps P50[$id]=$p50 P99[$id]=$p99 RSS[$id]=$(peak_rss_kib "$pid")
-  CPU[$id]=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
+  record "$id" "$rps" "$p50" "$p99" \
+    "$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')" \
+    "$(peak_rss_kib "$pid")"
+}
+
+# median "V1 V2 ...": the middle value (the lower one of an even count).
+median() { printf '%s\n' $1 | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+# record ID RPS P50 P99 CPU RSS: one pass's figures of setup ID; RPS etc. become the medians of
+# the passes so far, the peak RSS their largest.
+record() {
+  local id=$1
+  ALL_RPS[$id]="${ALL_RPS[$id]:-} $2" ALL_P50[$id]="${ALL_P50[$id]:-} $3"
+  ALL_P99[$id]="${ALL_P99[$id]:-} $4" ALL_CPU[$id]="${ALL_CPU[$id]:-} $5"
+  RPS[$id]=$(median "${ALL_RPS[$id]}") P50[$id]=$(median "${ALL_P50[$id]}")
+  P99[$id]=$(median "${ALL_P99[$id]}") CPU[$id]=$(median "${ALL_CPU[$id]}")
+  RSS[$id]=$(( $6 > ${RSS[$id]:-0} ? $6 : ${RSS[$id]:-0} ))
 }
 
 # h2load_run ID PORT TOKEN PID: the same over h2 with prior knowledge; percentiles from its log.
@@ -353,20 +376,22 @@ h2load_run() {
     return 1
   fi
   ticks=$(($(cpu_ticks "$pid") - ticks))
-  RPS[$id]=$(awk '/^finished in/ {sub(/,/, "", $5); print $4}' "$out")
+  local rps cpu p50 p99
+  rps=$(awk '/^finished in/ {sub(/,/, "", $5); print $4}' "$out")
   # The warm-up is inside h2load's run: the CPU counts it too, divided by the measured requests.
-  CPU[$id]=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$requests" -v d="$DURATION" -v w="$WARMUP" \
+  cpu=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$requests" -v d="$DURATION" -v w="$WARMUP" \
     'BEGIN { printf "%.2f", t / hz * 1e6 / n * d / (d + w) }')
   # --log-file: start time, status, microseconds to the end of the response; one line a request.
-  read -r P50["$id"] P99["$id"] < <(awk '{print $3}' "$WORK/$id.h2log" | sort -n | awk '
+  read -r p50 p99 < <(awk '{print $3}' "$WORK/$id.h2log" | sort -n | awk '
     { v[NR] = $1 } END { if (NR) printf "%d %d\n", v[int((NR - 1) * 0.50) + 1], v[int((NR - 1) * 0.99) + 1] }')
-  RSS[$id]=$(peak_rss_kib "$pid")
+  record "$id" "$rps" "$p50" "$p99" "$cpu" "$(peak_rss_kib "$pid")"
 }
 
 # transfer_run ID PORT TOKEN PID: ROUNDS downloads of the BIG_MIB file and ROUNDS uploads of it,
 # one at a time with curl; the median MB/s of each, and the proxy's CPU per MiB moved.
 transfer_run() {
   [ "$BIG_MIB" -gt 0 ] || return 0   # BIG_MIB=0 skips the large bodies
+  [ "$PASS" = 1 ] || return 0         # once, whatever PASSES
   local id=$1 port=$2 token=$3 pid=$4 dir ticks speeds
   local base="http://127.0.0.1:$port/api"
   for dir in down up; do
@@ -479,12 +504,24 @@ latency() { awk -v u="$1" 'BEGIN { if (u < 1000) printf "%d µs", u; else printf
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 verdict() { awk -v r="$1" -v op="$2" 'BEGIN { ok = (op == "ge") ? r >= 1 : r <= 1; print ok ? "met" : "MISSED" }'; }
 
+# passes ARRAY A B: " [r1, r2, ...]", the ratio of A's figure to B's in each pass, when there were
+# several and both have one for each; nothing otherwise.
+passes() {
+  local -n all=$1
+  local a=${all[$2]:-} b=${all[$3]:-}
+  [ "$PASSES" != 1 ] && [ "$(wc -w <<< "$a")" = "$PASSES" ] && [ "$(wc -w <<< "$b")" = "$PASSES" ] || return 0
+  paste -d' ' <(printf '%s\n' $a) <(printf '%s\n' $b) |
+    awk '{ printf "%s%.2f", (NR > 1 ? ", " : " ["), ($2 > 0 ? $1 / $2 : 0) } END { printf "]" }'
+}
+
 report() {
   local id label r p
   echo
   echo "ucgate load benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(git -C "$ROOT" describe --always --dirty 2> /dev/null || echo "?"),"
   echo "${DURATION}s a setup after ${WARMUP}s of warm-up, wrk 1 thread $CONNECTIONS connections," \
     "h2load 1 thread ${H2_CONNECTIONS}x${H2_STREAMS} streams; $CPU_NOTE."
+  [ "$PASSES" = 1 ] ||
+    echo "Every request setup ran $PASSES times in turn: each figure is the median of its passes."
   echo
   echo "| setup | requests/s | p50 | p99 | CPU per request | peak RSS |"
   echo "|---|---:|---:|---:|---:|---:|"
@@ -515,14 +552,20 @@ report() {
     fi
   done
   echo
-  echo "Ratios against the peers (one run):"
+  if [ "$PASSES" = 1 ]; then
+    echo "Ratios against the peers (one run):"
+  else
+    echo "Ratios against the peers (one run: of the medians, then each pass's in brackets):"
+  fi
   echo
   if [ -n "${RPS[ucgate_shared]:-}" ] && [ -n "${RPS[nginx]:-}" ]; then
     r=$(ratio "${RPS[ucgate_shared]}" "${RPS[nginx]}") p=$(ratio "${P99[ucgate_shared]}" "${P99[nginx]}")
     local c
     c=$(ratio "${CPU[ucgate_shared]}" "${CPU[nginx]}")
-    echo "* ucgate (shared token) / nginx: requests/s ×$r (target ≥ 1: $(verdict "$r" ge))," \
-      "p99 ×$p (target ≤ 1: $(verdict "$p" le)), CPU per request ×$c (target ≤ 1: $(verdict "$c" le))"
+    echo "* ucgate (shared token) / nginx: requests/s ×$r$(passes ALL_RPS ucgate_shared nginx)" \
+      "(target ≥ 1: $(verdict "$r" ge)), p99 ×$p$(passes ALL_P99 ucgate_shared nginx)" \
+      "(target ≤ 1: $(verdict "$p" le)), CPU per request ×$c$(passes ALL_CPU ucgate_shared nginx)" \
+      "(target ≤ 1: $(verdict "$c" le))"
   fi
   if [ -n "${DL_MBS[ucgate_shared]:-}" ] && [ -n "${DL_MBS[nginx]:-}" ]; then
     local dir
@@ -539,8 +582,10 @@ report() {
   fi
   if [ -n "${RPS[ucgate_uc]:-}" ] && [ -n "${RPS[haproxy]:-}" ]; then
     r=$(ratio "${RPS[ucgate_uc]}" "${RPS[haproxy]}") p=$(ratio "${P99[ucgate_uc]}" "${P99[haproxy]}")
-    echo "* ucgate (UC token) / HAProxy: requests/s ×$r (target ≥ 1.3: $(awk -v r="$r" 'BEGIN { print ((r >= 1.3) ? "met" : "MISSED") }'))," \
-      "p99 ×$p (target ≤ 1: $(verdict "$p" le)), CPU per request ×$(ratio "${CPU[ucgate_uc]}" "${CPU[haproxy]}")"
+    echo "* ucgate (UC token) / HAProxy: requests/s ×$r$(passes ALL_RPS ucgate_uc haproxy)" \
+      "(target ≥ 1.3: $(awk -v r="$r" 'BEGIN { print ((r >= 1.3) ? "met" : "MISSED") }'))," \
+      "p99 ×$p$(passes ALL_P99 ucgate_uc haproxy) (target ≤ 1: $(verdict "$p" le))," \
+      "CPU per request ×$(ratio "${CPU[ucgate_uc]}" "${CPU[haproxy]}")$(passes ALL_CPU ucgate_uc haproxy)"
   fi
   if [ "$TOKENS" -eq 0 ]; then
     :   # TOKENS=0 skips the memory measurement
@@ -582,8 +627,11 @@ main() {
   login_uc_token
 
   local id
-  for id in "${SETUPS[@]}"; do
-    run_setup "$id" || FAILED=1
+  for PASS in $(seq "$PASSES"); do
+    [ "$PASSES" = 1 ] || log "pass $PASS of $PASSES"
+    for id in "${SETUPS[@]}"; do
+      run_setup "$id" || FAILED=1
+    done
   done
   if [ "$TOKENS" -gt 0 ]; then run_many_tokens || FAILED=1; fi
   report
