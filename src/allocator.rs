@@ -9,7 +9,7 @@
 //! class up. The crate's fix is an open pull request (purpleprotocol/mimalloc_rust#170); the C
 //! library itself comes from `libmimalloc-sys`, the crate `mimalloc` wraps. Measured with
 //! `python3 ../shared/tools/instructions-per-request.py 8` and `cargo bench --bench
-//! token_memory` (README, "Performance").
+//! token_memory` (README, "Benchmarks").
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::c_void;
