@@ -120,6 +120,8 @@ pub struct Upload {
     /// None: no body (a request sent again, see `pool.rs`).
     body: Option<Streamed>,
     ended: Option<oneshot::Sender<()>>,
+    /// Dropped with the body, or at its end: tells [`Uploading`] that the upload is over.
+    watched: Option<oneshot::Receiver<()>>,
 }
 
 impl Upload {
@@ -128,7 +130,21 @@ impl Upload {
         Upload {
             body: None,
             ended: None,
+            watched: None,
         }
+    }
+}
+
+/// Whether a request's body is still on its way upstream. An upstream may answer before it has
+/// read the whole body (a 413, a 401): its connection, done with the response, still carries
+/// the upload, and must not be lent to another request, which would wait for the end of
+/// someone else's upload (and time out) before it could go out.
+pub struct Uploading(oneshot::Sender<()>);
+
+impl Uploading {
+    /// True once the body has been sent whole, or dropped (the exchange failed).
+    pub fn is_over(&self) -> bool {
+        self.0.is_closed()
     }
 }
 
@@ -144,19 +160,30 @@ impl UploadEnd {
     }
 }
 
-/// The client's body on its way upstream, cut off after `stall` of silence, and the signal of
-/// its end.
-pub fn upload(body: Incoming, stall: Duration) -> (Upload, UploadEnd) {
+/// The client's body on its way upstream, cut off after `stall` of silence, the signal of its
+/// end, and (for a request with a body) whether it is still under way.
+pub fn upload(body: Incoming, stall: Duration) -> (Upload, UploadEnd, Option<Uploading>) {
     // A request without a body (most of them) needs no channel.
-    let (ended, end) = match body.is_end_stream() {
-        true => (None, UploadEnd(None)),
+    let (ended, end, watched, uploading) = match body.is_end_stream() {
+        true => (None, UploadEnd(None), None, None),
         false => {
             let (tx, rx) = oneshot::channel();
-            (Some(tx), UploadEnd(Some(rx)))
+            let (watch, watched) = oneshot::channel();
+            (
+                Some(tx),
+                UploadEnd(Some(rx)),
+                Some(watched),
+                Some(Uploading(watch)),
+            )
         }
     };
     let body = Some(Streamed::new(body, stall, None));
-    (Upload { body, ended }, end)
+    let upload = Upload {
+        body,
+        ended,
+        watched,
+    };
+    (upload, end, uploading)
 }
 
 impl http_body::Body for Upload {
@@ -171,10 +198,11 @@ impl http_body::Body for Upload {
             Some(body) => Pin::new(body).poll_frame(cx),
             None => Poll::Ready(None),
         };
-        if let Poll::Ready(None) = frame
-            && let Some(ended) = self.ended.take()
-        {
-            let _ = ended.send(());
+        if let Poll::Ready(None) = frame {
+            self.watched = None;
+            if let Some(ended) = self.ended.take() {
+                let _ = ended.send(());
+            }
         }
         frame
     }

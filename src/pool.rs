@@ -20,7 +20,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::body::Upload;
+use crate::body::{Upload, Uploading};
 use crate::config::UpstreamUrl;
 
 /// How long a connection attempt may take: a dead upstream fails fast with 502 instead of
@@ -115,11 +115,27 @@ struct Idle {
 pub struct Lease {
     sender: http1::SendRequest<Upload>,
     pool: Arc<Inner>,
+    /// The request's body, if it had one: while it is still being sent (an upstream that
+    /// answered early), the connection is not free.
+    uploading: Option<Uploading>,
 }
 
 impl Lease {
-    /// Back to the pool, for the next request to this upstream.
+    /// The exchange's request body is `uploading`: the connection goes back to the pool only
+    /// once it is over.
+    pub fn with_upload(mut self, uploading: Option<Uploading>) -> Self {
+        self.uploading = uploading;
+        self
+    }
+
+    /// Back to the pool, for the next request to this upstream; not if the request's body is
+    /// still being sent (the next request would wait for the end of that upload): hyper then
+    /// finishes the upload on it and closes it.
     pub fn release(self) {
+        if self.uploading.as_ref().is_some_and(|u| !u.is_over()) {
+            tracing::debug!("upstream answered before the whole upload: connection not reused");
+            return;
+        }
         let mut idle = lock(self.pool.stack());
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
@@ -229,6 +245,7 @@ impl Pool {
         let lease = (response.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| Lease {
             sender,
             pool: self.inner.clone(),
+            uploading: None,
         });
         (response, lease)
     }

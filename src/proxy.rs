@@ -94,7 +94,8 @@ impl Forward<'_> {
                 .then(|| parts.extensions.remove::<OnUpgrade>())
                 .flatten();
             self.rewrite(&mut parts, upgrade.is_some())?;
-            let (body, upload_end) = crate::body::upload(body, self.upstream.upload_stall);
+            let (body, upload_end, uploading) =
+                crate::body::upload(body, self.upstream.upload_stall);
             let response = self.upstream.pool.send(Request::from_parts(parts, body));
             // The route's timeout runs from the end of the upload, not from its start: a long upload
             // is bounded by its stall limit instead. (So not tower's Timeout, which would start the
@@ -111,7 +112,7 @@ impl Forward<'_> {
                 () = &mut answer_due => return Err(GateError::UpstreamTimeout),
             };
             let (mut response, lease) = match result {
-                Ok(answer) => answer,
+                Ok((response, lease)) => (response, lease.map(|l| l.with_upload(uploading))),
                 Err(e) => return Err(self.failure(&e)),
             };
             let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;

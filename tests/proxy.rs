@@ -1452,6 +1452,84 @@ async fn a_request_on_a_connection_the_upstream_just_closed_is_sent_again_when_i
     assert_eq!(up.count(), 4, "the POST was sent once");
 }
 
+/// An upstream that answers a POST at once (a 413) while its client is still uploading: the
+/// connection, done with the response but still carrying the upload, is not lent to the next
+/// request, which would otherwise wait for the end of that upload and time out (504).
+#[tokio::test]
+async fn a_connection_still_carrying_an_upload_is_not_lent_to_the_next_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = vec![0u8; 16 * 1024];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut chunk).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                        continue;
+                    };
+                    let post = buf.starts_with(b"POST");
+                    buf.drain(..end + 4);
+                    if post {
+                        // Answered before the body is read; the rest of the body is discarded.
+                        let early =
+                            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 2\r\n\r\nno";
+                        if stream.write_all(early).await.is_err() {
+                            return;
+                        }
+                        while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
+                        return;
+                    }
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gate = Ucgate::start(
+        ConfigBuilder::new()
+            .route(route("api", "/api/", &upstream).timeout("1s"))
+            .build(),
+    )
+    .await;
+    // The upload: a head declaring 1 MB, then a trickle, well within the stall limit.
+    let mut uploader = tokio::net::TcpStream::connect(gate.addr()).await.unwrap();
+    let head = format!(
+        "POST /api/upload HTTP/1.1\r\nhost: x\r\n{X_AUTH_TOKEN}: {SHARED_TOKEN}\r\ncontent-length: 1000000\r\n\r\n"
+    );
+    uploader.write_all(head.as_bytes()).await.unwrap();
+    uploader.write_all(&[b'a'; 1000]).await.unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = uploader.read(&mut answer).await.unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    let trickle = tokio::spawn(async move {
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if uploader.write_all(&[b'a'; 10]).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = with_token(client().get(gate.url("/api/next")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", gate.logs());
+    trickle.abort();
+}
+
 /// An upstream that answers a kept-alive connection's second request with a head it cannot
 /// have meant (a status of four digits): an answer, not a connection closed under the request,
 /// so the request is not sent again (502, received once).
