@@ -33,7 +33,9 @@ pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
 /// else `also` names, in one pass over the message's names: a forwarder that strips several
 /// lists pays for one. `Upgrade` stays when `keep_upgrade` (a protocol switch). Framing fields
 /// (`Content-Length`) and `Host` stay whatever `Connection` says: hyper owns framing, and the
-/// forwarder sets Host.
+/// forwarder sets Host. But a message with `Transfer-Encoding` loses its `Content-Length` too:
+/// the coding framed the body (hyper read it so), and a length sent on would cut it short
+/// (RFC 9112 §6.3: a proxy removes it).
 pub fn strip(headers: &mut HeaderMap, keep_upgrade: bool, also: impl Fn(&HeaderName) -> bool) {
     // Inline up to four: a message names one or two fields in Connection (`keep-alive`) and
     // has as few to remove, and these vectors were two allocations of every response.
@@ -57,8 +59,12 @@ pub fn strip(headers: &mut HeaderMap, keep_upgrade: bool, also: impl Fn(&HeaderN
             .cloned()
             .collect()
     };
+    let coded = doomed.contains(&header::TRANSFER_ENCODING);
     for name in doomed {
         headers.remove(name);
+    }
+    if coded {
+        headers.remove(header::CONTENT_LENGTH);
     }
 }
 
@@ -104,6 +110,22 @@ mod tests {
         let mut h = message();
         strip(&mut h, true, |k| k.as_str() == "x-also");
         assert_eq!(names(&h), ["content-length", "host", "upgrade", "x-kept"]);
+    }
+
+    /// `Transfer-Encoding` beside `Content-Length`: the length goes with the coding, whatever
+    /// `Connection` says; without a coding it stays.
+    #[test]
+    fn a_length_beside_a_transfer_coding_goes() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert(header::CONTENT_LENGTH, "5".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip(&mut h, false, |_| false);
+        assert_eq!(names(&h), ["x-kept"]);
+        let mut h = message();
+        h.remove(header::CONNECTION);
+        strip(&mut h, false, |_| false);
+        assert!(h.contains_key(header::CONTENT_LENGTH));
     }
 
     /// A `Connection` value with a byte outside visible ASCII still names its fields.
