@@ -1535,28 +1535,14 @@ async fn a_connection_still_carrying_an_upload_is_not_lent_to_the_next_request()
 /// as many bytes as the stale length says.
 #[tokio::test]
 async fn a_chunked_answer_with_a_stale_length_reaches_the_client_whole() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = vec![0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut chunk).await {
-                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                        _ => return,
-                    }
-                }
-                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n14\r\nabcdefghijklmnopqrst\r\n0\r\n\r\n";
-                let _ = stream.write_all(answer).await;
-            });
-        }
-    });
+    let upstream = faulty::FaultyUpstream::start(faulty::Fault::Answer(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n\
+          14\r\nabcdefghijklmnopqrst\r\n0\r\n\r\n",
+    ))
+    .await;
     let gate = Ucgate::start(
         ConfigBuilder::new()
-            .route(route("api", "/api/", &upstream))
+            .route(route("api", "/api/", &upstream.url()))
             .build(),
     )
     .await;

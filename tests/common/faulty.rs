@@ -21,6 +21,9 @@ pub enum Fault {
     Silent(End),
     /// Bytes that are not an HTTP response, then a close.
     Garbage(&'static [u8]),
+    /// An answer written out byte for byte (one that a well-behaved server would not send),
+    /// then a close.
+    Answer(&'static [u8]),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -83,7 +86,7 @@ async fn misbehave(mut stream: TcpStream, fault: Fault) {
         }
     }
     let end = match fault {
-        Fault::Garbage(bytes) => {
+        Fault::Garbage(bytes) | Fault::Answer(bytes) => {
             let _ = stream.write_all(bytes).await;
             End::Close
         }
