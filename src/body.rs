@@ -122,6 +122,9 @@ pub struct Upload {
     ended: Option<oneshot::Sender<()>>,
     /// Dropped with the body, or at its end: tells [`Uploading`] that the upload is over.
     watched: Option<oneshot::Receiver<()>>,
+    /// Held until the body's end (or dropped with it): the client connection's mark that its
+    /// request body is still being read (`client_timeouts`), opaque here.
+    underway: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Upload {
@@ -131,6 +134,7 @@ impl Upload {
             body: None,
             ended: None,
             watched: None,
+            underway: None,
         }
     }
 }
@@ -161,8 +165,13 @@ impl UploadEnd {
 }
 
 /// The client's body on its way upstream, cut off after `stall` of silence, the signal of its
-/// end, and (for a request with a body) whether it is still under way.
-pub fn upload(body: Incoming, stall: Duration) -> (Upload, UploadEnd, Option<Uploading>) {
+/// end, and (for a request with a body) whether it is still under way; `underway` is kept
+/// until the body's end.
+pub fn upload(
+    body: Incoming,
+    stall: Duration,
+    underway: Option<Box<dyn std::any::Any + Send + Sync>>,
+) -> (Upload, UploadEnd, Option<Uploading>) {
     // A request without a body (most of them) needs no channel.
     let (ended, end, watched, uploading) = match body.is_end_stream() {
         true => (None, UploadEnd(None), None, None),
@@ -182,6 +191,7 @@ pub fn upload(body: Incoming, stall: Duration) -> (Upload, UploadEnd, Option<Upl
         body,
         ended,
         watched,
+        underway,
     };
     (upload, end, uploading)
 }
@@ -200,6 +210,7 @@ impl http_body::Body for Upload {
         };
         if let Poll::Ready(None) = frame {
             self.watched = None;
+            self.underway = None;
             if let Some(ended) = self.ended.take() {
                 let _ = ended.send(());
             }

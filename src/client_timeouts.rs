@@ -74,6 +74,10 @@ struct Exchanges {
     /// Set when a response switched protocols (a WebSocket tunnel): the bytes that follow are
     /// not HTTP/1, and its deadlines no longer apply.
     upgraded: AtomicBool,
+    /// Request bodies still on their way upstream ([`BodyUnderway`]): an upstream may answer before
+    /// it has read the whole body (a 413), and the client's bytes that follow are that body, not
+    /// the next head.
+    uploads: AtomicU32,
 }
 
 /// What the connection is waiting for.
@@ -136,6 +140,7 @@ pub fn wrap<IO>(
             .filter(|_| in_flight > 0),
         overrun: Notify::new(),
         upgraded: AtomicBool::new(false),
+        uploads: AtomicU32::new(0),
     });
     // A new connection must send its first head within `head` of being accepted.
     let deadline = exchanges.opened + timeouts.head;
@@ -185,6 +190,16 @@ impl RequestTracker {
         last
     }
 
+    /// A request body on its way upstream, until the returned guard is dropped (at the body's
+    /// end, or with it): until then the connection is serving, whether or not the response is
+    /// done, and its idle wait starts at the later of the two ends.
+    pub fn body_underway(&self) -> BodyUnderway {
+        self.exchanges.uploads.fetch_add(1, Ordering::Release);
+        BodyUnderway {
+            exchanges: self.exchanges.clone(),
+        }
+    }
+
     /// Notified when the connection has started more requests than it may, even counting those
     /// under way when it was asked to close: its client ignores the close, and it is to be
     /// dropped.
@@ -199,6 +214,28 @@ impl RequestTracker {
     }
 }
 
+/// See [`RequestTracker::body_underway`].
+pub struct BodyUnderway {
+    exchanges: Arc<Exchanges>,
+}
+
+impl Drop for BodyUnderway {
+    fn drop(&mut self) {
+        self.exchanges.mark_end();
+        self.exchanges.uploads.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl Exchanges {
+    /// Notes now as the end of the last exchange (its response, or its upload).
+    fn mark_end(&self) {
+        let since = self.opened.elapsed().as_nanos();
+        // Read after the count it comes with (Release there, Acquire by the reader).
+        self.finished_at
+            .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
 /// A response body that marks its exchange finished when dropped.
 pub struct Tracked<B> {
     inner: B,
@@ -207,10 +244,7 @@ pub struct Tracked<B> {
 
 impl<B> Drop for Tracked<B> {
     fn drop(&mut self) {
-        let since = self.exchanges.opened.elapsed().as_nanos();
-        self.exchanges
-            .finished_at
-            .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.exchanges.mark_end();
         // Release: whoever sees the count sees the time.
         self.exchanges.finished.fetch_add(1, Ordering::Release);
     }
@@ -267,7 +301,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> DeadlineIo<IO> {
     fn observe_exchanges(&mut self) {
         let finished = self.exchanges.finished.load(Ordering::Acquire);
         let started = self.exchanges.started.load(Ordering::Acquire);
-        if started != finished {
+        if started != finished || self.exchanges.uploads.load(Ordering::Acquire) != 0 {
             self.phase = Phase::Serving;
         } else if finished != self.finished_seen {
             self.finished_seen = finished;

@@ -36,7 +36,7 @@ use hyper::body::Incoming;
 use crate::auth::credential::Presented;
 use crate::auth::{self, Credential, Permit};
 use crate::body::Body;
-use crate::client_timeouts::{RequestTracker, Tracked};
+use crate::client_timeouts::{BodyUnderway, RequestTracker, Tracked};
 use crate::config::{Config, ServerConfig};
 use crate::cors::Cors;
 use crate::endpoints::Endpoint;
@@ -167,7 +167,10 @@ impl Gateway {
             let started = Instant::now();
             let (method, version) = (parts.method.clone(), parts.version);
             let state = self.state();
-            let mut ctx = RequestCtx::default();
+            let mut ctx = RequestCtx {
+                underway: (!http_body::Body::is_end_stream(&body)).then(|| tracker.body_underway()),
+                ..RequestCtx::default()
+            };
             let mut response = match process(&state, parts, body, conn, &mut ctx).await {
                 Ok(response) => response,
                 Err(e) => {
@@ -200,6 +203,9 @@ struct RequestCtx {
     log: RequestLog,
     /// An allowed `Origin` of a resource that answers browsers: the answer grants it.
     cors_origin: Option<HeaderValue>,
+    /// The request's body, while it is read: handed to the upload when forwarded (an upstream
+    /// may answer before reading it all), else kept until the answer is ready.
+    underway: Option<BodyUnderway>,
 }
 
 /// The phases, in order (an `async move` block: see [`Gateway::handle`]).
@@ -240,7 +246,8 @@ fn process<'a>(
         let mut asserted = permit.asserted(&state.shared, origin, conn.tls, conn.port);
         asserted.drop_authorization = presented.bearer;
         let path_and_query = rewrite(&parts.uri, &path, presented.query)?;
-        forward(route, asserted, path_and_query, parts, body).await
+        let underway = ctx.underway.take();
+        forward(route, asserted, path_and_query, parts, body, underway).await
     }
 }
 
@@ -397,6 +404,7 @@ fn forward<'a>(
     path_and_query: PathAndQuery,
     parts: request::Parts,
     body: Incoming,
+    underway: Option<BodyUnderway>,
 ) -> impl Future<Output = Result<Response<Body>, GateError>> + 'a {
     let started = Instant::now();
     Forward {
@@ -405,7 +413,7 @@ fn forward<'a>(
         path_and_query,
         asserted,
     }
-    .send(parts, body)
+    .send(parts, body, underway)
     .inspect(move |response| {
         if response.is_ok() {
             metrics().observe_upstream(&route.name, started.elapsed().as_secs_f64());

@@ -14,6 +14,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::body::{Body, StreamError};
+use crate::client_timeouts::BodyUnderway;
 use crate::config::UpstreamUrl;
 use crate::error::GateError;
 use crate::hop_by_hop;
@@ -88,14 +89,16 @@ impl Forward<'_> {
         self,
         mut parts: request::Parts,
         body: Incoming,
+        underway: Option<BodyUnderway>,
     ) -> impl Future<Output = Result<Response<Body>, GateError>> {
         async move {
             let upgrade = (self.websocket && is_websocket_handshake(&parts))
                 .then(|| parts.extensions.remove::<OnUpgrade>())
                 .flatten();
             self.rewrite(&mut parts, upgrade.is_some())?;
+            let underway = underway.map(|u| Box::new(u) as _);
             let (body, upload_end, uploading) =
-                crate::body::upload(body, self.upstream.upload_stall);
+                crate::body::upload(body, self.upstream.upload_stall, underway);
             let response = self.upstream.pool.send(Request::from_parts(parts, body));
             // The route's timeout runs from the end of the upload, not from its start: a long upload
             // is bounded by its stall limit instead. (So not tower's Timeout, which would start the

@@ -1452,11 +1452,9 @@ async fn a_request_on_a_connection_the_upstream_just_closed_is_sent_again_when_i
     assert_eq!(up.count(), 4, "the POST was sent once");
 }
 
-/// An upstream that answers a POST at once (a 413) while its client is still uploading: the
-/// connection, done with the response but still carrying the upload, is not lent to the next
-/// request, which would otherwise wait for the end of that upload and time out (504).
-#[tokio::test]
-async fn a_connection_still_carrying_an_upload_is_not_lent_to_the_next_request() {
+/// An upstream that answers each POST with a 413 as soon as its head is in, without reading
+/// its body (then reads and discards the rest), and anything else with 200 `ok`. Its URL.
+async fn answers_posts_before_their_body() -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = format!("http://{}", listener.local_addr().unwrap());
@@ -1493,6 +1491,16 @@ async fn a_connection_still_carrying_an_upload_is_not_lent_to_the_next_request()
             });
         }
     });
+    upstream
+}
+
+/// An upstream that answers a POST at once (a 413) while its client is still uploading: the
+/// connection, done with the response but still carrying the upload, is not lent to the next
+/// request, which would otherwise wait for the end of that upload and time out (504).
+#[tokio::test]
+async fn a_connection_still_carrying_an_upload_is_not_lent_to_the_next_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = answers_posts_before_their_body().await;
     let gate = Ucgate::start(
         ConfigBuilder::new()
             .route(route("api", "/api/", &upstream).timeout("1s"))
@@ -1528,6 +1536,54 @@ async fn a_connection_still_carrying_an_upload_is_not_lent_to_the_next_request()
         .unwrap();
     assert_eq!(r.status(), 200, "{}", gate.logs());
     trickle.abort();
+}
+
+/// The same early answer, and a client that goes on uploading for longer than
+/// `request_header_timeout`: the bytes after the answer are the rest of its body, not a slow
+/// next head, and get no 408 (they used to: an unasked answer after the final one).
+#[tokio::test]
+async fn an_upload_going_on_after_an_early_answer_is_not_a_slow_head() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = answers_posts_before_their_body().await;
+    let gate = Ucgate::start(
+        ConfigBuilder::new()
+            .server("request_header_timeout = \"500ms\"")
+            .route(route("api", "/api/", &upstream))
+            .build(),
+    )
+    .await;
+    let mut uploader = tokio::net::TcpStream::connect(gate.addr()).await.unwrap();
+    let head = format!(
+        "POST /api/upload HTTP/1.1\r\nhost: x\r\n{X_AUTH_TOKEN}: {SHARED_TOKEN}\r\ncontent-length: 100000\r\n\r\n"
+    );
+    uploader.write_all(head.as_bytes()).await.unwrap();
+    uploader.write_all(&[b'a'; 1000]).await.unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = uploader.read(&mut answer).await.unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    // Two head timeouts' worth of upload, a piece every 100 ms (well within the stall limit).
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        uploader.write_all(&[b'a'; 10]).await.unwrap();
+    }
+    let mut after = Vec::new();
+    let _ =
+        tokio::time::timeout(Duration::from_millis(300), uploader.read_to_end(&mut after)).await;
+    assert!(
+        !String::from_utf8_lossy(&after).contains("408"),
+        "an answer nobody asked for: {}",
+        String::from_utf8_lossy(&after)
+    );
+    assert_eq!(
+        metric(&gate, "ucgate_request_head_timeouts_total").await,
+        0,
+        "{}",
+        gate.logs()
+    );
 }
 
 /// An upstream answer framed both ways, `Transfer-Encoding: chunked` and a `Content-Length`
