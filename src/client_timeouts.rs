@@ -74,9 +74,9 @@ struct Exchanges {
     /// Set when a response switched protocols (a WebSocket tunnel): the bytes that follow are
     /// not HTTP/1, and its deadlines no longer apply.
     upgraded: AtomicBool,
-    /// Request bodies still on their way upstream ([`BodyUnderway`]): an upstream may answer before
-    /// it has read the whole body (a 413), and the client's bytes that follow are that body, not
-    /// the next head.
+    /// Request bodies still on their way upstream ([`BodyUnderway`]): an upstream may answer
+    /// before it has read the whole body (a 413), and the client's bytes that follow are that
+    /// body, not the next head.
     uploads: AtomicU32,
 }
 
