@@ -1494,23 +1494,13 @@ async fn answers_posts_before_their_body() -> String {
     upstream
 }
 
-/// An upstream that answers a POST at once (a 413) while its client is still uploading: the
-/// connection, done with the response but still carrying the upload, is not lent to the next
-/// request, which would otherwise wait for the end of that upload and time out (504).
-#[tokio::test]
-async fn a_connection_still_carrying_an_upload_is_not_lent_to_the_next_request() {
+/// A client connection to `gate` that has sent a POST declaring `declared` bytes and the first
+/// 1,000 of them, and has read the early 413 of [`answers_posts_before_their_body`].
+async fn upload_answered_early(gate: &Ucgate, declared: usize) -> tokio::net::TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let upstream = answers_posts_before_their_body().await;
-    let gate = Ucgate::start(
-        ConfigBuilder::new()
-            .route(route("api", "/api/", &upstream).timeout("1s"))
-            .build(),
-    )
-    .await;
-    // The upload: a head declaring 1 MB, then a trickle, well within the stall limit.
     let mut uploader = tokio::net::TcpStream::connect(gate.addr()).await.unwrap();
     let head = format!(
-        "POST /api/upload HTTP/1.1\r\nhost: x\r\n{X_AUTH_TOKEN}: {SHARED_TOKEN}\r\ncontent-length: 1000000\r\n\r\n"
+        "POST /api/upload HTTP/1.1\r\nhost: x\r\n{X_AUTH_TOKEN}: {SHARED_TOKEN}\r\ncontent-length: {declared}\r\n\r\n"
     );
     uploader.write_all(head.as_bytes()).await.unwrap();
     uploader.write_all(&[b'a'; 1000]).await.unwrap();
@@ -1521,6 +1511,24 @@ async fn a_connection_still_carrying_an_upload_is_not_lent_to_the_next_request()
         "{}",
         String::from_utf8_lossy(&answer[..n])
     );
+    uploader
+}
+
+/// An upstream that answers a POST at once (a 413) while its client is still uploading: the
+/// connection, done with the response but still carrying the upload, is not lent to the next
+/// request, which would otherwise wait for the end of that upload and time out (504).
+#[tokio::test]
+async fn a_connection_still_carrying_an_upload_is_not_lent_to_the_next_request() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = answers_posts_before_their_body().await;
+    let gate = Ucgate::start(
+        ConfigBuilder::new()
+            .route(route("api", "/api/", &upstream).timeout("1s"))
+            .build(),
+    )
+    .await;
+    // The upload: a head declaring 1 MB, then a trickle, well within the stall limit.
+    let mut uploader = upload_answered_early(&gate, 1_000_000).await;
     let trickle = tokio::spawn(async move {
         for _ in 0..30 {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1552,19 +1560,7 @@ async fn an_upload_going_on_after_an_early_answer_is_not_a_slow_head() {
             .build(),
     )
     .await;
-    let mut uploader = tokio::net::TcpStream::connect(gate.addr()).await.unwrap();
-    let head = format!(
-        "POST /api/upload HTTP/1.1\r\nhost: x\r\n{X_AUTH_TOKEN}: {SHARED_TOKEN}\r\ncontent-length: 100000\r\n\r\n"
-    );
-    uploader.write_all(head.as_bytes()).await.unwrap();
-    uploader.write_all(&[b'a'; 1000]).await.unwrap();
-    let mut answer = vec![0u8; 1024];
-    let n = uploader.read(&mut answer).await.unwrap();
-    assert!(
-        answer[..n].starts_with(b"HTTP/1.1 413"),
-        "{}",
-        String::from_utf8_lossy(&answer[..n])
-    );
+    let mut uploader = upload_answered_early(&gate, 100_000).await;
     // Two head timeouts' worth of upload, a piece every 100 ms (well within the stall limit).
     for _ in 0..15 {
         tokio::time::sleep(Duration::from_millis(100)).await;
