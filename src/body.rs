@@ -27,13 +27,25 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     Either::Right(Full::new(bytes.into()))
 }
 
-/// Run once a body has been read to its end (its upstream connection can then be reused).
-pub type OnEnd = Box<dyn FnOnce() + Send + Sync>;
+/// The upstream connection an upstream body arrives on. It has no task of its own: the body's
+/// reader drives it (each read goes through [`Carrier::poll_frame`]), and gives it back once the
+/// body has been read to its end ([`Carrier::release`]); dropped before, it closes.
+pub trait Carrier: Send {
+    /// `body`'s next frame, the connection driven first; the task of `cx` is woken when there
+    /// is more.
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+        body: Pin<&mut Incoming>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>>;
+    /// The body was read to its end: the connection may carry another exchange.
+    fn release(self: Box<Self>);
+}
 
-/// An upstream body streamed through, cut off after `stall` of silence mid-body; `on_end` runs
-/// when it has been read to its end (never when it is dropped before).
-pub fn streamed(body: Incoming, stall: Duration, on_end: Option<OnEnd>) -> Body {
-    Either::Left(Streamed::new(body, stall, on_end))
+/// An upstream body streamed through, cut off after `stall` of silence mid-body, read from
+/// `carrier` (none: a body that needs no driving, as a request's from the client).
+pub fn streamed(body: Incoming, stall: Duration, carrier: Option<Box<dyn Carrier>>) -> Body {
+    Either::Left(Streamed::new(body, stall, carrier))
 }
 
 /// A body streamed through, cut off when its sender goes silent for `stall` mid-body. Upstream
@@ -44,7 +56,7 @@ pub struct Streamed {
     stall: Duration,
     last_frame: Instant,
     timer: LazyTimer,
-    on_end: Option<OnEnd>,
+    carrier: Option<Box<dyn Carrier>>,
 }
 
 /// Why a streamed body ended early.
@@ -57,13 +69,13 @@ pub enum StreamError {
 }
 
 impl Streamed {
-    fn new(body: Incoming, stall: Duration, on_end: Option<OnEnd>) -> Self {
+    fn new(body: Incoming, stall: Duration, carrier: Option<Box<dyn Carrier>>) -> Self {
         Self {
             body,
             stall,
             last_frame: Instant::now(),
             timer: LazyTimer::default(),
-            on_end,
+            carrier,
         }
     }
 }
@@ -77,19 +89,23 @@ impl http_body::Body for Streamed {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
         let this = &mut *self;
-        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+        let polled = match &mut this.carrier {
+            Some(carrier) => carrier.poll_frame(cx, Pin::new(&mut this.body)),
+            None => Pin::new(&mut this.body).poll_frame(cx),
+        };
+        if let Poll::Ready(frame) = polled {
             this.last_frame = Instant::now();
             // The end: a reader may stop at the last frame once `is_end_stream` says so.
             let ended = match &frame {
                 None => true,
                 Some(Ok(_)) => this.body.is_end_stream(),
                 Some(Err(_)) => {
-                    this.on_end = None;
+                    this.carrier = None;
                     false
                 }
             };
-            if ended && let Some(on_end) = this.on_end.take() {
-                on_end();
+            if ended && let Some(carrier) = this.carrier.take() {
+                carrier.release();
             }
             return Poll::Ready(frame.map(|f| f.map_err(StreamError::from)));
         }

@@ -7,12 +7,22 @@
 //! layer. A route knows its origin, so its pool is a plain stack of idle connections: take the
 //! most recently used one that is ready, or connect; give it back when the response body has
 //! been read to its end. The HTTP/1.1 protocol itself stays hyper's (`hyper::client::conn`).
+//!
+//! A connection has no task of its own (see [`Driver`]): hyper's connection future is polled by
+//! whoever waits on the exchange, so that an upstream's answer wakes the task serving the client
+//! directly instead of a connection task that then hands it over through a channel.
 
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http::uri::Scheme;
 use http::{Request, Response, StatusCode};
+use http_body::{Body as _, Frame};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -35,6 +45,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(55);
 const REPLAY_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// Idle connections kept per route and worker at most; more are closed when they come back.
 const MAX_IDLE: usize = 256;
+/// How often idle connections are looked at (see [`sweep`]).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Why an upstream exchange failed: connecting, or the exchange itself (hyper's error, whose
 /// source chain names a failing request body).
@@ -79,6 +91,8 @@ struct Inner {
     /// worker (`server.thread_per_core`), taking another worker's connection would wake that
     /// worker's thread for each exchange.
     idle: Box<[Mutex<Vec<Idle>>]>,
+    /// Whether [`sweep`] runs for this pool (started with the first idle connection).
+    swept: AtomicBool,
 }
 
 thread_local! {
@@ -105,15 +119,196 @@ impl Inner {
 }
 
 struct Idle {
-    sender: http1::SendRequest<Upload>,
+    conn: Box<Conn>,
     since: Instant,
 }
 
-/// A connection lent for one exchange; [`Lease::release`] gives it back once the response body
-/// has been read to its end. Dropped instead, the connection closes (its body was not read:
-/// it cannot carry another exchange).
-pub struct Lease {
+/// hyper's side of one upstream connection: the future that reads and writes its socket. It is
+/// not spawned as a task: it is polled by whoever waits on the connection's exchange (the
+/// request's task until the response head, then the response body's reader), so that a request
+/// never crosses to another task and the upstream's answer wakes the task serving the client,
+/// as nginx's one event loop per worker does. That saves the connection task's polls and the
+/// channel hops of every request and response (measured: see the README). A connection with
+/// more to do than its exchange's reader waits for (a tunnel, the rest of an upload answered
+/// early) gets a task after all ([`Conn::detach`]).
+struct Driver {
+    /// `None` once it has ended (closed by either side, or failed).
+    connection: Option<Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>>,
+    wakes: Arc<Wakes>,
+    /// `wakes` as a waker, made once per connection.
+    waker: Waker,
+}
+
+/// The waker a connection and its exchange's futures are polled with. hyper's connection and
+/// the futures it answers through (the response, the body's channel) signal each other with
+/// wake-ups; with one task for all of them each would be a wasted poll of the whole client
+/// connection. Wake-ups that come while [`Driver::poll_driving`] polls are noted and acted on
+/// in the same poll instead; the others (the socket's readiness, from the reactor) wake the
+/// reader's task.
+struct Wakes {
+    /// [`IDLE`], [`POLLING`] or [`WOKEN`]: one atomic, so that a wake-up from another thread
+    /// cannot fall between the check and the end of a poll.
+    state: AtomicU8,
+    task: AtomicWaker,
+}
+
+/// Not being polled: a wake-up goes to the reader's task.
+const IDLE: u8 = 0;
+/// Being polled: a wake-up makes the poll go round once more.
+const POLLING: u8 = 1;
+/// Being polled, and woken meanwhile.
+const WOKEN: u8 = 2;
+
+impl Wake for Wakes {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let noted =
+            self.state
+                .compare_exchange(POLLING, WOKEN, Ordering::AcqRel, Ordering::Acquire);
+        if matches!(noted, Err(IDLE)) {
+            self.task.wake();
+        }
+    }
+}
+
+impl Driver {
+    fn new(connection: Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>) -> Self {
+        let wakes = Arc::new(Wakes {
+            state: AtomicU8::new(IDLE),
+            task: AtomicWaker::new(),
+        });
+        Self {
+            connection: Some(connection),
+            waker: Waker::from(wakes.clone()),
+            wakes,
+        }
+    }
+
+    /// Lets the connection read and write what it can; false once it has ended (closed by either
+    /// side, or failed). Then it is dropped: requests still queued on it fail at once, handing
+    /// their request back (see [`Pool::send`]).
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(connection) = &mut self.connection
+            && let Poll::Ready(ended) = connection.as_mut().poll(cx)
+        {
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+            self.connection = None;
+        }
+        self.connection.is_some()
+    }
+
+    /// Polls `poll` (what waits on the exchange), then the connection if `poll` is pending, both
+    /// with [`Wakes`], and `poll` again as long as one woke the other meanwhile; the task of
+    /// `cx` is woken by the socket. `poll` first: what the connection hands over (a response
+    /// head, a body's data) it hands over when polled after its reader asked for it.
+    ///
+    /// A wake-up that comes with `poll`'s `Ready` is not passed on: what the connection has
+    /// left to do is done at its next poll, which its next reader (the body's next read, the
+    /// next exchange, [`sweep`]) makes.
+    fn poll_driving<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        self.wakes.task.register(cx.waker());
+        let mut inner = Context::from_waker(&self.waker);
+        loop {
+            self.wakes.state.store(POLLING, Ordering::Release);
+            let polled = poll(&mut inner);
+            if polled.is_ready() {
+                self.wakes.state.store(IDLE, Ordering::Release);
+                return polled;
+            }
+            if let Some(connection) = &mut self.connection
+                && let Poll::Ready(ended) = connection.as_mut().poll(&mut inner)
+            {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+                self.connection = None;
+            }
+            if self.wakes.state.swap(IDLE, Ordering::AcqRel) != WOKEN {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// `call`'s result, the wake-ups it gives dropped: a request handed to the connection wakes
+    /// it, and the caller drives it right after.
+    fn quietly<T>(&self, call: impl FnOnce() -> T) -> T {
+        self.wakes.state.store(POLLING, Ordering::Release);
+        let result = call();
+        self.wakes.state.store(IDLE, Ordering::Release);
+        result
+    }
+
+    /// `future`'s output, the connection driven while it waits. `future` is pinned by the
+    /// caller: moved into a future of this function's own, it would be copied once more.
+    fn driving<'a, F: Future>(
+        &'a mut self,
+        mut future: Pin<&'a mut F>,
+    ) -> impl Future<Output = F::Output> + 'a {
+        std::future::poll_fn(move |cx| self.poll_driving(cx, |inner| future.as_mut().poll(inner)))
+    }
+
+    /// Forgets the reader's task: an idle connection's socket must not wake it.
+    fn unhook(&self) {
+        self.wakes.task.take();
+    }
+}
+
+/// One upstream connection: where requests are sent, and its [`Driver`]. Boxed once when
+/// opened: it moves with every exchange (pool, lease, body), as a pointer.
+struct Conn {
     sender: http1::SendRequest<Upload>,
+    driver: Driver,
+}
+
+impl Conn {
+    /// Waits until the connection can take a request, driving it: it settles what its last
+    /// exchange left, or reads the close of an upstream that ended it while idle. False if it
+    /// cannot take one.
+    async fn ready(&mut self) -> bool {
+        let Self { sender, driver } = self;
+        std::future::poll_fn(|cx| {
+            driver.poll_driving(cx, |inner| sender.poll_ready(inner).map(|r| r.is_ok()))
+        })
+        .await
+    }
+
+    /// Hands the connection to a task of its own, for what it still has to do after its
+    /// exchange (a WebSocket tunnel's switch, the rest of an upload): it ends then, no request
+    /// being able to come (the sender is dropped).
+    fn detach(self) {
+        if let Some(connection) = self.driver.connection {
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+        }
+    }
+
+    /// Whether an idle connection is still usable, looked at without a task to wake: a close
+    /// the upstream sent meanwhile is read now.
+    fn still_open(&mut self) -> bool {
+        self.driver
+            .drive(&mut Context::from_waker(std::task::Waker::noop()))
+            && !self.sender.is_closed()
+    }
+}
+
+/// A connection lent for one exchange, driven by the response body's reader
+/// ([`Lease::driving`], [`crate::body::Carrier`]); [`Lease::release`] gives it back once the
+/// response body has been read to its end. Dropped instead, the connection closes (its body was
+/// not read: it cannot carry another exchange).
+pub struct Lease {
+    conn: Box<Conn>,
     pool: Arc<Inner>,
     /// The request's body, if it had one: while it is still being sent (an upstream that
     /// answered early), the connection is not free.
@@ -128,20 +323,86 @@ impl Lease {
         self
     }
 
+    /// `future`'s output (reading the response body), the connection driven while it waits.
+    pub fn driving<'a, F: Future>(
+        &'a mut self,
+        future: Pin<&'a mut F>,
+    ) -> impl Future<Output = F::Output> + 'a {
+        self.conn.driver.driving(future)
+    }
+
     /// Back to the pool, for the next request to this upstream; not if the request's body is
     /// still being sent (the next request would wait for the end of that upload): hyper then
-    /// finishes the upload on it and closes it.
+    /// finishes the upload on it, in a task of its own, and closes it.
     pub fn release(self) {
         if self.uploading.as_ref().is_some_and(|u| !u.is_over()) {
             tracing::debug!("upstream answered before the whole upload: connection not reused");
+            self.conn.detach();
             return;
         }
+        // Closed after its answer (`Connection: close`, HTTP/1.0): nothing to give back.
+        if self.conn.driver.connection.is_none() {
+            return;
+        }
+        self.conn.driver.unhook();
         let mut idle = lock(self.pool.stack());
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
-                sender: self.sender,
+                conn: self.conn,
                 since: Instant::now(),
             });
+        }
+        drop(idle);
+        // After the push: a sweep ending sees it (see `sweep`).
+        if !self.pool.swept.load(Ordering::SeqCst) && !self.pool.swept.swap(true, Ordering::SeqCst)
+        {
+            tokio::spawn(sweep(Arc::downgrade(&self.pool)));
+        }
+    }
+}
+
+impl crate::body::Carrier for Lease {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut body: Pin<&mut Incoming>,
+    ) -> Poll<Option<hyper::Result<Frame<Bytes>>>> {
+        self.conn
+            .driver
+            .poll_driving(cx, |inner| body.as_mut().poll_frame(inner))
+    }
+
+    fn release(self: Box<Self>) {
+        Lease::release(*self);
+    }
+}
+
+/// Every [`SWEEP_EVERY`] while `pool` lives and has idle connections, closes those that the
+/// upstream closed or that are idle past [`IDLE_TIMEOUT`]. With no task of their own, idle
+/// connections would otherwise be looked at only when taken, and an upstream's close would
+/// leave sockets in CLOSE_WAIT, one per connection of the busiest moment, until traffic came
+/// back. Started by the first connection given back ([`Lease::release`]); it ends when none is
+/// left, and the next one given back starts it again.
+async fn sweep(pool: Weak<Inner>) {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let Some(inner) = pool.upgrade() else { return };
+        let mut left = 0;
+        for stack in &inner.idle {
+            let mut stack = lock(stack);
+            stack.retain_mut(|idle| idle.since.elapsed() < IDLE_TIMEOUT && idle.conn.still_open());
+            left += stack.len();
+        }
+        if left == 0 {
+            inner.swept.store(false, Ordering::SeqCst);
+            // A connection given back meanwhile saw `swept` still set: this sweep stays for it.
+            let given_back = inner.idle.iter().any(|stack| !lock(stack).is_empty());
+            if !given_back || inner.swept.swap(true, Ordering::SeqCst) {
+                return;
+            }
         }
     }
 }
@@ -177,6 +438,7 @@ impl Pool {
                 port,
                 tls,
                 idle: (0..stacks()).map(|_| Mutex::default()).collect(),
+                swept: AtomicBool::new(false),
             }),
         }
     }
@@ -202,9 +464,8 @@ impl Pool {
         mut request: Request<Upload>,
     ) -> impl Future<Output = Result<(Response<Incoming>, Option<Lease>), PoolError>> + '_ {
         async move {
-            while let Some((mut sender, idle_for)) = self.checkout() {
-                // Ready at once unless the connection still settles its last exchange.
-                if sender.ready().await.is_err() {
+            while let Some((mut conn, idle_for)) = self.checkout() {
+                if !conn.sender.is_ready() && !conn.ready().await {
                     continue;
                 }
                 // Boxed: the copy is rare, and inline it took the request's size again in
@@ -212,8 +473,11 @@ impl Pool {
                 let replay = (idle_for >= REPLAY_AFTER_IDLE)
                     .then(|| replayable(&request).map(Box::new))
                     .flatten();
-                match sender.try_send_request(request).await {
-                    Ok(response) => return Ok(self.lend(response, sender)),
+                let sent = conn
+                    .driver
+                    .quietly(|| conn.sender.try_send_request(request));
+                match conn.driver.driving(std::pin::pin!(sent)).await {
+                    Ok(response) => return Ok(self.lend(response, conn)),
                     Err(mut e) => match (e.take_message(), replay) {
                         // Never sent: the connection was closing. Try the next one.
                         (Some(unsent), _) => request = unsent,
@@ -230,40 +494,45 @@ impl Pool {
             // several KiB with a TLS session, would otherwise be part of every request's future,
             // copied whole each time one is built or boxed (measured with callgrind: see the
             // README).
-            let mut sender = Box::pin(self.connect()).await?;
-            let response = sender.send_request(request).await?;
-            Ok(self.lend(response, sender))
+            let mut conn = Box::pin(self.connect()).await?;
+            let sent = conn.driver.quietly(|| conn.sender.send_request(request));
+            let response = conn.driver.driving(std::pin::pin!(sent)).await?;
+            Ok(self.lend(response, conn))
         }
     }
 
     fn lend(
         &self,
         response: Response<Incoming>,
-        sender: http1::SendRequest<Upload>,
+        conn: Box<Conn>,
     ) -> (Response<Incoming>, Option<Lease>) {
-        // After a protocol switch the connection is the tunnel's.
-        let lease = (response.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| Lease {
-            sender,
+        // After a protocol switch the connection is the tunnel's: its task completes the switch.
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            conn.detach();
+            return (response, None);
+        }
+        let lease = Lease {
+            conn,
             pool: self.inner.clone(),
             uploading: None,
-        });
-        (response, lease)
+        };
+        (response, Some(lease))
     }
 
     /// The most recently used idle connection that is still open and not too old, and how long
     /// it was idle.
-    fn checkout(&self) -> Option<(http1::SendRequest<Upload>, Duration)> {
+    fn checkout(&self) -> Option<(Box<Conn>, Duration)> {
         let mut idle = lock(self.inner.stack());
         while let Some(candidate) = idle.pop() {
             let idle_for = candidate.since.elapsed();
-            if !candidate.sender.is_closed() && idle_for < IDLE_TIMEOUT {
-                return Some((candidate.sender, idle_for));
+            if !candidate.conn.sender.is_closed() && idle_for < IDLE_TIMEOUT {
+                return Some((candidate.conn, idle_for));
             }
         }
         None
     }
 
-    async fn connect(&self) -> Result<http1::SendRequest<Upload>, PoolError> {
+    async fn connect(&self) -> Result<Box<Conn>, PoolError> {
         let inner = &self.inner;
         let connect = async {
             let tcp = TcpStream::connect((inner.host.as_str(), inner.port))
@@ -317,17 +586,15 @@ fn replayable(request: &Request<Upload>) -> Option<Request<Upload>> {
     Some(again)
 }
 
-/// The HTTP/1.1 handshake on `io`; the connection itself runs as its own task (it reads and
-/// writes while the request's task waits), upgrades allowed for WebSocket tunnels.
-async fn handshake<T>(io: TokioIo<T>) -> Result<http1::SendRequest<Upload>, PoolError>
+/// The HTTP/1.1 handshake on `io`, upgrades allowed for WebSocket tunnels; the connection is
+/// driven by its exchanges (see [`Driver`]).
+async fn handshake<T>(io: TokioIo<T>) -> Result<Box<Conn>, PoolError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let (sender, connection) = http1::Builder::new().handshake(io).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream connection ended");
-        }
-    });
-    Ok(sender)
+    Ok(Box::new(Conn {
+        sender,
+        driver: Driver::new(Box::pin(connection.with_upgrades())),
+    }))
 }

@@ -224,16 +224,25 @@ async fn small_body_in_one_piece(
         .exact()
         .is_some_and(|n| n <= SMALL_BODY);
     if !small {
-        // The connection goes back to the pool when the client has read the body to its end.
-        let release = lease.map(|lease| Box::new(move || lease.release()) as _);
-        return Ok(response.map(|body| crate::body::streamed(body, timeout, release)));
+        // The client's reads drive the connection; it goes back to the pool when the client has
+        // read the body to its end.
+        let carrier = lease.map(|lease| Box::new(lease) as _);
+        return Ok(response.map(|body| crate::body::streamed(body, timeout, carrier)));
     }
     let (parts, body) = response.into_parts();
+    let mut lease = lease;
+    let mut collect = std::pin::pin!(body.collect());
+    let collect = async {
+        match &mut lease {
+            Some(lease) => lease.driving(collect.as_mut()).await,
+            None => collect.await,
+        }
+    };
     // The head is not sent yet: an upstream that breaks off or stalls mid-body gets the client
     // a clean 502 or 504.
     let collected = tokio::select! {
         biased;
-        collected = body.collect() => collected,
+        collected = collect => collected,
         () = answer_due => return Err(GateError::UpstreamTimeout),
     };
     let Ok(collected) = collected else {

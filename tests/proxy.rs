@@ -1452,6 +1452,117 @@ async fn a_request_on_a_connection_the_upstream_just_closed_is_sent_again_when_i
     assert_eq!(up.count(), 4, "the POST was sent once");
 }
 
+/// An upstream that closes a kept-alive connection while it is idle (its keep-alive timeout):
+/// ucgate closes its side too within seconds, rather than keeping the socket half-closed
+/// (CLOSE_WAIT) until the next request to that route, and the next request is answered on a
+/// new connection.
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closes_is_closed_here_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                stream.write_all(ok).await.unwrap();
+                // Idle: the upstream's keep-alive ends. Half-closed, to see ucgate's close.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                stream.shutdown().await.unwrap();
+                let since = std::time::Instant::now();
+                let eof = matches!(stream.read(&mut buf).await, Ok(0));
+                let _ = closed_tx.send((eof, since.elapsed()));
+            });
+        }
+    });
+    let gate = Ucgate::start(
+        ConfigBuilder::new()
+            .route(route("api", "/api/", &upstream))
+            .build(),
+    )
+    .await;
+    let get = || with_token(client().get(gate.url("/api/idle"))).send();
+    assert_eq!(get().await.unwrap().text().await.unwrap(), "ok");
+    let (eof, after) = tokio::time::timeout(Duration::from_secs(10), closed.recv())
+        .await
+        .expect("ucgate kept the connection the upstream closed")
+        .unwrap();
+    assert!(eof, "ucgate sent something on an idle connection");
+    eprintln!("ucgate closed its side {after:?} after the upstream");
+    // The sweep that ended with no idle connection left starts again with the next one.
+    assert_eq!(get().await.unwrap().text().await.unwrap(), "ok");
+    let (eof, _) = tokio::time::timeout(Duration::from_secs(10), closed.recv())
+        .await
+        .expect("ucgate kept the second connection the upstream closed")
+        .unwrap();
+    assert!(eof);
+}
+
+/// An upstream that closes each connection right after its first answer, without saying so
+/// (no `Connection: close`): the next request, coming before anything looked at the idle
+/// connection again, is not lost on it, and a POST with a body is sent once, on a new one.
+#[tokio::test]
+async fn a_request_is_not_sent_on_a_connection_the_upstream_closed_while_idle() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                seen.fetch_add(1, Ordering::SeqCst);
+                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                let _ = stream.write_all(ok).await;
+            });
+        }
+    });
+    let gate = Ucgate::start(
+        ConfigBuilder::new()
+            .route(route("api", "/api/", &upstream))
+            .build(),
+    )
+    .await;
+    let r = with_token(client().get(gate.url("/api/a")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "ok");
+    for _ in 0..5 {
+        // Well before ucgate's own look at idle connections (every second).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = with_token(client().post(gate.url("/api/a")))
+            .body("sent once")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", gate.logs());
+        assert_eq!(r.text().await.unwrap(), "ok");
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 6);
+}
+
 /// An upstream that answers each POST with a 413 as soon as its head is in, without reading
 /// its body (then reads and discards the rest), and anything else with 200 `ok`. Its URL.
 async fn answers_posts_before_their_body() -> String {
