@@ -87,9 +87,9 @@ struct Inner {
     /// For `https://` upstreams: the client configuration and the name checked.
     tls: Option<(TlsConnector, ServerName<'static>)>,
     /// Idle connections, one stack per worker (see [`set_worker`]), most recently returned
-    /// last. A connection's own task runs on the runtime that opened it: with a runtime per
-    /// worker (`server.thread_per_core`), taking another worker's connection would wake that
-    /// worker's thread for each exchange.
+    /// last. A connection's socket is registered with the reactor of the runtime that opened
+    /// it: with a runtime per worker (`server.thread_per_core`), another worker using it would
+    /// be woken from that worker's thread for each exchange.
     idle: Box<[Mutex<Vec<Idle>>]>,
     /// Whether [`sweep`] runs for this pool (started with the first idle connection).
     swept: AtomicBool,
