@@ -260,6 +260,23 @@ impl Driver {
     fn unhook(&self) {
         self.wakes.task.take();
     }
+
+    /// Hands the connection to a task of its own, which drives it from now on whoever reads
+    /// (or does not read) its exchange; [`Driver::poll_driving`] then only polls what waits on
+    /// the exchange. The connection ends in that task once its sender is dropped and its
+    /// exchange is over: it is not given back to the pool.
+    fn spawn(&mut self) {
+        // What the connection registered before it moves still wakes through `wakes`: not the
+        // reader's task any more.
+        self.unhook();
+        if let Some(connection) = self.connection.take() {
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+        }
+    }
 }
 
 /// One upstream connection: where requests are sent, and its [`Driver`]. Boxed once when
@@ -284,14 +301,8 @@ impl Conn {
     /// Hands the connection to a task of its own, for what it still has to do after its
     /// exchange (a WebSocket tunnel's switch, the rest of an upload): it ends then, no request
     /// being able to come (the sender is dropped).
-    fn detach(self) {
-        if let Some(connection) = self.driver.connection {
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "upstream connection ended");
-                }
-            });
-        }
+    fn detach(mut self) {
+        self.driver.spawn();
     }
 
     /// Whether an idle connection is still usable, looked at without a task to wake: a close
@@ -318,7 +329,16 @@ pub struct Lease {
 impl Lease {
     /// The exchange's request body is `uploading`: the connection goes back to the pool only
     /// once it is over.
+    ///
+    /// An upstream that answered before the whole upload gets a task driving its connection at
+    /// once ([`Driver::spawn`]): the rest of the upload must go on whether or not the answer is
+    /// read. A client that sends its whole body before reading (most HTTP/1.1 clients) does not
+    /// read a large answer until its upload is through, and the upload, driven only by the
+    /// answer's reader, would wait for it: neither would move again.
     pub fn with_upload(mut self, uploading: Option<Uploading>) -> Self {
+        if uploading.as_ref().is_some_and(|u| !u.is_over()) {
+            self.conn.driver.spawn();
+        }
         self.uploading = uploading;
         self
     }

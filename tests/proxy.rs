@@ -1693,6 +1693,114 @@ async fn an_upload_going_on_after_an_early_answer_is_not_a_slow_head() {
     );
 }
 
+/// An upstream that answers a POST at once with a large body (an error page, a result it
+/// needs no body for) and reads the rest of the upload meanwhile, and a client that sends its
+/// whole body before it reads anything (most HTTP/1.1 clients do): the upload goes on while the
+/// answer waits in the sockets, as it does with ucgate out of the way. It stalled when the
+/// upstream connection progressed only as the client read the answer.
+#[tokio::test]
+async fn an_upload_answered_early_with_a_large_body_goes_on_while_the_client_is_not_reading() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const UPLOAD: usize = 8 << 20;
+    const ANSWER: usize = 16 << 20;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    let (read_tx, mut read_whole) = tokio::sync::mpsc::unbounded_channel();
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let received_so_far = progress.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let read_tx = read_tx.clone();
+            let progress = progress.clone();
+            tokio::spawn(async move {
+                let (mut reader, mut writer) = stream.into_split();
+                let mut buf = Vec::new();
+                let mut chunk = vec![0u8; 64 * 1024];
+                let end = loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break end + 4;
+                    }
+                    match reader.read(&mut chunk).await {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                        _ => return,
+                    }
+                };
+                // The answer, written while the body is read.
+                tokio::spawn(async move {
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {ANSWER}\r\n\r\n");
+                    let _ = writer.write_all(head.as_bytes()).await;
+                    let _ = writer.write_all(&vec![b'x'; ANSWER]).await;
+                });
+                let mut body = buf.len() - end;
+                while body < UPLOAD {
+                    match reader.read(&mut chunk).await {
+                        Ok(n) if n > 0 => {
+                            body += n;
+                            progress.store(body, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        _ => break,
+                    }
+                }
+                let _ = read_tx.send(body);
+            });
+        }
+    });
+    let gate = Ucgate::start(
+        ConfigBuilder::new()
+            .route(route("api", "/api/", &upstream))
+            .build(),
+    )
+    .await;
+    // Small socket buffers: the answer fills the way to the client well before the upload ends.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    socket.set_send_buffer_size(16 * 1024).unwrap();
+    let mut client = socket.connect(gate.addr()).await.unwrap();
+    let head = format!(
+        "POST /api/early HTTP/1.1\r\nhost: x\r\n{X_AUTH_TOKEN}: {SHARED_TOKEN}\r\ncontent-length: {UPLOAD}\r\n\r\n"
+    );
+    let upload = async {
+        client.write_all(head.as_bytes()).await.unwrap();
+        let piece = vec![b'a'; 256 * 1024];
+        for _ in 0..UPLOAD / piece.len() {
+            client.write_all(&piece).await.unwrap();
+        }
+    };
+    tokio::time::timeout(BOUND, upload)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the upload stalled behind the answer, {} of {UPLOAD} bytes upstream\n{}",
+                received_so_far.load(std::sync::atomic::Ordering::Relaxed),
+                gate.logs()
+            )
+        });
+    let received = tokio::time::timeout(BOUND, read_whole.recv())
+        .await
+        .expect("the upstream did not get the whole upload")
+        .unwrap();
+    assert_eq!(received, UPLOAD);
+    // Then the answer, whole.
+    let mut answer = Vec::new();
+    let mut chunk = vec![0u8; 256 * 1024];
+    let read = async {
+        loop {
+            let n = client.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the answer broke off after {} bytes", answer.len());
+            answer.extend_from_slice(&chunk[..n]);
+            if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n")
+                && answer.len() - (end + 4) == ANSWER
+            {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(BOUND, read)
+        .await
+        .expect("the answer stalled");
+    assert!(answer.starts_with(b"HTTP/1.1 200 OK"));
+}
+
 /// An upstream answer framed both ways, `Transfer-Encoding: chunked` and a `Content-Length`
 /// that disagrees: the coding wins (RFC 9112 §6.3), and the client gets the whole body, not
 /// as many bytes as the stale length says.
