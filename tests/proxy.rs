@@ -1452,6 +1452,20 @@ async fn a_request_on_a_connection_the_upstream_just_closed_is_sent_again_when_i
     assert_eq!(up.count(), 4, "the POST was sent once");
 }
 
+/// Reads a request head from `stream` (and whatever came with it); false if it closed first.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// An upstream that closes a kept-alive connection while it is idle (its keep-alive timeout):
 /// ucgate closes its side too within seconds, rather than keeping the socket half-closed
 /// (CLOSE_WAIT) until the next request to that route, and the next request is answered on a
@@ -1466,13 +1480,8 @@ async fn an_idle_connection_the_upstream_closes_is_closed_here_too() {
         while let Ok((mut stream, _)) = listener.accept().await {
             let closed_tx = closed_tx.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                let mut head = Vec::new();
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
+                if !read_head(&mut stream).await {
+                    return;
                 }
                 let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                 stream.write_all(ok).await.unwrap();
@@ -1480,7 +1489,7 @@ async fn an_idle_connection_the_upstream_closes_is_closed_here_too() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 stream.shutdown().await.unwrap();
                 let since = std::time::Instant::now();
-                let eof = matches!(stream.read(&mut buf).await, Ok(0));
+                let eof = matches!(stream.read(&mut [0u8; 64]).await, Ok(0));
                 let _ = closed_tx.send((eof, since.elapsed()));
             });
         }
@@ -1515,7 +1524,7 @@ async fn an_idle_connection_the_upstream_closes_is_closed_here_too() {
 async fn a_request_is_not_sent_on_a_connection_the_upstream_closed_while_idle() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = format!("http://{}", listener.local_addr().unwrap());
     let requests = Arc::new(AtomicUsize::new(0));
@@ -1524,13 +1533,8 @@ async fn a_request_is_not_sent_on_a_connection_the_upstream_closed_while_idle() 
         while let Ok((mut stream, _)) = listener.accept().await {
             let seen = seen.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                let mut head = Vec::new();
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
+                if !read_head(&mut stream).await {
+                    return;
                 }
                 seen.fetch_add(1, Ordering::SeqCst);
                 let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
