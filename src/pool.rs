@@ -133,11 +133,14 @@ struct Idle {
 /// early) gets a task after all ([`Conn::detach`]).
 struct Driver {
     /// `None` once it has ended (closed by either side, or failed).
-    connection: Option<Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>>,
+    connection: Option<Running>,
     wakes: Arc<Wakes>,
     /// `wakes` as a waker, made once per connection.
     waker: Waker,
 }
+
+/// hyper's connection future, until it ends.
+type Running = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
 
 /// The waker a connection and its exchange's futures are polled with. hyper's connection and
 /// the futures it answers through (the response, the body's channel) signal each other with
@@ -175,7 +178,7 @@ impl Wake for Wakes {
 }
 
 impl Driver {
-    fn new(connection: Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>) -> Self {
+    fn new(connection: Running) -> Self {
         let wakes = Arc::new(Wakes {
             state: AtomicU8::new(IDLE),
             task: AtomicWaker::new(),
@@ -191,15 +194,7 @@ impl Driver {
     /// side, or failed). Then it is dropped: requests still queued on it fail at once, handing
     /// their request back (see [`Pool::send`]).
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if let Some(connection) = &mut self.connection
-            && let Poll::Ready(ended) = connection.as_mut().poll(cx)
-        {
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-            self.connection = None;
-        }
-        self.connection.is_some()
+        drive(&mut self.connection, cx)
     }
 
     /// Polls `poll` (what waits on the exchange), then the connection if `poll` is pending, both
@@ -224,14 +219,7 @@ impl Driver {
                 self.wakes.state.store(IDLE, Ordering::Release);
                 return polled;
             }
-            if let Some(connection) = &mut self.connection
-                && let Poll::Ready(ended) = connection.as_mut().poll(&mut inner)
-            {
-                if let Err(e) = ended {
-                    tracing::debug!(error = %e, "upstream connection ended");
-                }
-                self.connection = None;
-            }
+            drive(&mut self.connection, &mut inner);
             if self.wakes.state.swap(IDLE, Ordering::AcqRel) != WOKEN {
                 return Poll::Pending;
             }
@@ -277,6 +265,20 @@ impl Driver {
             });
         }
     }
+}
+
+/// [`Driver::drive`] on its connection alone (a free function: [`Driver::poll_driving`] polls
+/// with a waker the driver itself holds).
+fn drive(connection: &mut Option<Running>, cx: &mut Context<'_>) -> bool {
+    if let Some(running) = connection
+        && let Poll::Ready(ended) = running.as_mut().poll(cx)
+    {
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+        *connection = None;
+    }
+    connection.is_some()
 }
 
 /// One upstream connection: where requests are sent, and its [`Driver`]. Boxed once when
