@@ -1697,19 +1697,23 @@ async fn an_upload_going_on_after_an_early_answer_is_not_a_slow_head() {
     );
 }
 
-/// An upstream that answers a POST at once with a large body (an error page, a result it
-/// needs no body for) and reads the rest of the upload meanwhile, and a client that sends its
-/// whole body before it reads anything (most HTTP/1.1 clients do): the upload goes on while the
-/// answer waits in the sockets, as it does with ucgate out of the way. It stalled when the
-/// upstream connection progressed only as the client read the answer.
-#[tokio::test]
-async fn an_upload_answered_early_with_a_large_body_goes_on_while_the_client_is_not_reading() {
+/// The upload of [`answers_early_with_a_large_body`]'s requests, and its answer's body.
+const EARLY_UPLOAD: usize = 8 << 20;
+const EARLY_ANSWER: usize = 16 << 20;
+
+/// An upstream that answers a request at once with a large body (an error page, a result it
+/// needs no body for), [`EARLY_ANSWER`] bytes, and reads its body of [`EARLY_UPLOAD`] bytes
+/// meanwhile. Its URL, a receiver of the body length read once it has been read whole, and the
+/// body bytes read so far.
+async fn answers_early_with_a_large_body() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<usize>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const UPLOAD: usize = 8 << 20;
-    const ANSWER: usize = 16 << 20;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = format!("http://{}", listener.local_addr().unwrap());
-    let (read_tx, mut read_whole) = tokio::sync::mpsc::unbounded_channel();
+    let (read_tx, read_whole) = tokio::sync::mpsc::unbounded_channel();
     let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let received_so_far = progress.clone();
     tokio::spawn(async move {
@@ -1731,12 +1735,12 @@ async fn an_upload_answered_early_with_a_large_body_goes_on_while_the_client_is_
                 };
                 // The answer, written while the body is read.
                 tokio::spawn(async move {
-                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {ANSWER}\r\n\r\n");
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {EARLY_ANSWER}\r\n\r\n");
                     let _ = writer.write_all(head.as_bytes()).await;
-                    let _ = writer.write_all(&vec![b'x'; ANSWER]).await;
+                    let _ = writer.write_all(&vec![b'x'; EARLY_ANSWER]).await;
                 });
                 let mut body = buf.len() - end;
-                while body < UPLOAD {
+                while body < EARLY_UPLOAD {
                     match reader.read(&mut chunk).await {
                         Ok(n) if n > 0 => {
                             body += n;
@@ -1749,6 +1753,19 @@ async fn an_upload_answered_early_with_a_large_body_goes_on_while_the_client_is_
             });
         }
     });
+    (upstream, read_whole, received_so_far)
+}
+
+/// [`answers_early_with_a_large_body`], and a client that sends its whole body before it reads
+/// anything (most HTTP/1.1 clients do): the upload goes on while the answer waits in the
+/// sockets, as it does with ucgate out of the way. It stalled when the upstream connection
+/// progressed only as the client read the answer.
+#[tokio::test]
+async fn an_upload_answered_early_with_a_large_body_goes_on_while_the_client_is_not_reading() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const UPLOAD: usize = EARLY_UPLOAD;
+    const ANSWER: usize = EARLY_ANSWER;
+    let (upstream, mut read_whole, received_so_far) = answers_early_with_a_large_body().await;
     let gate = Ucgate::start(
         ConfigBuilder::new()
             .route(route("api", "/api/", &upstream))
@@ -1803,6 +1820,48 @@ async fn an_upload_answered_early_with_a_large_body_goes_on_while_the_client_is_
         .await
         .expect("the answer stalled");
     assert!(answer.starts_with(b"HTTP/1.1 200 OK"));
+}
+
+/// The same over h2: the client has the answer's head and goes on uploading without reading
+/// the body, whose flow-control window fills. The upload goes on (it stalled with it).
+#[tokio::test]
+async fn an_h2_upload_answered_early_with_a_large_body_goes_on_while_the_client_is_not_reading() {
+    let (upstream, mut read_whole, received_so_far) = answers_early_with_a_large_body().await;
+    let gate = Ucgate::start(
+        ConfigBuilder::new()
+            .route(route("api", "/api/", &upstream))
+            .build(),
+    )
+    .await;
+    let r = tokio::time::timeout(
+        BOUND,
+        with_token(h2_client().post(gate.url("/api/early")))
+            .header("content-length", EARLY_UPLOAD.to_string())
+            .body(reqwest::Body::wrap_stream(generated_stream(
+                EARLY_UPLOAD as u64,
+            )))
+            .send(),
+    )
+    .await
+    .expect("no answer")
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let received = tokio::time::timeout(BOUND, read_whole.recv())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the upload stalled behind the answer, {} of {EARLY_UPLOAD} bytes upstream\n{}",
+                received_so_far.load(std::sync::atomic::Ordering::Relaxed),
+                gate.logs()
+            )
+        })
+        .unwrap();
+    assert_eq!(received, EARLY_UPLOAD);
+    let answer = tokio::time::timeout(BOUND, r.bytes())
+        .await
+        .expect("the answer stalled")
+        .unwrap();
+    assert_eq!(answer.len(), EARLY_ANSWER);
 }
 
 /// An upstream answer framed both ways, `Transfer-Encoding: chunked` and a `Content-Length`
