@@ -129,8 +129,9 @@ struct Idle {
 /// never crosses to another task and the upstream's answer wakes the task serving the client,
 /// as nginx's one event loop per worker does. That saves the connection task's polls and the
 /// channel hops of every request and response (measured: see the README). A connection with
-/// more to do than its exchange's reader waits for (a tunnel, the rest of an upload answered
-/// early) gets a task after all ([`Conn::detach`]).
+/// more to do than its exchange's reader drives gets a task after all ([`Driver::spawn`]): a
+/// tunnel after its switch ([`Conn::detach`]), and an upload its upstream answered before the
+/// end ([`Lease::with_upload`]), which must go on whether or not the client reads the answer.
 struct Driver {
     /// `None` once it has ended (closed by either side, or failed).
     connection: Option<Running>,
