@@ -406,8 +406,27 @@ async fn a_changed_keytab_is_reloaded_and_a_broken_one_refused_while_serving_goe
     let kdc = Kdc::start();
     kdc.kinit("alice", "alicepw");
     let upstream = Upstream::start().await;
+    // Where ucgate keeps its private copy of the keys (TMPDIR): one copy at a time, none left
+    // once it has stopped.
+    let tmp = tempfile::tempdir().unwrap();
+    let copies = || {
+        std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with("ucgate-keytab-")
+            })
+            .count()
+    };
     // The keytab is the realm's own: nothing but ucgate reads it once the tickets are issued.
-    let gate = ucgate(&kdc, config(&kdc, &upstream.url(), "")).await;
+    let mut gate = Ucgate::builder(config(&kdc, &upstream.url(), ""))
+        .file("users.toml", SSO_USERS)
+        .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
+        .env("KRB5_CONFIG", kdc.krb5_config())
+        .env("TMPDIR", tmp.path().to_str().unwrap())
+        .start()
+        .await;
+    assert_eq!(copies(), 1);
     let path = kdc.path("http.keytab");
     let keytab = std::fs::read(&path).unwrap();
     let sso_works = || {
@@ -437,6 +456,16 @@ async fn a_changed_keytab_is_reloaded_and_a_broken_one_refused_while_serving_goe
         .await;
     kdc.kinit("alice", "alicepw");
     sso_works();
+    // The keys of a keytab replaced are not left on disk.
+    assert_eq!(copies(), 1);
+
+    gate.sigterm();
+    assert!(gate.wait().await.success(), "{}", gate.logs());
+    assert_eq!(
+        copies(),
+        0,
+        "a stopped ucgate left a copy of its keys behind"
+    );
 }
 
 /// The UC Assistant's SSO as Chromium does it: a credentialed cross-origin `fetch` of the SSO

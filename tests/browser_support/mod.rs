@@ -5,6 +5,7 @@
 //! browser proves nothing.
 #![allow(dead_code)]
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -116,6 +117,9 @@ impl Page {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
+            // Its own process group: its helpers (zygote, renderers) are stopped with it, and
+            // none still writes into the profile when the profile is removed.
+            .process_group(0)
             .spawn()
             .expect("spawn chromium");
         let _kill = KillOnDrop(&mut child);
@@ -148,7 +152,8 @@ struct KillOnDrop<'a>(&'a mut Child);
 
 impl Drop for KillOnDrop<'_> {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // SAFETY: kill(2) on the process group of a child we own and have not reaped.
+        unsafe { libc::kill(-(self.0.id() as libc::pid_t), libc::SIGKILL) };
         let _ = self.0.wait();
     }
 }
