@@ -113,6 +113,8 @@ impl Page {
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .args(flags)
             .arg(format!("{}/?{query}", self.origin()))
+            // Its own temporary files (org.chromium.Chromium.*) go with the profile.
+            .env("TMPDIR", profile.path())
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

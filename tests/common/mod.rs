@@ -804,6 +804,9 @@ impl UcgateBuilder {
                 cmd.env(key, v);
             }
         }
+        // Its temporary files (the keytab's private copy) in its own directory, removed with it
+        // even when the process is killed.
+        cmd.env("TMPDIR", dir.path());
         cmd.envs(&self.env);
         if self.config_via_env {
             cmd.env("UCGATE_CONFIG", &config_path);
