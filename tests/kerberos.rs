@@ -406,11 +406,13 @@ async fn a_changed_keytab_is_reloaded_and_a_broken_one_refused_while_serving_goe
     let kdc = Kdc::start();
     kdc.kinit("alice", "alicepw");
     let upstream = Upstream::start().await;
-    // Where ucgate keeps its private copy of the keys (TMPDIR): one copy at a time, none left
-    // once it has stopped.
-    let tmp = tempfile::tempdir().unwrap();
+    // The keytab is the realm's own: nothing but ucgate reads it once the tickets are issued.
+    let mut gate = ucgate(&kdc, config(&kdc, &upstream.url(), "")).await;
+    // Where ucgate keeps its private copy of the keys (TMPDIR, the harness's directory of the
+    // instance): one copy at a time, none left once it has stopped.
+    let tmp = gate.dir().to_path_buf();
     let copies = || {
-        std::fs::read_dir(tmp.path())
+        std::fs::read_dir(&tmp)
             .unwrap()
             .filter(|e| {
                 let name = e.as_ref().unwrap().file_name();
@@ -418,14 +420,6 @@ async fn a_changed_keytab_is_reloaded_and_a_broken_one_refused_while_serving_goe
             })
             .count()
     };
-    // The keytab is the realm's own: nothing but ucgate reads it once the tickets are issued.
-    let mut gate = Ucgate::builder(config(&kdc, &upstream.url(), ""))
-        .file("users.toml", SSO_USERS)
-        .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
-        .env("KRB5_CONFIG", kdc.krb5_config())
-        .env("TMPDIR", tmp.path().to_str().unwrap())
-        .start()
-        .await;
     assert_eq!(copies(), 1);
     let path = kdc.path("http.keytab");
     let keytab = std::fs::read(&path).unwrap();
