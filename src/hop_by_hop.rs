@@ -128,6 +128,38 @@ mod tests {
         assert!(h.contains_key(header::CONTENT_LENGTH));
     }
 
+    /// Every connection-specific field goes, in any case the client wrote it, named in
+    /// `Connection` or not; `Upgrade` too, but on a protocol switch.
+    #[test]
+    fn every_connection_specific_field_goes() {
+        let listed = [
+            "Connection",
+            "Keep-Alive",
+            "Proxy-Connection",
+            "Proxy-Authenticate",
+            "Proxy-Authorization",
+            "TE",
+            "Trailer",
+            "Transfer-Encoding",
+        ];
+        for keep_upgrade in [false, true] {
+            let mut h = HeaderMap::new();
+            for name in listed.iter().chain(&["Upgrade", "X-Kept"]) {
+                h.insert(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    "1".parse().unwrap(),
+                );
+            }
+            strip(&mut h, keep_upgrade, |_| false);
+            let kept: &[&str] = if keep_upgrade {
+                &["upgrade", "x-kept"]
+            } else {
+                &["x-kept"]
+            };
+            assert_eq!(names(&h), kept);
+        }
+    }
+
     /// A `Connection` value with a byte outside visible ASCII still names its fields.
     #[test]
     fn a_value_with_obs_text_still_names_its_fields() {
