@@ -119,7 +119,10 @@ curl -s -w '\\n' http://127.0.0.1:$ADMIN_PORT/readyz; curl -s http://127.0.0.1:$
 Ctrl-C stops ucgate and the demo upstream. ucgate's log follows.
 TRY
 
-# Until Ctrl-C, or until one of them stops.
-wait -n "${CHILDREN[@]}" || true
-log "ucgate or the demo upstream ended on its own (see the log above): stopping the other"
-exit 1
+# Until Ctrl-C, or until one of them stops. Ctrl-C reaches the whole process group: ucgate
+# stops on it too (exit 0), and may do so before this shell's own trap runs; a script started in
+# the background of another shell ignores SIGINT itself. Either way, say what stopped, and how.
+status=0
+wait -n "${CHILDREN[@]}" || status=$?
+log "ucgate or the demo upstream stopped (exit status $status; see the log above): stopping the other"
+exit "$status"

@@ -271,14 +271,16 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 }
 
 /// An answer written straight to the connection, when hyper has no request to answer: the
-/// JSON error, and the connection closed after it.
+/// JSON error, dated as every other answer (RFC 9110 §6.6.1), and the connection closed after
+/// it.
 fn direct_response(error: GateError) -> Bytes {
     let status = error.status();
     let body = error.json_body();
     format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncache-control: no-store\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        "HTTP/1.1 {} {}\r\ndate: {}\r\ncontent-type: application/json\r\ncache-control: no-store\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         status.as_str(),
         status.canonical_reason().unwrap_or(""),
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
         body.len()
     )
     .into()
@@ -685,8 +687,14 @@ mod tests {
         let mut answer = Vec::new();
         client.read_to_end(&mut answer).await.unwrap();
         let answer = String::from_utf8_lossy(&answer);
+        let date = answer
+            .strip_prefix("HTTP/1.1 400 Bad Request\r\ndate: ")
+            .and_then(|rest| rest.split_once("\r\n"))
+            .map(|(date, _)| date);
+        let dated = date.and_then(|d| httpdate::parse_http_date(d).ok());
+        assert!(dated.is_some(), "a dated answer: {answer}");
         assert!(
-            answer.starts_with("HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"),
+            answer.contains("\r\ncontent-type: application/json\r\n"),
             "{answer}"
         );
         assert!(answer.contains(r#""error":"MalformedRequest""#), "{answer}");

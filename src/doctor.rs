@@ -147,6 +147,12 @@ pub async fn directory(config: &Config, out: &mut impl std::io::Write) -> std::i
     let mut healthy = true;
     match &users.source {
         UsersSource::File(file) => match FileDirectory::load(file) {
+            // Not a failure: a site may add its users later, by reload.
+            Ok(directory) if directory.listed() == Some(0) => writeln!(
+                out,
+                "WARN {}: no one can log in until users are added",
+                directory.describe()
+            )?,
             Ok(directory) => writeln!(out, " OK  {}", directory.describe())?,
             Err(e) => {
                 healthy = false;
@@ -160,10 +166,16 @@ pub async fn directory(config: &Config, out: &mut impl std::io::Write) -> std::i
                     writeln!(out, "FAIL {e}")?;
                 }
                 Ok(db) => match db.count_allowed().await {
+                    Ok(0) => writeln!(
+                        out,
+                        "WARN XiVO's database at {}: no user has CTI login enabled, a login, a password and a profile: no one can log in",
+                        db.target()
+                    )?,
                     Ok(n) => writeln!(
                         out,
-                        " OK  XiVO's database at {}: {n} users with CTI login enabled, a login, a password and a profile",
-                        db.target()
+                        " OK  XiVO's database at {}: {n} {} with CTI login enabled, a login, a password and a profile",
+                        db.target(),
+                        if n == 1 { "user" } else { "users" }
                     )?,
                     Err(e) => {
                         healthy = false;

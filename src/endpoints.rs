@@ -89,6 +89,19 @@ impl Endpoint {
         }
     }
 
+    /// Whether the configuration serves this endpoint: the UC API's need `[tokens]` (and the
+    /// single sign-on exchanges their section); the operational ones are always served.
+    fn enabled(self, state: &State) -> bool {
+        let uc = state.uc.as_ref();
+        match self {
+            Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => true,
+            Endpoint::Login | Endpoint::Check | Endpoint::Logout => uc.is_some(),
+            Endpoint::Sso => uc.is_some_and(|uc| uc.kerberos.is_some()),
+            Endpoint::Cas => uc.is_some_and(|uc| uc.cas.is_some()),
+            Endpoint::Oidc => uc.is_some_and(|uc| uc.oidc.is_some()),
+        }
+    }
+
     /// The method a token-exchange endpoint authenticates with, for metrics.
     fn exchange(self) -> Option<&'static str> {
         match self {
@@ -109,12 +122,18 @@ impl Endpoint {
         client: IpAddr,
         log: &mut RequestLog,
     ) -> Result<Response<Body>, GateError> {
+        // An endpoint the configuration does not enable is a path ucgate does not serve, as any
+        // other: no route in the log, no exchange in the metrics.
+        if !self.enabled(state) {
+            return Err(GateError::NoRoute);
+        }
         log.route = Some(self.name().into());
-        log.exchange = self.exchange();
         let (methods, allow) = self.allowed();
         if !methods.contains(request.method()) {
             return Err(GateError::MethodNotAllowed(allow));
         }
+        // From here on an exchange was attempted, whatever its outcome.
+        log.exchange = self.exchange();
         let attempt = Attempt::new(&state.throttle, client);
         match self {
             Endpoint::Health => Ok(json_response(

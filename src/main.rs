@@ -112,8 +112,12 @@ fn main() -> ExitCode {
     }
     match command {
         Command::CheckConfig => {
-            print_config(&state);
-            if let Some(warning) = state.shared_token_warning() {
+            print_config(&state, &cli.listen);
+            let warnings = [
+                state.shared_token_warning(),
+                state.empty_directory_warning(),
+            ];
+            for warning in warnings.into_iter().flatten() {
                 eprintln!("ucgate: warning: {warning}");
             }
             ExitCode::SUCCESS
@@ -173,16 +177,26 @@ fn hash_password() -> ExitCode {
     }
 }
 
-fn print_config(state: &State) {
+/// What `run` would do with this configuration; `listen` is `--listen` (or `UCGATE_LISTEN`),
+/// which replaces `server.listen` as it does for `run`.
+fn print_config(state: &State, listen: &[std::net::SocketAddr]) {
     let config = state.config();
     println!("configuration {} is valid", config.file.display());
-    let listen: Vec<String> = config
-        .server
-        .listen
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    println!("listen: {}", listen.join(", "));
+    let addresses = |list: &[std::net::SocketAddr]| {
+        list.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if listen.is_empty() {
+        println!("listen: {}", addresses(&config.server.listen));
+    } else {
+        println!(
+            "listen: {} (--listen or UCGATE_LISTEN, instead of server.listen: {})",
+            addresses(listen),
+            addresses(&config.server.listen)
+        );
+    }
     if let Some(admin) = config.server.admin_listen {
         println!("admin_listen: {admin} (metrics, health; not on listen)");
     }
@@ -219,7 +233,7 @@ fn print_config(state: &State) {
     println!("routes:");
     for r in &config.routes {
         println!(
-            "  {:<16} {:<24} -> {:<28} accept={:<9} upstream_auth={:<6} timeout={}{}{}",
+            "  {:<16} {:<24} -> {:<28} accept={:<9} upstream_auth={:<6} timeout={}{}{}{}",
             r.name,
             r.prefix,
             r.upstream.to_string(),
@@ -227,6 +241,7 @@ fn print_config(state: &State) {
             format!("{:?}", r.upstream_auth).to_lowercase(),
             humantime::format_duration(r.timeout),
             if r.websocket { " websocket" } else { "" },
+            if r.cors { " cors" } else { "" },
             if r.profiles.is_empty() {
                 String::new()
             } else {
@@ -285,7 +300,11 @@ fn run(state: State, listen: Vec<std::net::SocketAddr>) -> ExitCode {
             cluster = state.cluster().as_deref().unwrap_or("none"),
             "ucgate starting"
         );
-        if let Some(warning) = state.shared_token_warning() {
+        let warnings = [
+            state.shared_token_warning(),
+            state.empty_directory_warning(),
+        ];
+        for warning in warnings.into_iter().flatten() {
             tracing::warn!("{warning}");
         }
         let config_file = state.config().file.clone();

@@ -373,6 +373,18 @@ impl State {
         }
     }
 
+    /// A users file without a user: ucgate runs (the routes' shared token works, and a reload
+    /// may add users), but no one can log in; said at start and by `check-config`.
+    pub fn empty_directory_warning(&self) -> Option<String> {
+        let directory = self.uc.as_ref()?.issuer.directory();
+        (directory.listed() == Some(0)).then(|| {
+            format!(
+                "{}: no one can log in until users are added (then reload)",
+                directory.describe()
+            )
+        })
+    }
+
     /// The directory, described for the start-up log and `check-config` ("3 users in FILE").
     pub fn directory(&self) -> Option<String> {
         self.uc.as_ref().map(|uc| uc.issuer.directory().describe())

@@ -378,8 +378,11 @@ async fn a_bad_keytab_refuses_to_start() {
     }
 }
 
+/// Without `[kerberos]`, `[cas]` or `[oidc]`, their endpoints are paths ucgate does not serve:
+/// 404, no route in the access log, no login in the metrics (which do count a password login
+/// that fails on its body, but not one refused for its method).
 #[tokio::test]
-async fn without_a_kerberos_section_the_endpoint_is_404() {
+async fn without_their_sections_the_sso_endpoints_are_404_and_count_no_login() {
     let gate = Ucgate::builder(
         ConfigBuilder::new()
             .raw("[tokens]\n\n[users]\nfile = \"users.toml\"\n")
@@ -396,6 +399,32 @@ async fn without_a_kerberos_section_the_endpoint_is_404() {
         .await
         .unwrap();
     assert_error(response, 404, "NoRoute").await;
+    let line = gate.wait_log(&format!(r#"path="{SSO}""#)).await;
+    assert!(line.contains(r#"route="-""#), "{line}");
+    for path in [
+        "/xuc/api/2.0/auth/cas?ticket=ST-1",
+        "/xuc/api/2.0/auth/oidc",
+    ] {
+        let response = client().get(gate.url(path)).send().await.unwrap();
+        assert_error(response, 404, "NoRoute").await;
+    }
+    let login = "/xuc/api/2.0/auth/login";
+    let response = client().put(gate.url(login)).send().await.unwrap();
+    assert_error(response, 405, "MethodNotAllowed").await;
+    let response = client()
+        .post(gate.url(login))
+        .header("Content-Type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 400, "InvalidJson").await;
+    let logins =
+        |method: &str| format!(r#"ucgate_logins_total{{method="{method}",outcome="error"}}"#);
+    assert_eq!(metric(&gate, &logins("password")).await, 1);
+    for method in ["kerberos", "cas", "oidc"] {
+        assert_eq!(metric(&gate, &logins(method)).await, 0, "{method}");
+    }
 }
 
 #[tokio::test]

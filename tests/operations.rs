@@ -1677,6 +1677,29 @@ fn the_deploy_example_config_is_valid() {
     }
     let all = format!("{stdout}{stderr}");
     assert!(!all.contains(SHARED_TOKEN) && !all.contains(DEPLOY_SIGNING_KEY));
+    // The example ships without users: valid, and said to let no one in.
+    assert!(
+        stderr.contains("0 users in") && stderr.contains("no one can log in until users are added"),
+        "{stderr}"
+    );
+
+    // `UCGATE_LISTEN` (as `--listen`) replaces server.listen for check-config as for run.
+    let (code, stdout, stderr) = check_config(
+        &config,
+        &[
+            ("PLAY_AUTH_TOKEN", SHARED_TOKEN),
+            ("UCGATE_SIGNING_KEY", DEPLOY_SIGNING_KEY),
+            ("UCGATE_LISTEN", "127.0.0.1:38080,127.0.0.1:38081"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(
+            "listen: 127.0.0.1:38080, 127.0.0.1:38081 (--listen or UCGATE_LISTEN, instead of \
+             server.listen: 127.0.0.1:8080)"
+        ),
+        "{stdout}"
+    );
 
     // As deployed beside XiVO: no variable, the token comes from the compose custom.env (here
     // the example, with a real value), the users file from beside the config.

@@ -464,7 +464,17 @@ fn doctor_reports_the_database_and_the_ldap_manager() {
     assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
     assert!(
         out.stdout.contains(" OK  XiVO's database at 127.0.0.1:")
-            && out.stdout.contains(": 1 users with CTI login enabled"),
+            && out.stdout.contains(": 1 user with CTI login enabled"),
+        "{}",
+        out.stdout
+    );
+    // No one allowed: said, not a failure (users may be enabled later).
+    pg.execute("UPDATE userfeatures SET enableclient = 0 WHERE loginclient = 'alice'");
+    let out = doctor(&slapd.manager_password);
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("WARN XiVO's database at 127.0.0.1:")
+            && out.stdout.contains("no one can log in"),
         "{}",
         out.stdout
     );

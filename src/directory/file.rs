@@ -136,7 +136,9 @@ impl Directory for FileDirectory {
     }
 
     fn describe(&self) -> String {
-        format!("{} users in {}", self.users.len(), self.file.display())
+        let n = self.users.len();
+        let users = if n == 1 { "user" } else { "users" };
+        format!("{n} {users} in {}", self.file.display())
     }
 
     fn listed(&self) -> Option<usize> {
