@@ -47,8 +47,10 @@ pub enum GateError {
     InvalidBody,
     #[error("the request body is too large")]
     BodyTooLarge,
-    #[error("the body is not the expected JSON")]
-    InvalidJson,
+    /// A token-exchange body that is not the JSON expected; the message says what was expected,
+    /// never what was sent (a password may be in it).
+    #[error("{0}")]
+    InvalidJson(&'static str),
     /// A malformed exchange request (missing or repeated parameter, not a service ticket).
     #[error("{0}")]
     InvalidRequest(&'static str),
@@ -146,7 +148,7 @@ impl GateError {
     pub fn status(&self) -> StatusCode {
         use GateError::*;
         match self {
-            InvalidPath(_) | MalformedRequest | InvalidTarget | AmbiguousToken | InvalidJson
+            InvalidPath(_) | MalformedRequest | InvalidTarget | AmbiguousToken | InvalidJson(_)
             | InvalidBody | InvalidRequest(_) | CasServiceNotAllowed => StatusCode::BAD_REQUEST,
             HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             TokenMissing
@@ -189,7 +191,7 @@ impl GateError {
             RequestTimeout => "RequestTimeout",
             InvalidBody => "InvalidBody",
             BodyTooLarge => "RequestTooLarge",
-            InvalidJson => "InvalidJson",
+            InvalidJson(_) => "InvalidJson",
             InvalidRequest(_) => "InvalidRequest",
             NoRoute => "NoRoute",
             TokenMissing => "TokenMissing",

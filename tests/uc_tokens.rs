@@ -446,16 +446,31 @@ async fn every_refused_login_gets_the_same_401() {
 async fn malformed_oversized_and_non_post_logins_are_refused() {
     let (up, gate) = start().await;
     let http = client();
-    let bad_bodies: [&[u8]; 7] = [
-        b"",
-        b"{",
-        b"not json",
-        br#"{"login": "alice"}"#,
-        br#"{"password": "x"}"#,
-        br#"{"login": 1, "password": "x"}"#,
-        br#"{"login": "alice", "password": "x", "expiration": "soon"}"#,
+    // Each with what the message says: what was expected, never what was sent.
+    let not_json = "the body is not valid JSON";
+    let expected = r#"the body must be {"login": string, "password": string}"#;
+    let bad_bodies: [(&[u8], &str); 10] = [
+        (b"", not_json),
+        (b"{", not_json),
+        (b"not json", not_json),
+        (br#"{"login": "alice"}"#, expected),
+        (br#"{"password": "x"}"#, expected),
+        (br#"{"login": 1, "password": "x"}"#, expected),
+        (br#"{"login": "alice", "password": 987654}"#, expected),
+        (
+            br#"{"login": "alice", "password": "x", "expiration": "soon"}"#,
+            expected,
+        ),
+        (
+            br#"{"login": "alice", "password": "x", "expiration": -1}"#,
+            expected,
+        ),
+        (
+            br#"{"login": "alice", "password": "x", "expiration": 0}"#,
+            r#""expiration" must be a positive whole number of seconds"#,
+        ),
     ];
-    for body in bad_bodies {
+    for (body, message) in bad_bodies {
         let response = http
             .post(gate.url(LOGIN))
             .header("content-type", "application/json")
@@ -463,7 +478,10 @@ async fn malformed_oversized_and_non_post_logins_are_refused() {
             .send()
             .await
             .unwrap();
-        assert_error(response, 400, "InvalidJson").await;
+        let answer = assert_error(response, 400, "InvalidJson").await;
+        let text = answer["message"].as_str().unwrap();
+        assert!(text.starts_with(message), "{text:?} for {body:?}");
+        assert!(!text.contains("987654") && !text.contains("soon"), "{text}");
     }
     // The password in a refused body is not echoed.
     let response = http

@@ -54,10 +54,19 @@ impl Exchange for Password<'_> {
         attempt: Attempt<'_>,
     ) -> Result<Proof, GateError> {
         let body = read_body(request.into_body(), self.max_body, self.body_timeout).await?;
-        let request: LoginRequest =
-            serde_json::from_slice(&body).map_err(|_| GateError::InvalidJson)?;
+        let request: LoginRequest = serde_json::from_slice(&body).map_err(|e| {
+            // serde's own message would quote the offending value, which may be the password.
+            GateError::InvalidJson(match e.classify() {
+                serde_json::error::Category::Data => {
+                    "the body must be {\"login\": string, \"password\": string}, with an optional \"expiration\": a whole number of seconds"
+                }
+                _ => "the body is not valid JSON",
+            })
+        })?;
         if request.expiration == Some(0) {
-            return Err(GateError::InvalidJson);
+            return Err(GateError::InvalidJson(
+                "\"expiration\" must be a positive whole number of seconds",
+            ));
         }
         attempt.check_login(&request.login).await?;
         // Look at the throttle again under the permit, and record a failure before releasing
