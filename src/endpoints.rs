@@ -210,14 +210,18 @@ impl Endpoint {
                     return Ok(json_response(StatusCode::OK, serde_json::json!(same)));
                 }
                 let renewed = uc.issuer.tokens().renew(&claims)?;
-                tracing::debug!(login = %claims.sub, ttl = renewed.ttl, "token renewed");
+                tracing::debug!(login = &*claims.sub, ttl = renewed.ttl, "token renewed");
                 Ok(json_response(StatusCode::OK, serde_json::json!(renewed)))
             }
             Endpoint::Logout => {
                 let uc = uc(state)?;
                 let (claims, token) = uc_token(state, &request, client).await?;
                 log.credential = Some("uc");
-                tracing::info!(login = %claims.sub, method = claims.method.as_str(), "token revoked");
+                tracing::info!(
+                    login = &*claims.sub,
+                    method = claims.method.as_str(),
+                    "token revoked"
+                );
                 let tokens = uc.issuer.tokens();
                 tokens.revoke(&token, &claims);
                 // Durable before the answer: a 204 means the token stays refused after a

@@ -836,6 +836,9 @@ async fn logout_revokes_a_cached_token_everywhere_and_no_other() {
     let response = logout(&gate, &token).await;
     assert_eq!(response.status(), 204);
     assert!(response.bytes().await.unwrap().is_empty());
+    // Logged as the issue is: the login quoted, as a string field (a login could hold a space).
+    let line = gate.wait_log("token revoked").await;
+    assert!(line.contains(r#"login="alice""#), "{line}");
 
     assert_refused(&gate, &token, "TokenInvalid", "logged out").await;
     assert_eq!(up.count(), 2, "{:#?}", up.requests());
