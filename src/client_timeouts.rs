@@ -273,7 +273,7 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 /// An answer written straight to the connection, when hyper has no request to answer: the
 /// JSON error, dated as every other answer (RFC 9110 §6.6.1), and the connection closed after
 /// it.
-fn direct_response(error: GateError) -> Bytes {
+pub fn direct_response(error: GateError) -> Bytes {
     let status = error.status();
     let body = error.json_body();
     format!(

@@ -29,6 +29,9 @@ pub enum GateError {
     /// A request head hyper could not parse (request line, header syntax, framing headers).
     #[error("the request is not valid HTTP/1.1")]
     MalformedRequest,
+    /// Plain HTTP sent to a listener that speaks TLS (an `http://` URL for an `https://` one).
+    #[error("a plain HTTP request reached ucgate's TLS listener: use https://")]
+    PlainHttpToTls,
     /// A request head larger than `server.max_header_bytes` or with more than
     /// `server.max_headers` headers.
     #[error("the request head is too large")]
@@ -148,8 +151,10 @@ impl GateError {
     pub fn status(&self) -> StatusCode {
         use GateError::*;
         match self {
-            InvalidPath(_) | MalformedRequest | InvalidTarget | AmbiguousToken | InvalidJson(_)
-            | InvalidBody | InvalidRequest(_) | CasServiceNotAllowed => StatusCode::BAD_REQUEST,
+            InvalidPath(_) | MalformedRequest | PlainHttpToTls | InvalidTarget | AmbiguousToken
+            | InvalidJson(_) | InvalidBody | InvalidRequest(_) | CasServiceNotAllowed => {
+                StatusCode::BAD_REQUEST
+            }
             HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             TokenMissing
             | TokenInvalid
@@ -183,6 +188,7 @@ impl GateError {
         match self {
             InvalidPath(_) => "InvalidPath",
             MalformedRequest => "MalformedRequest",
+            PlainHttpToTls => "PlainHttpToTls",
             HeadersTooLarge => "HeadersTooLarge",
             InvalidTarget => "InvalidTarget",
             UriTooLong => "UriTooLong",

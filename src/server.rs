@@ -180,14 +180,18 @@ impl Serving {
             };
             return self.serve_http(stream, conn).await;
         };
-        // The handshake is bounded as a request head is.
-        match tokio::time::timeout(
-            self.limits.timeouts.head,
-            TlsAcceptor::from(tls).accept(stream),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => {
+        // The handshake is bounded as a request head is; plain HTTP sent here (an http:// URL
+        // for this https:// listener) gets told so, as nginx does, instead of a silent close.
+        let handshake = async {
+            if opens_with_plain_http(&stream).await {
+                answer_plain_http(stream).await;
+                return None;
+            }
+            Some(TlsAcceptor::from(tls).accept(stream).await)
+        };
+        match tokio::time::timeout(self.limits.timeouts.head, handshake).await {
+            Ok(None) => tracing::debug!(%remote, "plain HTTP on the TLS listener"),
+            Ok(Some(Ok(stream))) => {
                 let conn = ConnInfo {
                     remote,
                     tls: true,
@@ -196,7 +200,7 @@ impl Serving {
                 };
                 self.serve_http(stream, conn).await;
             }
-            Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+            Ok(Some(Err(e))) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
         }
     }
@@ -516,4 +520,22 @@ pub async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
+}
+
+/// Whether a connection to a TLS listener opens with plain HTTP: its first byte a request
+/// method's first letter, where a TLS client sends a handshake record (content type 22, RFC 8446
+/// §5.1). Peeks, so that the TLS handshake still reads every byte; false when the client
+/// closed or failed first (the handshake then says so).
+async fn opens_with_plain_http(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(stream.peek(&mut first).await, Ok(1) if first[0].is_ascii_uppercase())
+}
+
+/// Answers a plain HTTP client on a TLS listener with `400 PlainHttpToTls` in plain HTTP, then
+/// closes: its request is never read further nor forwarded.
+async fn answer_plain_http(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let answer = crate::client_timeouts::direct_response(crate::error::GateError::PlainHttpToTls);
+    let _ = stream.write_all(&answer).await;
+    let _ = stream.shutdown().await;
 }

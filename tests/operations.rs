@@ -1198,23 +1198,38 @@ async fn the_tls_listener_serves_h1_and_h2_and_picks_up_new_certificates() {
     }
     assert_eq!(up.count(), 2);
 
-    // Plaintext HTTP on the TLS port: no HTTP answer, the connection ends, serving goes on.
+    // Plaintext HTTP on the TLS port (an http:// URL for this https:// listener): told so in
+    // plain HTTP, as nginx does, then closed; never forwarded, nothing echoed; serving goes on.
     let mut plain = tokio::net::TcpStream::connect(gate.addr()).await.unwrap();
     plain
         .write_all(raw_request("GET", "/api/plain", &[(X_AUTH_TOKEN, SHARED_TOKEN)]).as_bytes())
         .await
         .unwrap();
     let mut answer = Vec::new();
-    let read = tokio::time::timeout(BOUND, plain.read_to_end(&mut answer))
+    tokio::time::timeout(BOUND, plain.read_to_end(&mut answer))
         .await
-        .expect("ucgate kept a plaintext connection open on its TLS port");
+        .expect("ucgate kept a plaintext connection open on its TLS port")
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&answer).contains(SHARED_TOKEN));
+    parse_response(&answer).assert_error(400, "PlainHttpToTls");
+    gate.wait_log("plain HTTP on the TLS listener").await;
+    assert_eq!(up.count(), 2, "the plaintext request was never forwarded");
+    // Neither a TLS client's garbage: its handshake fails, without an HTTP answer.
+    let mut garbage = tokio::net::TcpStream::connect(gate.addr()).await.unwrap();
+    garbage
+        .write_all(b"\x16\x03\x01\x00\x05hello")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(BOUND, garbage.read_to_end(&mut answer))
+        .await
+        .expect("ucgate kept a broken handshake open");
     assert!(
         read.is_err() || !answer.starts_with(b"HTTP/"),
         "{:?}",
         String::from_utf8_lossy(&answer)
     );
     gate.wait_log("TLS handshake failed").await;
-    assert_eq!(up.count(), 2, "the plaintext request was never forwarded");
     let again = tls_client(&ca1).build().unwrap();
     let response = again
         .get(https("/api/after-plain"))
