@@ -113,11 +113,7 @@ fn main() -> ExitCode {
     match command {
         Command::CheckConfig => {
             print_config(&state, &cli.listen);
-            let warnings = [
-                state.shared_token_warning(),
-                state.empty_directory_warning(),
-            ];
-            for warning in warnings.into_iter().flatten() {
+            for warning in state.warnings() {
                 eprintln!("ucgate: warning: {warning}");
             }
             ExitCode::SUCCESS
@@ -300,11 +296,7 @@ fn run(state: State, listen: Vec<std::net::SocketAddr>) -> ExitCode {
             cluster = state.cluster().as_deref().unwrap_or("none"),
             "ucgate starting"
         );
-        let warnings = [
-            state.shared_token_warning(),
-            state.empty_directory_warning(),
-        ];
-        for warning in warnings.into_iter().flatten() {
+        for warning in state.warnings() {
             tracing::warn!("{warning}");
         }
         let config_file = state.config().file.clone();

@@ -85,7 +85,7 @@ pub async fn watch(gateway: Gateway, config_file: PathBuf, hup: std::io::Result<
                     routes = state.config.routes.len(),
                     "configuration reloaded"
                 );
-                if let Some(warning) = state.shared_token_warning() {
+                for warning in state.warnings() {
                     tracing::warn!("{warning}");
                 }
                 files = state.config.watched_files();

@@ -347,7 +347,7 @@ impl State {
 
     /// A warning when the shared token is weak (see `secrets::weakness`), for the start-up log,
     /// reloads and `check-config`; never the value.
-    pub fn shared_token_warning(&self) -> Option<String> {
+    fn shared_token_warning(&self) -> Option<String> {
         let current = self.shared.weakness().map(|why| {
             format!(
                 "the shared token from {} is weak ({why}): it opens every route that accepts \
@@ -373,9 +373,17 @@ impl State {
         }
     }
 
+    /// What the start-up log, each reload and `check-config` warn of (never a secret): a weak
+    /// shared token, a users file without a user.
+    pub fn warnings(&self) -> impl Iterator<Item = String> {
+        [self.shared_token_warning(), self.empty_directory_warning()]
+            .into_iter()
+            .flatten()
+    }
+
     /// A users file without a user: ucgate runs (the routes' shared token works, and a reload
-    /// may add users), but no one can log in; said at start and by `check-config`.
-    pub fn empty_directory_warning(&self) -> Option<String> {
+    /// may add users), but no one can log in.
+    fn empty_directory_warning(&self) -> Option<String> {
         let directory = self.uc.as_ref()?.issuer.directory();
         (directory.listed() == Some(0)).then(|| {
             format!(
