@@ -90,8 +90,9 @@ impl Endpoint {
     }
 
     /// Whether the configuration serves this endpoint: the UC API's need `[tokens]` (and the
-    /// single sign-on exchanges their section); the operational ones are always served.
-    fn enabled(self, state: &State) -> bool {
+    /// single sign-on exchanges their section); the operational ones are always served. The
+    /// gateway routes only enabled endpoints here: the path of another is like any other.
+    pub fn enabled(self, state: &State) -> bool {
         let uc = state.uc.as_ref();
         match self {
             Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => true,
@@ -113,8 +114,8 @@ impl Endpoint {
         }
     }
 
-    /// Serves the endpoint. `NoRoute` (404) for an exchange, check or logout that the
-    /// configuration does not enable; `MethodNotAllowed` (405, with `Allow`) for another method.
+    /// Serves the endpoint, one the configuration enables ([`Endpoint::enabled`]; `NoRoute`
+    /// otherwise); `MethodNotAllowed` (405, with `Allow`) for another method.
     pub async fn serve(
         self,
         state: &State,
@@ -122,11 +123,6 @@ impl Endpoint {
         client: IpAddr,
         log: &mut RequestLog,
     ) -> Result<Response<Body>, GateError> {
-        // An endpoint the configuration does not enable is a path ucgate does not serve, as any
-        // other: no route in the log, no exchange in the metrics.
-        if !self.enabled(state) {
-            return Err(GateError::NoRoute);
-        }
         log.route = Some(self.name().into());
         let (methods, allow) = self.allowed();
         if !methods.contains(request.method()) {

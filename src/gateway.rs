@@ -299,16 +299,17 @@ enum Target<'s> {
     Route(&'s Route),
 }
 
-/// Phase 2: an endpoint of ucgate's own (exact path), else the longest-prefix route. With
-/// `server.admin_listen`, the operator's endpoints are there and only there, and that listener
-/// serves nothing else.
+/// Phase 2: an endpoint of ucgate's own that the configuration enables (exact path), else the
+/// longest-prefix route: an exchange whose section is not configured is a path like any other,
+/// for routing, CORS, the log and the metrics. With `server.admin_listen`, the operator's
+/// endpoints are there and only there, and that listener serves nothing else.
 fn target<'s>(
     state: &'s State,
     path: &str,
     conn: ConnInfo,
     log: &mut RequestLog,
 ) -> Result<Target<'s>, GateError> {
-    let endpoint = Endpoint::find(path);
+    let endpoint = Endpoint::find(path).filter(|endpoint| endpoint.enabled(state));
     let operational = endpoint.is_some_and(Endpoint::is_operational);
     let served_here = match conn.listener {
         Listener::Everything => true,

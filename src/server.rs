@@ -532,10 +532,30 @@ async fn opens_with_plain_http(stream: &TcpStream) -> bool {
 }
 
 /// Answers a plain HTTP client on a TLS listener with `400 PlainHttpToTls` in plain HTTP, then
-/// closes: its request is never read further nor forwarded.
+/// closes: its request is never parsed nor forwarded. The close lingers (as nginx's
+/// `lingering_close`): what the client sent is read and dropped, up to [`LINGER_BYTES`] or
+/// until it stops sending, since closing a socket with unread input sends a reset that can
+/// destroy the answer on its way. The caller bounds the whole by the head timeout.
 async fn answer_plain_http(mut stream: TcpStream) {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let answer = crate::client_timeouts::direct_response(crate::error::GateError::PlainHttpToTls);
-    let _ = stream.write_all(&answer).await;
-    let _ = stream.shutdown().await;
+    if stream.write_all(&answer).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let linger = async {
+        let mut buf = [0u8; 4096];
+        let mut dropped = 0;
+        while dropped < LINGER_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => dropped += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, linger).await;
 }
+
+/// How much of a plain HTTP client's input [`answer_plain_http`] reads and drops at most, and
+/// for how long (nginx lingers 5 s by default; a client's request is in well before).
+const LINGER_BYTES: usize = 64 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(2);

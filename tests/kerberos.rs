@@ -386,12 +386,41 @@ async fn without_their_sections_the_sso_endpoints_are_404_and_count_no_login() {
     let gate = Ucgate::builder(
         ConfigBuilder::new()
             .raw("[tokens]\n\n[users]\nfile = \"users.toml\"\n")
+            .raw("[cors]\nallowed_origins = [\"https://xivo.example.com\"]\n")
             .build(),
     )
     .file("users.toml", SSO_USERS)
     .env("UCGATE_SIGNING_KEY", SIGNING_KEY)
     .start()
     .await;
+    // A browser's preflight gets what an unknown path gets: no grant.
+    let response = client()
+        .request(reqwest::Method::OPTIONS, gate.url(SSO))
+        .header("Origin", "https://xivo.example.com")
+        .header("Access-Control-Request-Method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    assert_error(response, 404, "NoRoute").await;
+    let response = client()
+        .get(gate.url(SSO))
+        .header("Origin", "https://xivo.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    assert_error(response, 404, "NoRoute").await;
     let response = client()
         .get(gate.url(SSO))
         .header("Authorization", format!("Negotiate {NTLM_NEGOTIATE}"))
@@ -425,6 +454,26 @@ async fn without_their_sections_the_sso_endpoints_are_404_and_count_no_login() {
     for method in ["kerberos", "cas", "oidc"] {
         assert_eq!(metric(&gate, &logins(method)).await, 0, "{method}");
     }
+}
+
+/// Without `[tokens]`, the UC API's paths are ucgate's no more: a route covering them (a
+/// ucgate in front of the site's own xuc) forwards them as any other path.
+#[tokio::test]
+async fn without_tokens_a_route_covering_the_uc_api_forwards_it() {
+    let up = Upstream::start().await;
+    let gate = Ucgate::start(
+        ConfigBuilder::new()
+            .route(route("xuc", "/xuc/", &up.url()).public())
+            .build(),
+    )
+    .await;
+    for path in ["/xuc/api/2.0/auth/login", SSO, "/xuc/api/2.0/auth/check"] {
+        let response = client().get(gate.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let line = gate.wait_log(&format!(r#"path="{path}""#)).await;
+        assert!(line.contains(r#"route="xuc""#), "{line}");
+    }
+    assert_eq!(up.count(), 3);
 }
 
 #[tokio::test]

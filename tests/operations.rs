@@ -1212,6 +1212,7 @@ async fn the_tls_listener_serves_h1_and_h2_and_picks_up_new_certificates() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&answer).contains(SHARED_TOKEN));
     parse_response(&answer).assert_error(400, "PlainHttpToTls");
+    drop(plain);
     gate.wait_log("plain HTTP on the TLS listener").await;
     assert_eq!(up.count(), 2, "the plaintext request was never forwarded");
     // Neither a TLS client's garbage: its handshake fails, without an HTTP answer.

@@ -447,9 +447,9 @@ async fn malformed_oversized_and_non_post_logins_are_refused() {
     let (up, gate) = start().await;
     let http = client();
     // Each with what the message says: what was expected, never what was sent.
-    let not_json = "the body is not valid JSON";
+    let not_json = "the body is not valid JSON, or holds a number out of range";
     let expected = r#"the body must be {"login": string, "password": string}"#;
-    let bad_bodies: [(&[u8], &str); 10] = [
+    let bad_bodies: [(&[u8], &str); 11] = [
         (b"", not_json),
         (b"{", not_json),
         (b"not json", not_json),
@@ -464,6 +464,10 @@ async fn malformed_oversized_and_non_post_logins_are_refused() {
         (
             br#"{"login": "alice", "password": "x", "expiration": -1}"#,
             expected,
+        ),
+        (
+            br#"{"login": "alice", "password": "x", "expiration": 1e400}"#,
+            not_json,
         ),
         (
             br#"{"login": "alice", "password": "x", "expiration": 0}"#,

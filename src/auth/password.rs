@@ -60,7 +60,8 @@ impl Exchange for Password<'_> {
                 serde_json::error::Category::Data => {
                     "the body must be {\"login\": string, \"password\": string}, with an optional \"expiration\": a whole number of seconds"
                 }
-                _ => "the body is not valid JSON",
+                // serde_json files a number out of range (`1e400`) under syntax.
+                _ => "the body is not valid JSON, or holds a number out of range",
             })
         })?;
         if request.expiration == Some(0) {
