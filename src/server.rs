@@ -533,9 +533,10 @@ async fn opens_with_plain_http(stream: &TcpStream) -> bool {
 
 /// Answers a plain HTTP client on a TLS listener with `400 PlainHttpToTls` in plain HTTP, then
 /// closes: its request is never parsed nor forwarded. The close lingers (as nginx's
-/// `lingering_close`): what the client sent is read and dropped, up to [`LINGER_BYTES`] or
-/// until it stops sending, since closing a socket with unread input sends a reset that can
-/// destroy the answer on its way. The caller bounds the whole by the head timeout.
+/// `lingering_close`): what the client sent is read and dropped, up to [`LINGER_BYTES`] within
+/// [`LINGER_TIME`], since closing a socket with unread input sends a reset that can destroy the
+/// answer on its way (not seen on loopback, hence untested). The caller bounds the whole by the
+/// head timeout.
 async fn answer_plain_http(mut stream: TcpStream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let answer = crate::client_timeouts::direct_response(crate::error::GateError::PlainHttpToTls);
