@@ -28,6 +28,15 @@ fn fuzz_regressions_still_pass() {
         }
     }
     assert!(replayed > 0, "no input under {}", root.display());
+    // Nothing left in the temporary directory (the dotenv check writes its input to a file).
+    let ours = format!("ucgate-fuzz-dotenv-{}-", std::process::id());
+    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&ours))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 /// The `token_claims` check only means something if its inputs get past the signature: the

@@ -3,7 +3,7 @@
 //! function takes arbitrary bytes and panics when a property fails.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -104,14 +104,18 @@ pub fn config(data: &[u8]) {
 /// Marker a seed puts in a value: an error message must never quote it.
 pub const SECRET_MARKER: &str = "S3CR3T";
 
-/// `read_env_file`: never panics; its errors never quote the file (which holds secrets).
+/// `read_env_file`: never panics; its errors never quote the file (which holds secrets). The
+/// file is removed after each input (a file kept per process was left behind by every test run).
 pub fn dotenv(data: &[u8]) {
-    static FILE: OnceLock<PathBuf> = OnceLock::new();
-    let file = FILE.get_or_init(|| {
-        std::env::temp_dir().join(format!("ucgate-fuzz-dotenv-{}.env", std::process::id()))
-    });
-    std::fs::write(file, data).expect("write the dotenv file");
-    match read_env_file(file, "PLAY_AUTH_TOKEN") {
+    let file = std::env::temp_dir().join(format!(
+        "ucgate-fuzz-dotenv-{}-{:?}.env",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::write(&file, data).expect("write the dotenv file");
+    let read = read_env_file(&file, "PLAY_AUTH_TOKEN");
+    std::fs::remove_file(&file).expect("remove the dotenv file");
+    match read {
         Ok(_) => {}
         Err(e) => {
             let message = e.to_string();
