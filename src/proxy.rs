@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{Extensions, Request, Response, StatusCode, Uri, Version, request};
@@ -231,7 +232,7 @@ async fn small_body_in_one_piece(
     }
     let (parts, body) = response.into_parts();
     let mut lease = lease;
-    let mut collect = std::pin::pin!(body.collect());
+    let mut collect = std::pin::pin!(whole(body));
     let collect = async {
         match &mut lease {
             Some(lease) => lease.driving(collect.as_mut()).await,
@@ -251,10 +252,33 @@ async fn small_body_in_one_piece(
     if let Some(lease) = lease {
         lease.release();
     }
-    Ok(Response::from_parts(
-        parts,
-        crate::body::full(collected.to_bytes()),
-    ))
+    Ok(Response::from_parts(parts, crate::body::full(collected)))
+}
+
+/// A small body's data in one piece, its trailers dropped (the answer is sent with a length).
+/// Written out rather than `http_body_util`'s `collect().to_bytes()`, whose list of frames is
+/// an allocation of every proxied request for what is nearly always one frame (callgrind: 400
+/// instructions a request); a second frame is appended to a copy of the first, within the
+/// declared length that made the body small (hyper's client holds the upstream to it).
+async fn whole(mut body: Incoming) -> Result<Bytes, hyper::Error> {
+    let mut first = Bytes::new();
+    let mut more: Option<BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        match &mut more {
+            Some(more) => more.extend_from_slice(&data),
+            None if first.is_empty() => first = data,
+            None => {
+                let mut joined = BytesMut::with_capacity(first.len() + data.len());
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&data);
+                more = Some(joined);
+            }
+        }
+    }
+    Ok(more.map_or(first, BytesMut::freeze))
 }
 
 /// A WebSocket opening handshake (RFC 6455 §4.1): an HTTP/1.1 GET with `Connection: upgrade`,

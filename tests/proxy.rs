@@ -100,6 +100,63 @@ async fn forwards_with_the_shared_token_and_injects_it_upstream() {
 
 /// With `server.log_format = "json"`, every line ucgate writes is one JSON object, and a
 /// request's access line holds its fields (the query, which may hold a token, never).
+/// A small body (read whole before the answer goes out) that the upstream writes in three
+/// pieces, apart in time: the client gets all of it, with its length, and the connection is
+/// reused for the next request.
+#[tokio::test]
+async fn a_small_body_in_several_pieces_arrives_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    // One request at a time: each head ends the exchange's reading.
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    head.clear();
+                    let pieces: [&[u8]; 3] = [
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nhel",
+                        b"lo ",
+                        b"world",
+                    ];
+                    for piece in pieces {
+                        socket.write_all(piece).await.unwrap();
+                        socket.flush().await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            });
+        }
+    });
+    let gate = Ucgate::start(
+        ConfigBuilder::new()
+            .route(route("pieces", "/pieces/", &format!("http://{addr}")))
+            .build(),
+    )
+    .await;
+    for _ in 0..2 {
+        let response = with_token(client().get(gate.url("/pieces/x")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.content_length(), Some(11));
+        assert_eq!(response.text().await.unwrap(), "hello world");
+    }
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn json_logs_are_one_object_a_line() {
     let up = Upstream::start().await;
