@@ -147,13 +147,10 @@ pub async fn directory(config: &Config, out: &mut impl std::io::Write) -> std::i
     let mut healthy = true;
     match &users.source {
         UsersSource::File(file) => match FileDirectory::load(file) {
-            // Not a failure: a site may add its users later, by reload.
-            Ok(directory) if directory.listed() == Some(0) => writeln!(
-                out,
-                "WARN {}: no one can log in until users are added",
-                directory.describe()
-            )?,
-            Ok(directory) => writeln!(out, " OK  {}", directory.describe())?,
+            Ok(directory) => match directory.without_users() {
+                Some(warning) => writeln!(out, "WARN {warning}")?,
+                None => writeln!(out, " OK  {}", directory.describe())?,
+            },
             Err(e) => {
                 healthy = false;
                 writeln!(out, "FAIL {}: {e}", file.display())?;

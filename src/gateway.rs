@@ -108,8 +108,7 @@ impl Gateway {
         let mut state = State::load(config)?;
         // The users file caught empty (being rewritten, or emptied by mistake) would refuse
         // every login and, at the next recheck, every token: refused like an empty config.
-        let listed = |s: &State| s.uc.as_ref().and_then(|uc| uc.issuer.directory().listed());
-        if listed(&state) == Some(0) && listed(&old).is_some_and(|n| n > 0) {
+        if state.listed_users() == Some(0) && old.listed_users().is_some_and(|n| n > 0) {
             return Err(LoadError::Unusable {
                 file: config_file.to_owned(),
                 reason: "users.file: holds no user now: a reload may not remove every user \

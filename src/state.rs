@@ -376,21 +376,19 @@ impl State {
     /// What the start-up log, each reload and `check-config` warn of (never a secret): a weak
     /// shared token, a users file without a user.
     pub fn warnings(&self) -> impl Iterator<Item = String> {
-        [self.shared_token_warning(), self.empty_directory_warning()]
+        let without_users = self
+            .uc
+            .as_ref()
+            .and_then(|uc| uc.issuer.directory().without_users());
+        [self.shared_token_warning(), without_users]
             .into_iter()
             .flatten()
     }
 
-    /// A users file without a user: ucgate runs (the routes' shared token works, and a reload
-    /// may add users), but no one can log in.
-    fn empty_directory_warning(&self) -> Option<String> {
-        let directory = self.uc.as_ref()?.issuer.directory();
-        (directory.listed() == Some(0)).then(|| {
-            format!(
-                "{}: no one can log in until users are added (then reload)",
-                directory.describe()
-            )
-        })
+    /// How many users the users file holds; `None` without UC tokens or with a remote
+    /// directory.
+    pub fn listed_users(&self) -> Option<usize> {
+        self.uc.as_ref()?.issuer.directory().listed()
     }
 
     /// The directory, described for the start-up log and `check-config` ("3 users in FILE").

@@ -76,6 +76,18 @@ pub trait Directory: Send + Sync + fmt::Debug {
         None
     }
 
+    /// A warning when this is a local list without a user (never a failure: ucgate serves the
+    /// shared token, and users may be added by reload), for the start-up log, reloads,
+    /// `check-config` and `doctor`.
+    fn without_users(&self) -> Option<String> {
+        (self.listed() == Some(0)).then(|| {
+            format!(
+                "{}: no one can log in until users are added (then reload)",
+                self.describe()
+            )
+        })
+    }
+
     /// The remote dependencies that did not answer the last time they were asked (`database`,
     /// `ldap`), for `/readyz`.
     fn down(&self) -> Vec<&'static str> {
